@@ -32,8 +32,8 @@ proto: $(STAMP)
 
 $(PROTO_STAMP): $(STAMP) $(PROTO_SRC)
 	rm -f $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=client --pyi_out=client \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=client --mypy_out=client \
 		--grpc_python_out=client --mypy_grpc_out=client \
 		$(PROTO_SRC)
 	touch $(PROTO_OUT)/__init__.py $@

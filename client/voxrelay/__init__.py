@@ -1,0 +1,1 @@
+"""voxrelay: a Python client for the voxrelay streaming speech service."""

@@ -1,0 +1,1 @@
+"""The voxrelay server: an ordered concurrent text-to-speech dispatcher behind gRPC."""

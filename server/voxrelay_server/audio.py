@@ -1,0 +1,109 @@
+"""Turns an engine's raw 16-bit PCM into what the caller asked for.
+
+Per segment: align bytes to whole samples, resample to the requested rate
+(libsoxr, streaming, so the head segment still flows as it is produced),
+convert to the requested encoding and cut into messages of `chunk_ms`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from voxrelay_server.settings import AudioEncoding, OutputFormat
+
+INT16_SCALE = 32767.0
+"""int16 <-> float32 scale factor, as in the reference pipeline."""
+
+
+class SampleAligner:
+    """Joins byte chunks into whole 16-bit samples, carrying an odd trailing byte over."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def push(self, data: bytes) -> npt.NDArray[np.int16]:
+        """Return the complete samples available after appending `data`."""
+        if self._carry:
+            data = self._carry + data
+        usable = len(data) - (len(data) % 2)
+        self._carry = data[usable:]
+        return np.frombuffer(data, dtype="<i2", count=usable // 2)
+
+    @property
+    def has_partial_sample(self) -> bool:
+        return bool(self._carry)
+
+
+def int16_to_float32(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.float32]:
+    """Scale 16-bit samples to floats in [-1, 1] (divide by 32767)."""
+    return samples.astype(np.float32) / np.float32(INT16_SCALE)
+
+
+def float32_to_int16(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
+    """Scale floats in [-1, 1] back to 16-bit samples, clipping overshoot."""
+    scaled = np.rint(samples * np.float32(INT16_SCALE))
+    return np.clip(scaled, -INT16_SCALE, INT16_SCALE).astype("<i2")
+
+
+class SegmentEncoder:
+    """Converts one segment's engine PCM into encoded output messages.
+
+    `push` returns the messages that are ready now; `finish` returns the rest
+    (the resampler's tail and a final short message).
+    """
+
+    def __init__(self, native_rate_hz: int, output: OutputFormat) -> None:
+        self._output = output
+        self._aligner = SampleAligner()
+        self._resampler = (
+            soxr.ResampleStream(native_rate_hz, output.sample_rate_hz, 1, dtype="float32")
+            if native_rate_hz != output.sample_rate_hz
+            else None
+        )
+        self._chunk_samples = output.sample_rate_hz * output.chunk_ms // 1000
+        self._pending: list[bytes] = []
+        self._pending_samples = 0
+
+    def push(self, pcm: bytes) -> list[bytes]:
+        """Feed engine bytes (int16 LE at the native rate); return ready messages."""
+        return self._emit(self._convert(self._aligner.push(pcm), last=False), last=False)
+
+    def finish(self) -> list[bytes]:
+        """End of segment: flush the resampler and any partial message."""
+        tail = self._convert(np.zeros(0, dtype="<i2"), last=True)
+        return self._emit(tail, last=True)
+
+    def _convert(self, samples: npt.NDArray[np.int16], *, last: bool) -> bytes:
+        encoding = self._output.encoding
+        if self._resampler is None:
+            if not samples.size:
+                return b""
+            if encoding is AudioEncoding.PCM_S16LE:
+                return samples.tobytes()
+            return int16_to_float32(samples).astype("<f4").tobytes()
+        resampled = self._resampler.resample_chunk(int16_to_float32(samples), last=last)
+        if encoding is AudioEncoding.PCM_S16LE:
+            return float32_to_int16(resampled).tobytes()
+        return np.clip(resampled, -1.0, 1.0).astype("<f4").tobytes()
+
+    def _emit(self, data: bytes, *, last: bool) -> list[bytes]:
+        if not self._chunk_samples:
+            return [data] if data else []
+        if data:
+            self._pending.append(data)
+            self._pending_samples += len(data) // self._output.encoding.bytes_per_sample
+        if self._pending_samples < self._chunk_samples and not last:
+            return []
+        joined = b"".join(self._pending)
+        step = self._chunk_samples * self._output.encoding.bytes_per_sample
+        full = len(joined) - len(joined) % step
+        messages = [joined[i : i + step] for i in range(0, full, step)]
+        rest = joined[full:]
+        if last and rest:
+            messages.append(rest)
+            rest = b""
+        self._pending = [rest] if rest else []
+        self._pending_samples = len(rest) // self._output.encoding.bytes_per_sample
+        return messages

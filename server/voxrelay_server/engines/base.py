@@ -1,0 +1,58 @@
+"""The engine interface every voice implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A voice an engine offers."""
+
+    name: str
+    """Full name, `<engine>/<voice>`, as callers write it."""
+    engine: str
+    language_codes: tuple[str, ...]
+    """BCP-47 tags, for example `en-US`."""
+    native_sample_rate_hz: int
+
+    @property
+    def voice_id(self) -> str:
+        """The part after `<engine>/`: what the engine itself calls the voice."""
+        return self.name.partition("/")[2]
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """How to speak one segment."""
+
+    speed: float = 1.0
+    """Speaking rate; 1.0 is the voice's normal speed, range [0.25, 4.0]."""
+    instructions: str = ""
+    """Free-form speaking instructions, for engines that take them."""
+
+
+class SpeechEngine(abc.ABC):
+    """Synthesizes text into 16-bit mono PCM, streamed as it is produced."""
+
+    name: str
+    """The engine's name, the prefix of its voices' names."""
+
+    @abc.abstractmethod
+    def voices(self) -> Sequence[VoiceInfo]:
+        """Every voice this engine offers."""
+
+    @abc.abstractmethod
+    def synthesize(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions
+    ) -> AsyncIterator[bytes]:
+        """Yield little-endian int16 PCM at `voice.native_sample_rate_hz`.
+
+        Chunks may have any length, odd ones included. Raises `EngineError` on
+        failure. Closing the iterator early stops the synthesis promptly.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release what the engine holds (threads, connections)."""

@@ -1,0 +1,63 @@
+"""Runs a blocking synthesis function in a worker thread and streams its output.
+
+Engines such as piper (onnxruntime) and espeak-ng block while they work; this
+keeps them off the event loop and lets the consumer stop them: closing the
+async iterator sets a stop flag the worker checks between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+
+from voxrelay_server.errors import EngineError, ErrorCode
+
+Emit = Callable[[bytes], None]
+BlockingSynthesis = Callable[[Emit, threading.Event], None]
+"""Calls `emit` for each chunk it produces; returns early once the event is set."""
+
+_DONE = object()
+
+
+async def stream_from_thread(
+    executor: Executor, synthesis: BlockingSynthesis, *, describe: str
+) -> AsyncIterator[bytes]:
+    """Run `synthesis` on `executor`, yielding its chunks on the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    stop = threading.Event()
+
+    def post(item: object) -> None:
+        if stop.is_set():
+            return
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop closed while the worker was finishing
+            stop.set()
+
+    def run() -> None:
+        if stop.is_set():  # stopped while queued behind other work
+            return
+        try:
+            synthesis(post, stop)
+        except Exception as error:  # reported to the consumer, never lost
+            post(error)
+        else:
+            post(_DONE)
+
+    loop.run_in_executor(executor, run)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, EngineError):
+                raise item
+            if isinstance(item, Exception):
+                raise EngineError(ErrorCode.INTERNAL, f"{describe} failed: {item}") from item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()

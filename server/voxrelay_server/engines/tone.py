@@ -1,0 +1,107 @@
+"""A deterministic synthetic engine for tests and benchmarks.
+
+It speaks a square wave whose amplitude identifies the segment's text
+(`ToneEngine.amplitude_for(text)`), so a listener can prove which segment a
+sample came from. Timing is configurable: `first_audio_ms` before the first
+chunk, then audio of `ms_per_char` per character of text, produced at
+`realtime_factor` seconds of work per second of audio (0 = at once).
+
+Directives inside the text, for tests: `[[latency_ms=N]]` overrides the first
+audio latency of that segment, `[[fail]]` makes the segment fail half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
+from voxrelay_server.errors import EngineError, ErrorCode
+
+ENGINE_NAME = "tone"
+VOICE_NAME = f"{ENGINE_NAME}/square"
+SAMPLE_RATE_HZ = 16000
+FRAME_MS = 20
+_PERIOD_SAMPLES = 40  # 400 Hz at 16 kHz
+_LATENCY = re.compile(r"\[\[latency_ms=(\d+)\]\]")
+_FAIL = "[[fail]]"
+
+
+@dataclass
+class ToneStats:
+    """What the engine is doing now; tests use it to prove synthesis stopped."""
+
+    started: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    active: int = 0
+
+
+class ToneEngine(SpeechEngine):
+    """Square-wave 'speech' with controllable latency, length and failures."""
+
+    name = ENGINE_NAME
+
+    def __init__(
+        self, *, first_audio_ms: float = 0.0, ms_per_char: float = 10.0,
+        realtime_factor: float = 0.0,
+    ) -> None:
+        self.first_audio_ms = first_audio_ms
+        self.ms_per_char = ms_per_char
+        self.realtime_factor = realtime_factor
+        self.stats = ToneStats()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._voice = VoiceInfo(VOICE_NAME, ENGINE_NAME, ("und",), SAMPLE_RATE_HZ)
+
+    def voices(self) -> Sequence[VoiceInfo]:
+        return [self._voice]
+
+    @staticmethod
+    def amplitude_for(text: str) -> int:
+        """The square wave's amplitude for a segment's text: 1000 to 30999."""
+        return 1000 + zlib.crc32(text.encode("utf-8")) % 30000
+
+    def samples_for(self, text: str, speed: float = 1.0) -> int:
+        """How many samples a segment's text yields."""
+        spoken = _LATENCY.sub("", text).replace(_FAIL, "")
+        return round(len(spoken) * self.ms_per_char / speed * SAMPLE_RATE_HZ / 1000)
+
+    async def synthesize(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions
+    ) -> AsyncIterator[bytes]:
+        self.stats.started += 1
+        self.stats.active += 1
+        self.idle.clear()
+        try:
+            latency = _LATENCY.search(text)
+            await asyncio.sleep((int(latency.group(1)) if latency else self.first_audio_ms) / 1000)
+            total = self.samples_for(text, options.speed)
+            fail_at = total // 2 if _FAIL in text else None
+            wave = _square_wave(total, self.amplitude_for(text))
+            frame = SAMPLE_RATE_HZ * FRAME_MS // 1000
+            for start in range(0, total, frame):
+                if fail_at is not None and start >= fail_at:
+                    raise EngineError(ErrorCode.INTERNAL, "tone engine: [[fail]] requested")
+                chunk = wave[start : start + frame]
+                # Yielding to the loop between frames keeps cancellation prompt.
+                await asyncio.sleep(self.realtime_factor * len(chunk) / SAMPLE_RATE_HZ)
+                yield chunk.tobytes()
+            self.stats.finished += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stats.cancelled += 1
+            raise
+        finally:
+            self.stats.active -= 1
+            if not self.stats.active:
+                self.idle.set()
+
+
+def _square_wave(count: int, amplitude: int) -> np.ndarray:
+    phase = (np.arange(count) // (_PERIOD_SAMPLES // 2)) % 2
+    return np.where(phase == 0, amplitude, -amplitude).astype("<i2")

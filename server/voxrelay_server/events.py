@@ -1,0 +1,50 @@
+"""What a session emits, in order: the dispatcher's output, free of any transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voxrelay_server.errors import SpeechError
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    """Turn `turn` (numbered from 1) started; its audio follows."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class AudioOut:
+    """Encoded audio of one segment, in delivery order."""
+
+    turn: int
+    segment: int
+    data: bytes
+    offset_samples: int
+    """Index of the first sample of `data`, counted from the start of the turn."""
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """Turn `turn` ended; `cancelled` when a barge-in dropped some of it."""
+
+    turn: int
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentFailed:
+    """The engine failed on a segment; the session ends right after."""
+
+    turn: int
+    segment: int
+    error: SpeechError
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """Every accepted turn is done (or the session failed); nothing follows."""
+
+
+SessionEvent = TurnStarted | AudioOut | TurnEnded | SegmentFailed | SessionEnded

@@ -1,0 +1,196 @@
+"""The thin gRPC layer: protobuf in, domain calls, protobuf out.
+
+All behaviour lives in `SpeechService` and `SessionDispatcher`; this module only
+translates messages and maps `SpeechError` codes onto gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+
+import grpc
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+
+from voxrelay_server.dispatcher import SessionDispatcher
+from voxrelay_server.errors import InvalidInput, SpeechError
+from voxrelay_server.events import (
+    AudioOut,
+    SegmentFailed,
+    SessionEnded,
+    SessionEvent,
+    TurnEnded,
+    TurnStarted,
+)
+from voxrelay_server.service import SpeechService
+from voxrelay_server.settings import AudioEncoding, OutputFormat, SessionRequest
+
+_LOG = logging.getLogger(__name__)
+
+_ENCODINGS_IN = {
+    speech_pb2.AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.PCM_S16LE,
+    speech_pb2.AUDIO_ENCODING_PCM_S16LE: AudioEncoding.PCM_S16LE,
+    speech_pb2.AUDIO_ENCODING_PCM_F32LE: AudioEncoding.PCM_F32LE,
+}
+_ENCODINGS_OUT = {
+    AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
+    AudioEncoding.PCM_F32LE: speech_pb2.AUDIO_ENCODING_PCM_F32LE,
+}
+_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def status_code(error: SpeechError) -> grpc.StatusCode:
+    """The gRPC status code for a domain error."""
+    return _STATUS_BY_VALUE.get(int(error.code), grpc.StatusCode.UNKNOWN)
+
+
+def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
+    """The domain's view of a `SessionConfig`."""
+    encoding = _ENCODINGS_IN.get(config.audio_format.encoding)
+    if encoding is None:
+        raise InvalidInput(
+            f"audio_format.encoding {config.audio_format.encoding} is unknown: use "
+            "AUDIO_ENCODING_PCM_S16LE or AUDIO_ENCODING_PCM_F32LE"
+        )
+    return SessionRequest(
+        voice=config.voice,
+        encoding=encoding,
+        sample_rate_hz=config.audio_format.sample_rate_hz,
+        speed=config.speed,
+        instructions=config.instructions,
+        min_sentence_chars=config.min_sentence_chars,
+        chunk_ms=config.chunk_ms,
+        max_inflight_segments=config.max_inflight_segments,
+    )
+
+
+def _response(event: SessionEvent, output: OutputFormat) -> speech_pb2.StreamResponse:
+    if isinstance(event, AudioOut):
+        return speech_pb2.StreamResponse(
+            audio=speech_pb2.AudioChunk(
+                data=event.data,
+                turn=event.turn,
+                segment=event.segment,
+                encoding=_ENCODINGS_OUT[output.encoding],
+                sample_rate_hz=output.sample_rate_hz,
+                offset_samples=event.offset_samples,
+            )
+        )
+    if isinstance(event, TurnStarted):
+        return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, event.turn)
+    if isinstance(event, TurnEnded):
+        return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled)
+    if isinstance(event, SessionEnded):
+        return _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
+    return speech_pb2.StreamResponse(
+        error=speech_pb2.Error(
+            code=int(event.error.code),
+            message=event.error.message,
+            turn=event.turn,
+            segment=event.segment,
+        )
+    )
+
+
+def _lifecycle(
+    event: speech_pb2.LifecycleEvent.ValueType, turn: int, cancelled: bool = False
+) -> speech_pb2.StreamResponse:
+    return speech_pb2.StreamResponse(
+        lifecycle=speech_pb2.Lifecycle(event=event, turn=turn, cancelled=cancelled)
+    )
+
+
+async def _forward_requests(
+    requests: AsyncIterator[speech_pb2.StreamRequest], session: SessionDispatcher
+) -> None:
+    """Feed the rest of the call's requests to the session; half-close closes it."""
+    try:
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "text":
+                session.send_text(request.text)
+            elif kind == "turn_done":
+                session.turn_done()
+            elif kind == "cancel":
+                session.cancel()
+            elif kind == "config":
+                raise InvalidInput(
+                    "config is allowed only as the first message of the stream; "
+                    "open a new stream to change it"
+                )
+            else:
+                raise InvalidInput(
+                    "empty StreamRequest: set one of config, text, turn_done or cancel"
+                )
+        session.close()
+    except SpeechError as error:
+        session.fail(error)
+
+
+class SpeechServicer(speech_pb2_grpc.SpeechServicer):
+    """Serves `voxrelay.v1.Speech` on top of a `SpeechService`."""
+
+    def __init__(self, service: SpeechService) -> None:
+        self._service = service
+
+    async def Stream(  # noqa: N802 - the rpc's name
+        self,
+        request_iterator: AsyncIterable[speech_pb2.StreamRequest],
+        context: grpc.aio.ServicerContext[speech_pb2.StreamRequest, speech_pb2.StreamResponse],
+    ) -> AsyncIterator[speech_pb2.StreamResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        config = speech_pb2.SessionConfig()
+        if first is not None and first.WhichOneof("request") == "config":
+            config, first = first.config, None
+        try:
+            session = self._service.open_session(session_request(config))
+            output = session.output
+        except SpeechError as error:
+            await context.abort(status_code(error), error.message)
+        pending = [first] if first is not None else []
+        reader = asyncio.create_task(_forward_requests(_chain(pending, requests), session))
+        try:
+            async for event in session.events():
+                yield _response(event, output)
+                if isinstance(event, SegmentFailed):
+                    failure = event.error
+                    context.set_code(status_code(failure))
+                    context.set_details(failure.message)
+        except SpeechError as error:
+            await context.abort(status_code(error), error.message)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await session.aclose()
+
+    async def ListVoices(  # noqa: N802 - the rpc's name
+        self,
+        request: speech_pb2.ListVoicesRequest,
+        context: grpc.aio.ServicerContext[speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse],
+    ) -> speech_pb2.ListVoicesResponse:
+        default = self._service.catalog.default_voice
+        return speech_pb2.ListVoicesResponse(
+            voices=[
+                speech_pb2.Voice(
+                    name=voice.name,
+                    engine=voice.engine,
+                    language_codes=voice.language_codes,
+                    native_sample_rate_hz=voice.native_sample_rate_hz,
+                    is_default=voice.name == default,
+                )
+                for voice in self._service.voices()
+            ]
+        )
+
+
+async def _chain(
+    first: list[speech_pb2.StreamRequest], rest: AsyncIterator[speech_pb2.StreamRequest]
+) -> AsyncIterator[speech_pb2.StreamRequest]:
+    for request in first:
+        yield request
+    async for request in rest:
+        yield request

@@ -1,0 +1,117 @@
+"""Validated per-session settings and the limits that bound them."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from voxrelay_server.errors import InvalidInput
+
+MAX_TEXT_CHUNK_CHARS = 16384
+"""Longest text chunk accepted in one request."""
+MAX_INSTRUCTIONS_CHARS = 4096
+DEFAULT_MIN_SENTENCE_CHARS = 20
+MAX_MIN_SENTENCE_CHARS = 10000
+MAX_CHUNK_MS = 10000
+MAX_INFLIGHT_SEGMENTS = 64
+MIN_SAMPLE_RATE_HZ = 8000
+MAX_SAMPLE_RATE_HZ = 96000
+MIN_SPEED = 0.25
+MAX_SPEED = 4.0
+
+
+class AudioEncoding(enum.Enum):
+    """Encoding of the samples sent to the caller (always mono)."""
+
+    PCM_S16LE = "pcm_s16le"
+    """16-bit signed little-endian integers."""
+    PCM_F32LE = "pcm_f32le"
+    """32-bit little-endian floats in [-1, 1]: the 16-bit value divided by 32767."""
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self is AudioEncoding.PCM_S16LE else 4
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """A session's configuration as the caller sent it; zero values mean "default"."""
+
+    voice: str = ""
+    encoding: AudioEncoding = AudioEncoding.PCM_S16LE
+    sample_rate_hz: int = 0
+    speed: float = 0.0
+    instructions: str = ""
+    min_sentence_chars: int = 0
+    chunk_ms: int = 0
+    max_inflight_segments: int = 0
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What the caller receives: encoding, rate and target message duration."""
+
+    encoding: AudioEncoding
+    sample_rate_hz: int
+    chunk_ms: int = 0
+    """Target duration of one audio message; 0 sends audio as the engine produces it."""
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """A session's configuration after validation, with every default filled in."""
+
+    voice: str
+    output: OutputFormat
+    speed: float
+    instructions: str
+    min_sentence_chars: int
+    max_inflight_segments: int
+
+
+def validate_request(
+    request: SessionRequest,
+    *,
+    voice: str,
+    native_sample_rate_hz: int,
+    default_max_inflight_segments: int,
+) -> SessionSettings:
+    """Check `request` against the documented ranges and fill in defaults.
+
+    `voice` is the already resolved voice name and `native_sample_rate_hz` its rate.
+    Raises `InvalidInput` naming the field, the value and what is allowed.
+    """
+    speed = request.speed
+    if speed == 0.0:
+        speed = 1.0
+    elif not math.isfinite(speed) or not MIN_SPEED <= speed <= MAX_SPEED:
+        raise InvalidInput(
+            f"speed {speed!r} is out of range: use a value from {MIN_SPEED} to {MAX_SPEED}, "
+            "or 0 for the voice's normal speed"
+        )
+    rate = request.sample_rate_hz or native_sample_rate_hz
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise InvalidInput(
+            f"audio_format.sample_rate_hz {rate} is out of range: use {MIN_SAMPLE_RATE_HZ} to "
+            f"{MAX_SAMPLE_RATE_HZ} Hz, or 0 for the voice's native rate ({native_sample_rate_hz} Hz)"
+        )
+    _check_at_most("instructions length", len(request.instructions), MAX_INSTRUCTIONS_CHARS)
+    _check_at_most("min_sentence_chars", request.min_sentence_chars, MAX_MIN_SENTENCE_CHARS)
+    _check_at_most("chunk_ms", request.chunk_ms, MAX_CHUNK_MS)
+    _check_at_most(
+        "max_inflight_segments", request.max_inflight_segments, MAX_INFLIGHT_SEGMENTS
+    )
+    return SessionSettings(
+        voice=voice,
+        output=OutputFormat(request.encoding, rate, request.chunk_ms),
+        speed=speed,
+        instructions=request.instructions,
+        min_sentence_chars=request.min_sentence_chars or DEFAULT_MIN_SENTENCE_CHARS,
+        max_inflight_segments=request.max_inflight_segments or default_max_inflight_segments,
+    )
+
+
+def _check_at_most(name: str, value: int, limit: int) -> None:
+    if not 0 <= value <= limit:
+        raise InvalidInput(f"{name} {value} is out of range: use 0 to {limit}")
