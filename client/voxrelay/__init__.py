@@ -1,1 +1,33 @@
-"""voxrelay: a Python client for the voxrelay streaming speech service."""
+"""voxrelay: a Python client for the voxrelay streaming speech service.
+
+`AsyncClient` opens sessions that stream text in and ordered audio out;
+`Client` and `synthesize()` return the audio of one text in a single call.
+"""
+
+from voxrelay.client import (
+    AsyncClient,
+    AsyncSession,
+    Client,
+    SessionOptions,
+    SynthesizedAudio,
+    VoiceInfo,
+    synthesize,
+)
+from voxrelay.errors import VoxrelayError
+from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted
+
+__all__ = [
+    "AsyncClient",
+    "AsyncSession",
+    "Audio",
+    "Client",
+    "Event",
+    "SessionEnded",
+    "SessionOptions",
+    "SynthesizedAudio",
+    "TurnEnded",
+    "TurnStarted",
+    "VoiceInfo",
+    "VoxrelayError",
+    "synthesize",
+]

@@ -1,0 +1,359 @@
+"""The Python client: an async session API and sync helpers with the same names.
+
+    async with voxrelay.AsyncClient() as client:
+        async with client.session(voice="piper/en_US-joe-medium") as session:
+            await session.send_text("Hello there. ")
+            await session.turn_done()
+            await session.close()
+            async for event in session:
+                ...
+
+    audio = voxrelay.Client().synthesize("Hello there.")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from voxrelay.errors import VoxrelayError, status_from_number
+from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+SampleType = Literal["int16", "float32"]
+
+_ENCODINGS = {
+    "int16": speech_pb2.AUDIO_ENCODING_PCM_S16LE,
+    "float32": speech_pb2.AUDIO_ENCODING_PCM_F32LE,
+}
+_DTYPES = {
+    speech_pb2.AUDIO_ENCODING_PCM_S16LE: np.dtype("<i2"),
+    speech_pb2.AUDIO_ENCODING_PCM_F32LE: np.dtype("<f4"),
+}
+
+
+def default_target() -> str:
+    """`VOXRELAY_SERVER` if set, else 127.0.0.1:50051."""
+    return os.environ.get("VOXRELAY_SERVER", DEFAULT_TARGET)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """A session's configuration; zero values take the server's defaults."""
+
+    voice: str = ""
+    """`<engine>/<voice>`; empty for the server's default voice."""
+    dtype: SampleType = "int16"
+    """Sample type of the audio arrays (and of the wire encoding)."""
+    sample_rate_hz: int = 0
+    """0 = the voice's native rate; anything else is resampled by the server."""
+    speed: float = 0.0
+    """0.25 to 4.0; 0 = normal speed."""
+    instructions: str = ""
+    min_sentence_chars: int = 0
+    """Splitter minimum; 0 = 20 characters."""
+    chunk_ms: int = 0
+    """Target duration of one audio message; 0 = as the engine produces it."""
+    max_inflight_segments: int = 0
+    """How far synthesis may run ahead of playback; 0 = server default."""
+
+    def to_proto(self) -> speech_pb2.SessionConfig:
+        if self.dtype not in _ENCODINGS:
+            raise ValueError(f"dtype must be 'int16' or 'float32', not {self.dtype!r}")
+        return speech_pb2.SessionConfig(
+            voice=self.voice,
+            audio_format=speech_pb2.AudioFormat(
+                encoding=_ENCODINGS[self.dtype], sample_rate_hz=self.sample_rate_hz
+            ),
+            speed=self.speed,
+            instructions=self.instructions,
+            min_sentence_chars=self.min_sentence_chars,
+            chunk_ms=self.chunk_ms,
+            max_inflight_segments=self.max_inflight_segments,
+        )
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A voice the server offers."""
+
+    name: str
+    engine: str
+    language_codes: tuple[str, ...]
+    native_sample_rate_hz: int
+    is_default: bool
+
+
+@dataclass
+class SynthesizedAudio:
+    """The whole audio of one text."""
+
+    samples: npt.NDArray[np.int16] | npt.NDArray[np.float32]
+    sample_rate_hz: int
+    chunks: list[Audio] = field(default_factory=list, repr=False)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate_hz if self.sample_rate_hz else 0.0
+
+
+def event_from_response(response: speech_pb2.StreamResponse) -> Event:
+    """Decode one server message; raises `VoxrelayError` for an `error` message."""
+    kind = response.WhichOneof("response")
+    if kind == "audio":
+        chunk = response.audio
+        samples = np.frombuffer(chunk.data, dtype=_DTYPES[chunk.encoding])
+        return Audio(samples, chunk.sample_rate_hz, chunk.turn, chunk.segment, chunk.offset_samples)
+    if kind == "lifecycle":
+        lifecycle = response.lifecycle
+        if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
+            return TurnStarted(lifecycle.turn)
+        if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_ENDED:
+            return TurnEnded(lifecycle.turn, lifecycle.cancelled)
+        return SessionEnded()
+    error = response.error
+    raise VoxrelayError(
+        status_from_number(error.code), error.message, turn=error.turn, segment=error.segment
+    )
+
+
+def _voice_info(voice: speech_pb2.Voice) -> VoiceInfo:
+    return VoiceInfo(
+        voice.name,
+        voice.engine,
+        tuple(voice.language_codes),
+        voice.native_sample_rate_hz,
+        voice.is_default,
+    )
+
+
+def _one_turn_requests(options: SessionOptions, text: str) -> list[speech_pb2.StreamRequest]:
+    return [
+        speech_pb2.StreamRequest(config=options.to_proto()),
+        speech_pb2.StreamRequest(text=text),
+        speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()),
+    ]
+
+
+def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
+    dtype = np.dtype("<i2") if options.dtype == "int16" else np.dtype("<f4")
+    samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, dtype)
+    rate = chunks[0].sample_rate_hz if chunks else 0
+    return SynthesizedAudio(samples, rate, chunks)
+
+
+class AsyncSession:
+    """One conversation: send text and turn markers, iterate ordered events.
+
+    Use it as an async context manager; leaving the block early cancels the call.
+    Iterating yields `Audio`, `TurnStarted`, `TurnEnded` and finally
+    `SessionEnded`; a failure raises `VoxrelayError`.
+    """
+
+    def __init__(
+        self, stub: speech_pb2_grpc.SpeechStub, options: SessionOptions, target: str
+    ) -> None:
+        self._stub = stub
+        self._options = options
+        self._target = target
+        self._call: grpc.aio.StreamStreamCall[
+            speech_pb2.StreamRequest, speech_pb2.StreamResponse
+        ] | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+    async def open(self) -> None:
+        """Start the call and send the configuration."""
+        self._call = self._stub.Stream()
+        await self._write(speech_pb2.StreamRequest(config=self._options.to_proto()))
+
+    async def send_text(self, text: str) -> None:
+        """Send the next chunk of text of the current turn (whitespace is kept)."""
+        await self._write(speech_pb2.StreamRequest(text=text))
+
+    async def turn_done(self) -> None:
+        """Mark the current turn complete."""
+        await self._write(speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()))
+
+    async def cancel(self) -> None:
+        """Barge-in: drop everything sent so far that has not been delivered."""
+        await self._write(speech_pb2.StreamRequest(cancel=speech_pb2.Cancel()))
+
+    async def close(self) -> None:
+        """Send nothing more: the server finishes every turn, then ends the session."""
+        try:
+            await self._require_call().done_writing()
+        except grpc.RpcError as error:
+            raise VoxrelayError.from_rpc_error(error, self._target) from None
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.events()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The session's events in order, until `SessionEnded`."""
+        call = self._require_call()
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    break
+                assert isinstance(response, speech_pb2.StreamResponse)
+                event = event_from_response(response)
+                yield event
+                if isinstance(event, SessionEnded):
+                    break
+        except grpc.RpcError as error:
+            raise VoxrelayError.from_rpc_error(error, self._target) from None
+        except VoxrelayError:
+            call.cancel()
+            raise
+        await self._raise_for_status(call)
+
+    async def _raise_for_status(
+        self, call: grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse]
+    ) -> None:
+        code = await call.code()
+        if code is not grpc.StatusCode.OK:
+            raise VoxrelayError(code, await call.details() or "")
+
+    async def _write(self, request: speech_pb2.StreamRequest) -> None:
+        call = self._require_call()
+        try:
+            await call.write(request)
+        except grpc.RpcError as error:
+            raise VoxrelayError.from_rpc_error(error, self._target) from None
+        except grpc.aio.UsageError:
+            # The server already ended the call; its status says why.
+            await self._raise_for_status(call)
+            raise
+
+    def _require_call(
+        self,
+    ) -> grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse]:
+        if self._call is None:
+            raise RuntimeError("the session is not open: use `async with client.session(...)`")
+        return self._call
+
+
+class AsyncClient:
+    """An async connection to a voxrelay server; close it or use `async with`."""
+
+    def __init__(self, target: str | None = None) -> None:
+        self.target = target or default_target()
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self._stub = speech_pb2_grpc.SpeechStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def session(self, options: SessionOptions | None = None, **fields: object) -> AsyncSession:
+        """A new session; pass `SessionOptions` or its fields as keywords."""
+        if options is None:
+            options = SessionOptions(**fields)  # type: ignore[arg-type]
+        return AsyncSession(self._stub, options, self.target)
+
+    async def voices(self) -> list[VoiceInfo]:
+        """Every voice the server offers, the default first."""
+        try:
+            response = await self._stub.ListVoices(speech_pb2.ListVoicesRequest())
+        except grpc.RpcError as error:
+            raise VoxrelayError.from_rpc_error(error, self.target) from None
+        return [_voice_info(voice) for voice in response.voices]
+
+    async def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
+        """The whole audio of `text`, spoken as one turn."""
+        options = options or SessionOptions()
+        chunks: list[Audio] = []
+        async with self.session(options) as session:
+            await session.send_text(text)
+            await session.turn_done()
+            await session.close()
+            async for event in session:
+                if isinstance(event, Audio):
+                    chunks.append(event)
+        return _join(chunks, options)
+
+
+class Client:
+    """The blocking twin of `AsyncClient`, for scripts: `voices()` and `synthesize()`."""
+
+    def __init__(self, target: str | None = None) -> None:
+        self.target = target or default_target()
+        self._channel = grpc.insecure_channel(self.target)
+        self._stub = speech_pb2_grpc.SpeechStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def voices(self) -> list[VoiceInfo]:
+        """Every voice the server offers, the default first."""
+        try:
+            response = self._stub.ListVoices(speech_pb2.ListVoicesRequest())
+        except grpc.RpcError as error:
+            raise VoxrelayError.from_rpc_error(error, self.target) from None
+        return [_voice_info(voice) for voice in response.voices]
+
+    def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
+        """The whole audio of `text`, spoken as one turn."""
+        options = options or SessionOptions()
+        chunks: list[Audio] = []
+        responses: Iterator[speech_pb2.StreamResponse] = self._stub.Stream(
+            iter(_one_turn_requests(options, text))
+        )
+        try:
+            for response in responses:
+                event = event_from_response(response)
+                if isinstance(event, Audio):
+                    chunks.append(event)
+        except grpc.RpcError as error:
+            raise VoxrelayError.from_rpc_error(error, self.target) from None
+        return _join(chunks, options)
+
+
+def synthesize(
+    text: str, *, target: str | None = None, options: SessionOptions | None = None
+) -> SynthesizedAudio:
+    """One call, one text, its whole audio: the simplest way to use a voxrelay server."""
+    with Client(target) as client:
+        return client.synthesize(text, options)
