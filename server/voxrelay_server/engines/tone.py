@@ -40,6 +40,8 @@ class ToneStats:
     finished: int = 0
     cancelled: int = 0
     active: int = 0
+    peak_active: int = 0
+    """Most segments synthesized at the same time."""
 
 
 class ToneEngine(SpeechEngine):
@@ -77,6 +79,7 @@ class ToneEngine(SpeechEngine):
     ) -> AsyncIterator[bytes]:
         self.stats.started += 1
         self.stats.active += 1
+        self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
         self.idle.clear()
         try:
             latency = _LATENCY.search(text)

@@ -1,0 +1,295 @@
+"""The ordered concurrent dispatcher on its own, driven by the tone engine (no gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from voxrelay_server.dispatcher import SessionDispatcher
+from voxrelay_server.engines.base import SynthesisOptions
+from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
+from voxrelay_server.errors import ErrorCode, InvalidInput
+from voxrelay_server.events import (
+    AudioOut,
+    SegmentFailed,
+    SessionEnded,
+    SessionEvent,
+    TurnEnded,
+    TurnStarted,
+)
+from voxrelay_server.settings import AudioEncoding, OutputFormat
+
+import numpy as np
+
+
+def make_dispatcher(
+    tone: ToneEngine, *, max_inflight: int = 4, min_chars: int = 1, chunk_ms: int = 0
+) -> SessionDispatcher:
+    voice = tone.voices()[0]
+    return SessionDispatcher(
+        lambda text: tone.synthesize(voice, text, SynthesisOptions()),
+        native_rate_hz=SAMPLE_RATE_HZ,
+        output=OutputFormat(AudioEncoding.PCM_S16LE, SAMPLE_RATE_HZ, chunk_ms),
+        min_sentence_chars=min_chars,
+        max_inflight_segments=max_inflight,
+    )
+
+
+async def drain(events: AsyncIterator[SessionEvent]) -> list[SessionEvent]:
+    return [event async for event in events]
+
+
+def amplitudes(event: AudioOut) -> set[int]:
+    return set(np.abs(np.frombuffer(event.data, dtype="<i2")).tolist())
+
+
+def check_wire_order(events: list[SessionEvent], segments: dict[int, list[str]]) -> None:
+    """Turns in order, each: started, its segments' audio in order and contiguous, ended."""
+    position = 0
+    for turn, texts in segments.items():
+        assert events[position] == TurnStarted(turn)
+        position += 1
+        offset = 0
+        for number, text in enumerate(texts, start=1):
+            expected = ToneEngine.amplitude_for(text)
+            while isinstance(events[position], AudioOut):
+                audio = events[position]
+                assert isinstance(audio, AudioOut)
+                if audio.segment != number:
+                    break
+                assert audio.turn == turn
+                assert audio.offset_samples == offset
+                assert amplitudes(audio) == {expected}
+                offset += len(audio.data) // 2
+                position += 1
+        assert events[position] == TurnEnded(turn, cancelled=False)
+        position += 1
+    assert events[position:] == [SessionEnded()]
+
+
+async def test_audio_goes_out_in_order_when_later_segments_finish_first() -> None:
+    rng = random.Random(7)
+    tone = ToneEngine(ms_per_char=2)
+    dispatcher = make_dispatcher(tone, max_inflight=6)
+    sent: dict[int, list[str]] = {}
+    for turn in (1, 2, 3):
+        sent[turn] = []
+        for index in range(6):
+            # Earlier segments get the longer latencies, so later ones finish first.
+            latency = (6 - index) * 15 + rng.randint(0, 10)
+            sentence = f"[[latency_ms={latency}]]Turn {turn} sentence {index}."
+            sent[turn].append(sentence)
+            dispatcher.send_text(sentence + " ")
+        dispatcher.turn_done()
+    dispatcher.close()
+    events = await drain(dispatcher.events())
+    check_wire_order(events, sent)
+    assert tone.stats.finished == 18
+
+
+async def test_a_later_segment_that_finishes_first_waits_its_turn() -> None:
+    # Each makes ~0.2 s of audio in real time; the first starts 0.3 s late.
+    tone = ToneEngine(ms_per_char=10, realtime_factor=1.0)
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("[[latency_ms=300]]Slow first segment. ")
+    dispatcher.send_text("[[latency_ms=0]]Fast second segment. ")
+    dispatcher.close()
+    seen_first_audio_after: int | None = None
+    order = []
+    async for event in dispatcher.events():
+        if isinstance(event, AudioOut):
+            if seen_first_audio_after is None:
+                seen_first_audio_after = tone.stats.finished
+            order.append(event.segment)
+    assert seen_first_audio_after == 1  # the fast one was done before the slow one spoke
+    assert order == sorted(order) and set(order) == {1, 2}
+
+
+async def test_the_head_segment_streams_before_it_is_complete() -> None:
+    tone = ToneEngine(ms_per_char=40, realtime_factor=1.0)  # ~2 s of audio made in real time
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("A long sentence that takes a while to say.")
+    dispatcher.close()
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    first = await anext(events)
+    assert isinstance(first, AudioOut)
+    assert tone.stats.active == 1 and tone.stats.finished == 0
+    await dispatcher.aclose()
+
+
+async def test_segments_are_synthesized_concurrently() -> None:
+    segments, latency_s = 8, 0.2
+    timings = {}
+    for limit in (segments, 1):
+        tone = ToneEngine(first_audio_ms=latency_s * 1000, ms_per_char=1)
+        dispatcher = make_dispatcher(tone, max_inflight=limit)
+        for index in range(segments):
+            dispatcher.send_text(f"Segment number {index}. ")
+        dispatcher.close()
+        started = time.perf_counter()
+        await drain(dispatcher.events())
+        timings[limit] = time.perf_counter() - started
+        assert tone.stats.peak_active == limit
+    assert timings[segments] < 0.3 * segments * latency_s  # far less than K x L
+    assert timings[1] >= segments * latency_s  # the limit really bounds concurrency
+
+
+async def test_in_flight_segments_never_exceed_the_limit() -> None:
+    tone = ToneEngine(first_audio_ms=5, ms_per_char=1)
+    dispatcher = make_dispatcher(tone, max_inflight=2)
+    for turn in range(3):
+        for index in range(4):
+            dispatcher.send_text(f"Turn {turn} segment {index}. ")
+        dispatcher.turn_done()
+    dispatcher.close()
+    events = await drain(dispatcher.events())
+    assert tone.stats.peak_active == 2
+    assert tone.stats.finished == 12
+    assert events[-1] == SessionEnded()
+
+
+async def test_turn_done_without_text_does_nothing() -> None:
+    dispatcher = make_dispatcher(ToneEngine())
+    dispatcher.turn_done()
+    dispatcher.send_text("Hello.")
+    dispatcher.turn_done()
+    dispatcher.turn_done()
+    dispatcher.close()
+    events = [e for e in await drain(dispatcher.events()) if not isinstance(e, AudioOut)]
+    assert events == [TurnStarted(1), TurnEnded(1), SessionEnded()]
+
+
+async def test_a_whitespace_turn_starts_and_ends_without_audio() -> None:
+    tone = ToneEngine()
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("  \n ")
+    dispatcher.turn_done()
+    dispatcher.close()
+    assert await drain(dispatcher.events()) == [TurnStarted(1), TurnEnded(1), SessionEnded()]
+    assert tone.stats.started == 0
+
+
+async def test_close_speaks_buffered_text() -> None:
+    tone = ToneEngine(ms_per_char=5)
+    dispatcher = make_dispatcher(tone, min_chars=20)
+    dispatcher.send_text("no sentence end ")
+    dispatcher.send_text("at all")
+    dispatcher.close()
+    events = await drain(dispatcher.events())
+    audio = [e for e in events if isinstance(e, AudioOut)]
+    assert sum(len(a.data) // 2 for a in audio) == tone.samples_for("no sentence end at all")
+    assert {ToneEngine.amplitude_for("no sentence end at all")} == set().union(
+        *(amplitudes(a) for a in audio)
+    )
+    assert events[-2:] == [TurnEnded(1), SessionEnded()]
+
+
+async def test_cancel_mid_turn_drops_undelivered_audio_and_queued_turns() -> None:
+    tone = ToneEngine(ms_per_char=30, realtime_factor=1.0)
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("The first turn is long enough to interrupt. ")
+    dispatcher.send_text("It has a second sentence too. ")
+    dispatcher.turn_done()
+    dispatcher.send_text("A queued second turn. ")
+    dispatcher.turn_done()
+    dispatcher.send_text("An open third turn")
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    assert isinstance(await anext(events), AudioOut)
+
+    dispatcher.cancel()
+    after_cancel = []
+    async for event in events:
+        after_cancel.append(event)
+        if event == TurnEnded(3, cancelled=True):
+            break
+    assert after_cancel == [
+        TurnEnded(1, cancelled=True),
+        TurnStarted(2),
+        TurnEnded(2, cancelled=True),
+        TurnStarted(3),
+        TurnEnded(3, cancelled=True),
+    ]
+    await asyncio.wait_for(tone.idle.wait(), timeout=1.0)
+    assert tone.stats.cancelled >= 1
+    assert tone.stats.finished == 0
+
+    dispatcher.send_text("After the barge-in.")
+    dispatcher.close()
+    rest = await drain(events)
+    assert rest[0] == TurnStarted(4)
+    assert any(isinstance(e, AudioOut) and e.turn == 4 for e in rest)
+    assert rest[-2:] == [TurnEnded(4, cancelled=False), SessionEnded()]
+
+
+async def test_cancel_between_turns_changes_nothing() -> None:
+    tone = ToneEngine()
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("First turn.")
+    dispatcher.turn_done()
+    events = dispatcher.events()
+    async for event in events:
+        if isinstance(event, TurnEnded):
+            assert not event.cancelled
+            break
+    dispatcher.cancel()
+    dispatcher.send_text("Second turn.")
+    dispatcher.close()
+    rest = await drain(events)
+    assert rest[0] == TurnStarted(2)
+    assert rest[-2:] == [TurnEnded(2, cancelled=False), SessionEnded()]
+
+
+async def test_engine_failure_names_the_segment_and_ends_the_session() -> None:
+    tone = ToneEngine(ms_per_char=5)
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("A fine first segment. ")
+    dispatcher.send_text("[[fail]] A broken second segment. ")
+    dispatcher.send_text("[[latency_ms=2000]] A third that never plays. ")
+    dispatcher.close()
+    events = await drain(dispatcher.events())
+    failure = events[-2]
+    assert isinstance(failure, SegmentFailed)
+    assert (failure.turn, failure.segment) == (1, 2)
+    assert failure.error.code is ErrorCode.INTERNAL
+    assert events[-1] == SessionEnded()
+    assert {e.segment for e in events if isinstance(e, AudioOut)} <= {1, 2}
+    await asyncio.wait_for(tone.idle.wait(), timeout=1.0)  # the third was stopped
+
+
+async def test_aclose_stops_every_synthesis() -> None:
+    tone = ToneEngine(ms_per_char=50, realtime_factor=1.0)
+    dispatcher = make_dispatcher(tone)
+    for index in range(3):
+        dispatcher.send_text(f"Segment {index} speaks for a long while. ")
+    assert tone.stats.started == 0  # tasks are created, not yet run
+    await asyncio.sleep(0)
+    assert tone.stats.active == 3
+    await dispatcher.aclose()
+    assert tone.stats.active == 0
+    assert tone.stats.cancelled == 3
+
+
+async def test_fail_raises_from_events_and_stops_synthesis() -> None:
+    tone = ToneEngine(ms_per_char=50, realtime_factor=1.0)
+    dispatcher = make_dispatcher(tone)
+    dispatcher.send_text("Something long to say here. ")
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    dispatcher.fail(InvalidInput("bad request"))
+    with pytest.raises(InvalidInput, match="bad request"):
+        await drain(events)
+    await asyncio.wait_for(tone.idle.wait(), timeout=1.0)
+
+
+def test_bad_text_chunks_are_rejected() -> None:
+    dispatcher = make_dispatcher(ToneEngine())
+    with pytest.raises(InvalidInput, match="must not be empty"):
+        dispatcher.send_text("")
+    with pytest.raises(InvalidInput, match="over the limit of 16384"):
+        dispatcher.send_text("x" * 16385)
