@@ -145,3 +145,12 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> Non
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
+
+
+async def read_rest(call: grpc.aio.StreamStreamCall[Request, Response]) -> list[Response]:
+    """Read a read/write-style call to its end (such calls cannot be iterated)."""
+    responses = []
+    while (response := await call.read()) is not grpc.aio.EOF:
+        assert isinstance(response, Response)
+        responses.append(response)
+    return responses

@@ -189,6 +189,8 @@ class SessionDispatcher:
         """Stop every synthesis task of this session and wait until they are gone."""
         self._ended = True
         self._drop_everything()
+        for task in self._tasks:
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -221,8 +223,9 @@ class SessionDispatcher:
                     yield SessionEnded()
                     return
                 finally:
+                    # Also reached when the consumer stops early: the job must not run on.
                     self._delivering = None
-                    self._settle(entry)
+                    self._drop(entry)
 
     async def _next_entry(self) -> _Entry:
         while True:
@@ -259,6 +262,8 @@ class SessionDispatcher:
         self._start_ready_jobs()
 
     def _start_ready_jobs(self) -> None:
+        if self._ended or self._failure is not None:
+            return
         while self._waiting_jobs and self._inflight < self._max_inflight:
             job = self._waiting_jobs.popleft()
             name = f"segment {job.turn.number}.{job.number}"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 import grpc
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
@@ -147,20 +148,21 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             config, first = first.config, None
         try:
             session = self._service.open_session(session_request(config))
-            output = session.output
         except SpeechError as error:
-            await context.abort(status_code(error), error.message)
+            for response in _end_with_error(error, context):
+                yield response
+            return
         pending = [first] if first is not None else []
         reader = asyncio.create_task(_forward_requests(_chain(pending, requests), session))
         try:
             async for event in session.events():
-                yield _response(event, output)
+                yield _response(event, session.output)
                 if isinstance(event, SegmentFailed):
-                    failure = event.error
-                    context.set_code(status_code(failure))
-                    context.set_details(failure.message)
+                    context.set_code(status_code(event.error))
+                    context.set_details(event.error.message)
         except SpeechError as error:
-            await context.abort(status_code(error), error.message)
+            for response in _end_with_error(error, context):
+                yield response
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,6 +187,24 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 for voice in self._service.voices()
             ]
         )
+
+
+def _end_with_error(
+    error: SpeechError, context: grpc.aio.ServicerContext[Any, Any]
+) -> list[speech_pb2.StreamResponse]:
+    """The last messages of a failed call: the error, SESSION_ENDED; then its status.
+
+    The error also travels as a message because a client that is still writing
+    when the call ends may not see the status itself (a known grpcio asyncio bug).
+    """
+    context.set_code(status_code(error))
+    context.set_details(error.message)
+    return [
+        speech_pb2.StreamResponse(
+            error=speech_pb2.Error(code=int(error.code), message=error.message)
+        ),
+        _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0),
+    ]
 
 
 async def _chain(

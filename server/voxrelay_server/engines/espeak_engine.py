@@ -84,23 +84,27 @@ class _EspeakLibrary:
         self._callback = _SynthCallback(self._on_audio)
         lib.espeak_SetSynthCallback(self._callback)
 
-    def languages(self) -> list[str]:
-        """The language of every installed voice, as espeak-ng names it."""
+    def languages(self) -> dict[str, str]:
+        """The language of every installed voice, as espeak-ng names it, to its identifier.
+
+        The identifier (the voice file, e.g. `roa/fr` for `fr-fr`) is what selects the
+        voice: `espeak_SetVoiceByName` does not know every language name.
+        """
         voices = self._lib.espeak_ListVoices(None)
-        found: list[str] = []
+        found: dict[str, str] = {}
         index = 0
         while voices[index]:
             # `languages` is a list of (priority byte, name, NUL); the first is the main one.
             raw = ctypes.string_at(voices[index].contents.languages)
-            found.append(raw[1:].decode())
+            found.setdefault(raw[1:].decode(), voices[index].contents.identifier.decode())
             index += 1
         return found
 
-    def synthesize(self, language: str, text: str, words_per_minute: int, emit: Emit,
-                   stop: threading.Event) -> None:
+    def synthesize(self, language: str, identifier: str, text: str, words_per_minute: int,
+                   emit: Emit, stop: threading.Event) -> None:
         encoded = text.encode("utf-8") + b"\0"
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(language.encode()) != _EE_OK:
+            if self._lib.espeak_SetVoiceByName(identifier.encode()) != _EE_OK:
                 raise EngineError(ErrorCode.INVALID_ARGUMENT, f"espeak-ng has no voice {language}")
             self._lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
             self._emit, self._stop = emit, stop
@@ -131,14 +135,18 @@ class EspeakEngine(SpeechEngine):
         self._library = _EspeakLibrary()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
         rate = self._library.sample_rate_hz
+        self._identifiers = {
+            f"{ENGINE_NAME}/{language}": identifier
+            for language, identifier in self._library.languages().items()
+        }
         self._voices = {
-            f"{ENGINE_NAME}/{language}": VoiceInfo(
-                name=f"{ENGINE_NAME}/{language}",
+            name: VoiceInfo(
+                name=name,
                 engine=ENGINE_NAME,
-                language_codes=(_bcp47(language),),
+                language_codes=(_bcp47(name.partition("/")[2]),),
                 native_sample_rate_hz=rate,
             )
-            for language in sorted(set(self._library.languages()))
+            for name in sorted(self._identifiers)
         }
 
     def voices(self) -> Sequence[VoiceInfo]:
@@ -151,7 +159,9 @@ class EspeakEngine(SpeechEngine):
         words_per_minute = max(MIN_WORDS_PER_MINUTE, min(MAX_WORDS_PER_MINUTE, words_per_minute))
 
         def run(emit: Emit, stop: threading.Event) -> None:
-            self._library.synthesize(voice.voice_id, text, words_per_minute, emit, stop)
+            self._library.synthesize(
+                voice.voice_id, self._identifiers[voice.name], text, words_per_minute, emit, stop
+            )
 
         return stream_from_thread(self._executor, run, describe=f"espeak voice {voice.name}")
 

@@ -96,7 +96,7 @@ class OpenAIEngine(SpeechEngine):
                     raise EngineError(
                         code, f"speech endpoint {url} answered {response.status_code}: {detail}"
                     )
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     if chunk:
                         yield chunk
         except httpx.TimeoutException as error:

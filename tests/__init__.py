@@ -1,0 +1,1 @@
+"""voxrelay test suite."""
