@@ -6,12 +6,13 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 import pytest_asyncio
-from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.app import create_server
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
@@ -20,6 +21,9 @@ from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.service import SpeechService
 from voxrelay_server.voices import VoiceCatalog
+
+if TYPE_CHECKING:
+    from voxrelay.v1.speech_pb2_grpc import SpeechAsyncStub
 
 Request = speech_pb2.StreamRequest
 Response = speech_pb2.StreamResponse
@@ -34,7 +38,7 @@ class RunningServer:
     service: SpeechService
     tone: ToneEngine
 
-    def stub(self, channel: grpc.aio.Channel) -> speech_pb2_grpc.SpeechStub:
+    def stub(self, channel: grpc.aio.Channel) -> SpeechAsyncStub:
         return speech_pb2_grpc.SpeechStub(channel)
 
 
@@ -111,9 +115,7 @@ def config(**fields: object) -> Request:
     return Request(config=session)
 
 
-async def collect(
-    stub: speech_pb2_grpc.SpeechStub, requests: Sequence[Request]
-) -> list[Response]:
+async def collect(stub: SpeechAsyncStub, requests: Sequence[Request]) -> list[Response]:
     """Send `requests`, half-close, and return every response until the call ends OK."""
     call = stub.Stream(iter(requests))
     return [response async for response in call]
@@ -145,6 +147,13 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> Non
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
+
+
+async def read_one(call: grpc.aio.StreamStreamCall[Request, Response]) -> Response:
+    """The next response of a read/write-style call; fails at the end of the stream."""
+    response = await call.read()
+    assert isinstance(response, Response), "the stream ended early"
+    return response
 
 
 async def read_rest(call: grpc.aio.StreamStreamCall[Request, Response]) -> list[Response]:

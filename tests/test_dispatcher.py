@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
 from voxrelay_server.dispatcher import SessionDispatcher
@@ -22,8 +23,6 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.settings import AudioEncoding, OutputFormat
-
-import numpy as np
 
 
 def make_dispatcher(

@@ -9,7 +9,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 from tests.conftest import (
     Request,
@@ -21,10 +20,12 @@ from tests.conftest import (
     collect,
     config,
     lifecycle_of,
+    read_one,
     read_rest,
     text,
     turn_done,
 )
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
 
 S16 = speech_pb2.AUDIO_ENCODING_PCM_S16LE
@@ -47,15 +48,21 @@ async def test_multi_turn_lifecycle_and_order(
     responses = await collect(tone_server.stub(channel), requests)
 
     assert lifecycle_of(responses) == [
-        ("started", 1, False), ("ended", 1, False),
-        ("started", 2, False), ("ended", 2, False),
-        ("started", 3, False), ("ended", 3, False),
+        ("started", 1, False),
+        ("ended", 1, False),
+        ("started", 2, False),
+        ("ended", 2, False),
+        ("started", 3, False),
+        ("ended", 3, False),
         ("session_ended", 0, False),
     ]
     current_turn = 0
     for response in responses:
         kind = response.WhichOneof("response")
-        if kind == "lifecycle" and response.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
+        if (
+            kind == "lifecycle"
+            and response.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED
+        ):
             current_turn = response.lifecycle.turn
         if kind == "audio":
             assert response.audio.turn == current_turn  # audio only between its turn's marks
@@ -63,7 +70,7 @@ async def test_multi_turn_lifecycle_and_order(
         chunk_list = [a for a in audio_of(responses) if a.turn == turn]
         assert [a.segment for a in chunk_list] == sorted(a.segment for a in chunk_list)
         expected = [ToneEngine.amplitude_for(c.strip()) for c in chunks]
-        seen = []
+        seen: list[int] = []
         offset = 0
         for chunk in chunk_list:
             assert chunk.offset_samples == offset
@@ -82,7 +89,7 @@ async def test_text_is_read_while_the_previous_turn_speaks(start_server: StartSe
         await call.write(config())
         await call.write(text("The first turn speaks for about a second."))
         await call.write(turn_done())
-        while (await call.read()).WhichOneof("response") != "audio":
+        while (await read_one(call)).WhichOneof("response") != "audio":
             pass
         # Turn 1 is speaking; the next turn's text is accepted and synthesized at once.
         await call.write(text("Second turn."))
@@ -122,13 +129,13 @@ async def test_cancel_in_the_middle_of_a_turn(start_server: StartServer) -> None
         await call.write(turn_done())
         await call.write(text("A queued turn."))
         await call.write(turn_done())
-        while (await call.read()).WhichOneof("response") != "audio":
+        while (await read_one(call)).WhichOneof("response") != "audio":
             pass
         cancelled_at = time.perf_counter()
         await call.write(cancel())
         after: list[speech_pb2.StreamResponse] = []
         while True:
-            response = await call.read()
+            response = await read_one(call)
             after.append(response)
             if response.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_ENDED:
                 break
@@ -139,8 +146,10 @@ async def test_cancel_in_the_middle_of_a_turn(start_server: StartServer) -> None
         after += await read_rest(call)
     assert lifecycle_of(after) == [
         ("ended", 1, True),
-        ("started", 2, False), ("ended", 2, True),
-        ("started", 3, False), ("ended", 3, False),
+        ("started", 2, False),
+        ("ended", 2, True),
+        ("started", 3, False),
+        ("ended", 3, False),
         ("session_ended", 0, False),
     ]
     assert {a.turn for a in audio_of(after)} <= {1, 3}
@@ -154,7 +163,7 @@ async def test_client_disconnect_stops_synthesis(start_server: StartServer) -> N
         call = server.stub(channel).Stream()
         for index in range(4):
             await call.write(text(f"Sentence {index} goes on and on for quite a while. "))
-        while (await call.read()).WhichOneof("response") != "audio":
+        while (await read_one(call)).WhichOneof("response") != "audio":
             pass
         assert server.tone.stats.active >= 1
         call.cancel()
@@ -167,8 +176,14 @@ async def test_engine_failure_reports_turn_and_segment_then_ends_with_its_status
     tone_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     call = tone_server.stub(channel).Stream(
-        iter([config(min_sentence_chars=1), text("Good one. "), text("[[fail]] Bad one. "),
-              turn_done()])
+        iter(
+            [
+                config(min_sentence_chars=1),
+                text("Good one. "),
+                text("[[fail]] Bad one. "),
+                turn_done(),
+            ]
+        )
     )
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as failure:
@@ -191,13 +206,21 @@ BAD_INPUTS = {
     "speed too low": ([config(speed=0.1)], "0.25 to 4.0"),
     "speed not a number": ([config(speed=math.nan)], "speed nan is out of range"),
     "sample rate too low": (
-        [config(audio_format=speech_pb2.AudioFormat(sample_rate_hz=4000))], "8000 to 96000"
+        [config(audio_format=speech_pb2.AudioFormat(sample_rate_hz=4000))],
+        "8000 to 96000",
     ),
     "sample rate too high": (
-        [config(audio_format=speech_pb2.AudioFormat(sample_rate_hz=200000))], "8000 to 96000"
+        [config(audio_format=speech_pb2.AudioFormat(sample_rate_hz=200000))],
+        "8000 to 96000",
     ),
     "unknown encoding": (
-        [config(audio_format=speech_pb2.AudioFormat(encoding=9))], "encoding 9 is unknown"
+        # An enum value a newer client could send; proto3 enums are open.
+        [
+            config(
+                audio_format=speech_pb2.AudioFormat(encoding=speech_pb2.AudioEncoding.ValueType(9))
+            )
+        ],
+        "encoding 9 is unknown",
     ),
     "chunk_ms too long": ([config(chunk_ms=60000)], "chunk_ms 60000 is out of range"),
     "min_sentence_chars too big": ([config(min_sentence_chars=10**6)], "min_sentence_chars"),
@@ -234,8 +257,8 @@ async def test_bad_input_ends_the_call_with_invalid_argument(
     received, error = await asyncio.to_thread(
         call_blocking, tone_server.target, [*requests, *trailing]
     )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert message in error.details()  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (error.details() or "")
     assert received[-2].WhichOneof("response") == "error"
     assert received[-2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert message in received[-2].error.message
@@ -251,7 +274,7 @@ async def test_a_bad_session_does_not_disturb_another(start_server: StartServer)
         )
         for requests, _ in BAD_INPUTS.values():
             _, error = await asyncio.to_thread(call_blocking, server.target, requests)
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         responses = await good
     assert lifecycle_of(responses)[-1] == ("session_ended", 0, False)
     samples = sum(len(a.data) // 2 for a in audio_of(responses))

@@ -1,9 +1,9 @@
 """`voxrelay`: run the server, speak text through it, list its voices.
 
-    voxrelay serve                          start a server (flags or VOXRELAY_* variables)
-    voxrelay say "Hello there." -o hi.wav   speak a text into a WAV file
-    some-llm | voxrelay say - -o out.wav    speak stdin as it streams in, line by line
-    voxrelay voices                         list the server's voices
+voxrelay serve                          start a server (flags or VOXRELAY_* variables)
+voxrelay say "Hello there." -o hi.wav   speak a text into a WAV file
+some-llm | voxrelay say - -o out.wav    speak stdin as it streams in, line by line
+voxrelay voices                         list the server's voices
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _env(name: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
 
 def _add_server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--server", default=default_target(),
+        "--server",
+        default=default_target(),
         help="host:port of the voxrelay server [VOXRELAY_SERVER] (default: %(default)s)",
     )
 
@@ -52,51 +53,63 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     defaults = app.ServerSettings()
     serve.add_argument(
-        "--listen", default=_env("LISTEN", app.DEFAULT_LISTEN),
+        "--listen",
+        default=_env("LISTEN", app.DEFAULT_LISTEN),
         help="host:port to listen on [VOXRELAY_LISTEN]",
     )
     serve.add_argument(
-        "--default-voice", default=_env("DEFAULT_VOICE", app.DEFAULT_VOICE),
+        "--default-voice",
+        default=_env("DEFAULT_VOICE", app.DEFAULT_VOICE),
         help="voice for sessions that name none [VOXRELAY_DEFAULT_VOICE]",
     )
     serve.add_argument(
-        "--engines", default=_env("ENGINES", ",".join(app.ALL_ENGINES)),
+        "--engines",
+        default=_env("ENGINES", ",".join(app.ALL_ENGINES)),
         help="comma-separated engines to load [VOXRELAY_ENGINES]",
     )
     serve.add_argument(
-        "--workers", type=int, default=_env("WORKERS", defaults.workers, int),
+        "--workers",
+        type=int,
+        default=_env("WORKERS", defaults.workers, int),
         help="piper segments synthesized at once, one core each [VOXRELAY_WORKERS]",
     )
     serve.add_argument(
-        "--max-inflight-segments", type=int,
+        "--max-inflight-segments",
+        type=int,
         default=_env("MAX_INFLIGHT_SEGMENTS", app.DEFAULT_MAX_INFLIGHT_SEGMENTS, int),
         help="default look-ahead of synthesis over delivery, per session "
         "[VOXRELAY_MAX_INFLIGHT_SEGMENTS]",
     )
     serve.add_argument(
-        "--shutdown-grace", type=float,
+        "--shutdown-grace",
+        type=float,
         default=_env("SHUTDOWN_GRACE", app.DEFAULT_SHUTDOWN_GRACE_S, float),
         help="seconds calls in flight may take to finish on SIGTERM [VOXRELAY_SHUTDOWN_GRACE]",
     )
     serve.add_argument(
-        "--tone-first-audio-ms", type=float,
+        "--tone-first-audio-ms",
+        type=float,
         default=_env("TONE_FIRST_AUDIO_MS", defaults.tone_first_audio_ms, float),
         help="tone engine: latency before a segment's first audio [VOXRELAY_TONE_FIRST_AUDIO_MS]",
     )
     serve.add_argument(
-        "--tone-ms-per-char", type=float,
+        "--tone-ms-per-char",
+        type=float,
         default=_env("TONE_MS_PER_CHAR", defaults.tone_ms_per_char, float),
         help="tone engine: audio per character of text [VOXRELAY_TONE_MS_PER_CHAR]",
     )
     serve.add_argument(
-        "--tone-realtime-factor", type=float,
+        "--tone-realtime-factor",
+        type=float,
         default=_env("TONE_REALTIME_FACTOR", defaults.tone_realtime_factor, float),
         help="tone engine: seconds of work per second of audio, 0 = instant "
         "[VOXRELAY_TONE_REALTIME_FACTOR]",
     )
     serve.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"], help="log verbosity [VOXRELAY_LOG_LEVEL]",
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity [VOXRELAY_LOG_LEVEL]",
     )
     serve.set_defaults(run=_serve)
 
@@ -132,13 +145,19 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     say.add_argument("text", help="the text to speak, or - to stream stdin")
     _add_server_option(say)
-    say.add_argument("-o", "--output", type=Path, default=Path("voxrelay.wav"),
-                     help="WAV file to write")
+    say.add_argument(
+        "-o", "--output", type=Path, default=Path("voxrelay.wav"), help="WAV file to write"
+    )
     say.add_argument("--voice", default="", help="voice name; empty = the server's default")
-    say.add_argument("--format", choices=sorted(_FORMATS), default="s16",
-                     help="sample format: s16 (16-bit PCM) or f32 (32-bit float)")
-    say.add_argument("--sample-rate", type=int, default=0,
-                     help="output rate in Hz; 0 = the voice's native rate")
+    say.add_argument(
+        "--format",
+        choices=sorted(_FORMATS),
+        default="s16",
+        help="sample format: s16 (16-bit PCM) or f32 (32-bit float)",
+    )
+    say.add_argument(
+        "--sample-rate", type=int, default=0, help="output rate in Hz; 0 = the voice's native rate"
+    )
     say.add_argument("--speed", type=float, default=0.0, help="0.25 to 4.0; 0 = normal")
     say.add_argument("--instructions", default="", help="speaking instructions (openai voices)")
     say.add_argument("--chunk-ms", type=int, default=0, help="target audio message length")
@@ -187,7 +206,10 @@ class _Reporter:
 
 
 async def _speak(
-    target: str, options: SessionOptions, texts: AsyncIterator[str], output: Path,
+    target: str,
+    options: SessionOptions,
+    texts: AsyncIterator[str],
+    output: Path,
     report: _Reporter,
 ) -> int:
     writer: soundfile.SoundFile | None = None
@@ -213,8 +235,12 @@ async def _speak(
                         rate = event.sample_rate_hz
                         report.say(f"first audio after {first_audio_ms:.0f} ms ({rate} Hz)")
                         writer = soundfile.SoundFile(
-                            output, "w", samplerate=rate, channels=1,
-                            subtype=_WAV_SUBTYPES[options.dtype], format="WAV",
+                            output,
+                            "w",
+                            samplerate=rate,
+                            channels=1,
+                            subtype=_WAV_SUBTYPES[options.dtype],
+                            format="WAV",
                         )
                     writer.write(event.samples)
                     samples += len(event.samples)
@@ -240,7 +266,8 @@ async def _speak(
 
 def _add_voices(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     voices = commands.add_parser(
-        "voices", help="list the voices a server offers",
+        "voices",
+        help="list the voices a server offers",
         description="List the voices a server offers, the default first.",
     )
     voices.add_argument("--engine", default="", help="only this engine's voices")

@@ -1,14 +1,14 @@
 """The Python client: an async session API and sync helpers with the same names.
 
-    async with voxrelay.AsyncClient() as client:
-        async with client.session(voice="piper/en_US-joe-medium") as session:
-            await session.send_text("Hello there. ")
-            await session.turn_done()
-            await session.close()
-            async for event in session:
-                ...
+async with voxrelay.AsyncClient() as client:
+    async with client.session(voice="piper/en_US-joe-medium") as session:
+        await session.send_text("Hello there. ")
+        await session.turn_done()
+        await session.close()
+        async for event in session:
+            ...
 
-    audio = voxrelay.Client().synthesize("Hello there.")
+audio = voxrelay.Client().synthesize("Hello there.")
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 import numpy as np
@@ -27,6 +27,9 @@ from voxrelay.errors import VoxrelayError, status_from_number
 from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
+if TYPE_CHECKING:
+    from voxrelay.v1.speech_pb2_grpc import SpeechAsyncStub
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 SampleType = Literal["int16", "float32"]
 
@@ -34,7 +37,7 @@ _ENCODINGS = {
     "int16": speech_pb2.AUDIO_ENCODING_PCM_S16LE,
     "float32": speech_pb2.AUDIO_ENCODING_PCM_F32LE,
 }
-_DTYPES = {
+_DTYPES: dict[int, np.dtype[Any]] = {
     speech_pb2.AUDIO_ENCODING_PCM_S16LE: np.dtype("<i2"),
     speech_pb2.AUDIO_ENCODING_PCM_F32LE: np.dtype("<f4"),
 }
@@ -158,15 +161,13 @@ class AsyncSession:
     `SessionEnded`; a failure raises `VoxrelayError`.
     """
 
-    def __init__(
-        self, stub: speech_pb2_grpc.SpeechStub, options: SessionOptions, target: str
-    ) -> None:
+    def __init__(self, stub: SpeechAsyncStub, options: SessionOptions, target: str) -> None:
         self._stub = stub
         self._options = options
         self._target = target
-        self._call: grpc.aio.StreamStreamCall[
-            speech_pb2.StreamRequest, speech_pb2.StreamResponse
-        ] | None = None
+        self._call: (
+            grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse] | None
+        ) = None
 
     async def __aenter__(self) -> AsyncSession:
         await self.open()
@@ -290,7 +291,9 @@ class AsyncClient:
             raise VoxrelayError.from_rpc_error(error, self.target) from None
         return [_voice_info(voice) for voice in response.voices]
 
-    async def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
+    async def synthesize(
+        self, text: str, options: SessionOptions | None = None
+    ) -> SynthesizedAudio:
         """The whole audio of `text`, spoken as one turn."""
         options = options or SessionOptions()
         chunks: list[Audio] = []

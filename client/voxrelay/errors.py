@@ -24,8 +24,8 @@ class VoxrelayError(Exception):
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError, target: str) -> VoxrelayError:
         """Wrap a gRPC error, adding advice where the server could not be reached."""
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-        details: str = error.details() or ""  # type: ignore[attr-defined]
+        code: grpc.StatusCode = error.code()
+        details: str = error.details() or ""
         if code is grpc.StatusCode.UNAVAILABLE:
             details = (
                 f"cannot reach a voxrelay server at {target} ({details}); start one with "

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
-from voxrelay.v1 import speech_pb2_grpc
 
+from voxrelay.v1 import speech_pb2_grpc
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.openai_engine import OpenAIEngine
@@ -71,7 +71,8 @@ def build_engines(
             if openai is None:
                 unconfigured["openai"] = (
                     "the openai engine is not configured on this server: start it with "
-                    "VOXRELAY_OPENAI_API_KEY (or OPENAI_API_KEY) and/or VOXRELAY_OPENAI_BASE_URL set"
+                    "VOXRELAY_OPENAI_API_KEY (or OPENAI_API_KEY) and/or "
+                    "VOXRELAY_OPENAI_BASE_URL set"
                 )
             else:
                 engines.append(openai)
@@ -80,9 +81,7 @@ def build_engines(
     return engines, unconfigured
 
 
-def build_service(
-    settings: ServerSettings, env: Mapping[str, str] = os.environ
-) -> SpeechService:
+def build_service(settings: ServerSettings, env: Mapping[str, str] = os.environ) -> SpeechService:
     """Load every enabled engine (the piper model once) and wrap them in a service."""
     engines, unconfigured = build_engines(settings, env)
     catalog = VoiceCatalog(engines, settings.default_voice, unconfigured)
@@ -108,7 +107,10 @@ async def serve(settings: ServerSettings) -> None:
     host = settings.listen.rpartition(":")[0]
     _LOG.info(
         "voxrelay listening on %s:%d with %d voices (default %s), ready in %.1f s",
-        host, port, len(service.voices()), service.catalog.default_voice,
+        host,
+        port,
+        len(service.voices()),
+        service.catalog.default_voice,
         time.perf_counter() - started,
     )
     stop = asyncio.Event()
@@ -116,7 +118,9 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    _LOG.info("stopping: letting calls in flight finish for up to %.0f s", settings.shutdown_grace_s)
+    _LOG.info(
+        "stopping: letting calls in flight finish for up to %.0f s", settings.shutdown_grace_s
+    )
     await server.stop(settings.shutdown_grace_s)
     await service.aclose()
     _LOG.info("stopped")

@@ -13,6 +13,7 @@ import soxr
 
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
+_S16LE: np.dtype[np.int16] = np.dtype("<i2")
 INT16_SCALE = 32767.0
 """int16 <-> float32 scale factor, as in the reference pipeline."""
 
@@ -29,7 +30,8 @@ class SampleAligner:
             data = self._carry + data
         usable = len(data) - (len(data) % 2)
         self._carry = data[usable:]
-        return np.frombuffer(data, dtype="<i2", count=usable // 2)
+        samples: npt.NDArray[np.int16] = np.frombuffer(data, dtype=_S16LE, count=usable // 2)
+        return samples
 
     @property
     def has_partial_sample(self) -> bool:
@@ -44,7 +46,8 @@ def int16_to_float32(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.float32]:
 def float32_to_int16(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     """Scale floats in [-1, 1] back to 16-bit samples, clipping overshoot."""
     scaled = np.rint(samples * np.float32(INT16_SCALE))
-    return np.clip(scaled, -INT16_SCALE, INT16_SCALE).astype("<i2")
+    clipped: npt.NDArray[np.float32] = np.clip(scaled, -INT16_SCALE, INT16_SCALE)
+    return clipped.astype(_S16LE)
 
 
 class SegmentEncoder:
@@ -72,7 +75,7 @@ class SegmentEncoder:
 
     def finish(self) -> list[bytes]:
         """End of segment: flush the resampler and any partial message."""
-        tail = self._convert(np.zeros(0, dtype="<i2"), last=True)
+        tail = self._convert(np.zeros(0, dtype=_S16LE), last=True)
         return self._emit(tail, last=True)
 
     def _convert(self, samples: npt.NDArray[np.int16], *, last: bool) -> bytes:
@@ -83,7 +86,9 @@ class SegmentEncoder:
             if encoding is AudioEncoding.PCM_S16LE:
                 return samples.tobytes()
             return int16_to_float32(samples).astype("<f4").tobytes()
-        resampled = self._resampler.resample_chunk(int16_to_float32(samples), last=last)
+        resampled: npt.NDArray[np.float32] = self._resampler.resample_chunk(
+            int16_to_float32(samples), last=last
+        )
         if encoding is AudioEncoding.PCM_S16LE:
             return float32_to_int16(resampled).tobytes()
         return np.clip(resampled, -1.0, 1.0).astype("<f4").tobytes()

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import grpc
-from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.dispatcher import SessionDispatcher
 from voxrelay_server.errors import InvalidInput, SpeechError
 from voxrelay_server.events import (
@@ -136,7 +136,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
     def __init__(self, service: SpeechService) -> None:
         self._service = service
 
-    async def Stream(  # noqa: N802 - the rpc's name
+    async def Stream(
         self,
         request_iterator: AsyncIterable[speech_pb2.StreamRequest],
         context: grpc.aio.ServicerContext[speech_pb2.StreamRequest, speech_pb2.StreamResponse],
@@ -169,10 +169,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 await reader
             await session.aclose()
 
-    async def ListVoices(  # noqa: N802 - the rpc's name
+    async def ListVoices(
         self,
         request: speech_pb2.ListVoicesRequest,
-        context: grpc.aio.ServicerContext[speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse],
+        context: grpc.aio.ServicerContext[
+            speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse
+        ],
     ) -> speech_pb2.ListVoicesResponse:
         default = self._service.catalog.default_voice
         return speech_pb2.ListVoicesResponse(

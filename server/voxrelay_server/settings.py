@@ -93,15 +93,14 @@ def validate_request(
     rate = request.sample_rate_hz or native_sample_rate_hz
     if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
         raise InvalidInput(
-            f"audio_format.sample_rate_hz {rate} is out of range: use {MIN_SAMPLE_RATE_HZ} to "
-            f"{MAX_SAMPLE_RATE_HZ} Hz, or 0 for the voice's native rate ({native_sample_rate_hz} Hz)"
+            f"audio_format.sample_rate_hz {rate} is out of range: use {MIN_SAMPLE_RATE_HZ} "
+            f"to {MAX_SAMPLE_RATE_HZ} Hz, or 0 for the voice's native rate "
+            f"({native_sample_rate_hz} Hz)"
         )
     _check_at_most("instructions length", len(request.instructions), MAX_INSTRUCTIONS_CHARS)
     _check_at_most("min_sentence_chars", request.min_sentence_chars, MAX_MIN_SENTENCE_CHARS)
     _check_at_most("chunk_ms", request.chunk_ms, MAX_CHUNK_MS)
-    _check_at_most(
-        "max_inflight_segments", request.max_inflight_segments, MAX_INFLIGHT_SEGMENTS
-    )
+    _check_at_most("max_inflight_segments", request.max_inflight_segments, MAX_INFLIGHT_SEGMENTS)
     return SessionSettings(
         voice=voice,
         output=OutputFormat(request.encoding, rate, request.chunk_ms),

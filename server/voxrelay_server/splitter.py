@@ -31,8 +31,8 @@ class SentenceSplitter:
         """Add a chunk; return a segment if complete sentences reached the minimum."""
         self._buffer += text
         last_end = None
-        for last_end in _SENTENCE_END.finditer(self._buffer):
-            pass
+        for match in _SENTENCE_END.finditer(self._buffer):
+            last_end = match
         if last_end is None:
             return None
         # Keep the punctuation, drop the whitespace that separates the segments.

@@ -11,6 +11,7 @@ import ctypes
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import espeakng_loader
 
@@ -37,7 +38,7 @@ _SynthCallback = ctypes.CFUNCTYPE(
 
 
 class _EspeakVoice(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes' own declaration style
+    _fields_ = [
         ("name", ctypes.c_char_p),
         ("languages", ctypes.c_char_p),
         ("identifier", ctypes.c_char_p),
@@ -71,8 +72,10 @@ class _EspeakLibrary:
         ]
         lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
-        data_path = espeakng_loader.get_data_path().encode()
-        sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, data_path, 0)
+        self._data_path = Path(espeakng_loader.get_data_path())
+        sample_rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(self._data_path).encode(), 0
+        )
         if sample_rate <= 0:
             raise EngineError(ErrorCode.FAILED_PRECONDITION, "espeak-ng failed to initialise")
         self.sample_rate_hz: int = sample_rate
@@ -95,13 +98,37 @@ class _EspeakLibrary:
         index = 0
         while voices[index]:
             # `languages` is a list of (priority byte, name, NUL); the first is the main one.
-            raw = ctypes.string_at(voices[index].contents.languages)
-            found.setdefault(raw[1:].decode(), voices[index].contents.identifier.decode())
+            language = ctypes.string_at(voices[index].contents.languages)[1:].decode()
+            identifier = voices[index].contents.identifier.decode()
+            if self._has_dictionary(language, identifier):
+                found.setdefault(language, identifier)
             index += 1
         return found
 
-    def synthesize(self, language: str, identifier: str, text: str, words_per_minute: int,
-                   emit: Emit, stop: threading.Event) -> None:
+    def _has_dictionary(self, language: str, identifier: str) -> bool:
+        """Whether the voice's pronunciation dictionary is installed.
+
+        Some packaged voice files name a dictionary the data does not ship; those
+        voices would speak near-silence, so they are not offered.
+        """
+        dictionary = language.split("-")[0]
+        voice_file = self._data_path / "lang" / identifier
+        if voice_file.is_file():
+            for line in voice_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                words = line.split()
+                if len(words) >= 2 and words[0] == "dictionary":
+                    dictionary = words[1]
+        return (self._data_path / f"{dictionary}_dict").is_file()
+
+    def synthesize(
+        self,
+        language: str,
+        identifier: str,
+        text: str,
+        words_per_minute: int,
+        emit: Emit,
+        stop: threading.Event,
+    ) -> None:
         encoded = text.encode("utf-8") + b"\0"
         with self._lock:
             if self._lib.espeak_SetVoiceByName(identifier.encode()) != _EE_OK:
@@ -117,8 +144,9 @@ class _EspeakLibrary:
         if status != _EE_OK and not stop.is_set():
             raise EngineError(ErrorCode.INTERNAL, f"espeak-ng synthesis failed (status {status})")
 
-    def _on_audio(self, samples: ctypes._Pointer[ctypes.c_short], count: int,
-                  _events: int | None) -> int:
+    def _on_audio(
+        self, samples: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None
+    ) -> int:
         if self._stop is not None and self._stop.is_set():
             return 1  # tells espeak-ng to abort this synthesis
         if count > 0 and self._emit is not None:

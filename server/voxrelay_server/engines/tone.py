@@ -50,7 +50,10 @@ class ToneEngine(SpeechEngine):
     name = ENGINE_NAME
 
     def __init__(
-        self, *, first_audio_ms: float = 0.0, ms_per_char: float = 10.0,
+        self,
+        *,
+        first_audio_ms: float = 0.0,
+        ms_per_char: float = 10.0,
         realtime_factor: float = 0.0,
     ) -> None:
         self.first_audio_ms = first_audio_ms

@@ -1,0 +1,1 @@
+"""voxrelay benchmarks (`make bench`); figures go to BENCHMARKS.md."""

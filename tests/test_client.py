@@ -1,0 +1,106 @@
+"""The Python client library against a real server: sessions, helpers and errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+import voxrelay
+from tests.conftest import RunningServer, StartServer
+from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
+
+
+async def test_a_session_streams_ordered_events(tone_server: RunningServer) -> None:
+    async with (
+        voxrelay.AsyncClient(tone_server.target) as client,
+        client.session(min_sentence_chars=1) as session,
+    ):
+        await session.send_text("First sentence. ")
+        await session.send_text("Second one.")
+        await session.turn_done()
+        await session.send_text("Next turn.")
+        await session.close()
+        events = [event async for event in session]
+    kinds = [type(e).__name__ for e in events if not isinstance(e, voxrelay.Audio)]
+    assert kinds == ["TurnStarted", "TurnEnded", "TurnStarted", "TurnEnded", "SessionEnded"]
+    audio = [e for e in events if isinstance(e, voxrelay.Audio)]
+    assert [(a.turn, a.segment) for a in audio] == sorted((a.turn, a.segment) for a in audio)
+    assert {a.samples.dtype for a in audio} == {np.dtype("<i2")}
+    first = np.concatenate([a.samples for a in audio if a.turn == 1 and a.segment == 1])
+    assert set(np.abs(first).tolist()) == {ToneEngine.amplitude_for("First sentence.")}
+
+
+async def test_float32_sessions_yield_float_arrays(tone_server: RunningServer) -> None:
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        audio = await client.synthesize(
+            "Floats please.", voxrelay.SessionOptions(dtype="float32", sample_rate_hz=24000)
+        )
+    assert audio.samples.dtype == np.float32 and audio.samples.ndim == 1
+    assert audio.sample_rate_hz == 24000
+    expected = tone_server.tone.samples_for("Floats please.") * 24000 / SAMPLE_RATE_HZ
+    assert abs(len(audio.samples) - expected) <= 2
+    assert float(np.max(np.abs(audio.samples))) <= 1.0
+
+
+async def test_cancel_from_the_client(start_server: StartServer) -> None:
+    server = await start_server(ms_per_char=40, realtime_factor=1.0)
+    async with (
+        voxrelay.AsyncClient(server.target) as client,
+        client.session() as session,
+    ):
+        await session.send_text("Speak for a good long while, please.")
+        await session.turn_done()
+        ended = None
+        async for event in session:
+            if isinstance(event, voxrelay.Audio) and ended is None:
+                ended = False
+                await session.cancel()
+                await session.close()
+            if isinstance(event, voxrelay.TurnEnded):
+                ended = event.cancelled
+    assert ended is True
+
+
+async def test_engine_errors_raise_with_status_and_place(tone_server: RunningServer) -> None:
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        with pytest.raises(voxrelay.VoxrelayError) as failure:
+            await client.synthesize("[[fail]] This segment breaks.")
+    assert failure.value.code is grpc.StatusCode.INTERNAL
+    assert (failure.value.turn, failure.value.segment) == (1, 1)
+    assert "[[fail]]" in failure.value.message
+
+
+async def test_bad_configuration_raises_invalid_argument(tone_server: RunningServer) -> None:
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        with pytest.raises(voxrelay.VoxrelayError) as failure:
+            await client.synthesize("Hello.", voxrelay.SessionOptions(speed=9.0))
+    assert failure.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "speed 9.0 is out of range" in failure.value.message
+
+
+async def test_sync_helpers(tone_server: RunningServer) -> None:
+    def run() -> tuple[voxrelay.SynthesizedAudio, list[voxrelay.VoiceInfo]]:
+        with voxrelay.Client(tone_server.target) as client:
+            return client.synthesize("Blocking call."), client.voices()
+
+    audio, voices = await asyncio.to_thread(run)
+    assert audio.sample_rate_hz == SAMPLE_RATE_HZ
+    assert len(audio.samples) == tone_server.tone.samples_for("Blocking call.")
+    assert audio.duration_s == pytest.approx(len(audio.samples) / SAMPLE_RATE_HZ)
+    assert [(v.name, v.is_default) for v in voices] == [("tone/square", True)]
+
+    one_shot = await asyncio.to_thread(
+        voxrelay.synthesize, "Blocking call.", target=tone_server.target
+    )
+    np.testing.assert_array_equal(one_shot.samples, audio.samples)
+
+
+async def test_an_unreachable_server_says_how_to_fix_it() -> None:
+    async with voxrelay.AsyncClient("127.0.0.1:9") as client:
+        with pytest.raises(voxrelay.VoxrelayError) as failure:
+            await client.voices()
+    assert failure.value.code is grpc.StatusCode.UNAVAILABLE
+    assert "voxrelay serve" in failure.value.message

@@ -1,0 +1,294 @@
+"""The real voices: the piper neural voice and espeak-ng, called directly and over gRPC.
+
+Nothing is mocked: piper runs its onnx model, espeak-ng runs through its shared
+library, and the gRPC tests talk to a real server on a loopback socket.
+
+espeak-ng is not bit-for-bit reproducible from call to call (its pitch flutter
+keeps a phase, a C `static`, across utterances), so espeak results are compared
+by duration and by their loudness envelope rather than byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncGenerator, Sequence
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from tests.conftest import StartServer, audio_of, collect, config, lifecycle_of, text, turn_done
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
+from voxrelay_server.engines.espeak_engine import EspeakEngine
+from voxrelay_server.engines.piper_engine import PiperEngine
+
+PIPER_VOICE = "piper/en_US-joe-medium"
+HELLO = "Hello there. How are you today?"
+NATIVE_RATE_HZ = 22050
+MIN_S_PER_CHAR = 0.03
+MAX_S_PER_CHAR = 0.2
+SILENCE_RMS = 200.0
+"""RMS of int16 samples below which audio counts as silent (speech measures in thousands)."""
+SAME_ENVELOPE = 0.85
+"""Envelope correlation above which two espeak results count as the same speech."""
+
+Samples = npt.NDArray[np.int16]
+
+
+def voice_named(engine: SpeechEngine, name: str) -> VoiceInfo:
+    """The engine's voice called `name`; fails the test if it does not offer it."""
+    by_name = {voice.name: voice for voice in engine.voices()}
+    assert name in by_name, f"{engine.name} offers no voice {name}"
+    return by_name[name]
+
+
+async def synthesize(
+    engine: SpeechEngine, voice: VoiceInfo, words: str, speed: float = 1.0
+) -> Samples:
+    """All the int16 samples the engine produces for `words`."""
+    chunks = [chunk async for chunk in engine.synthesize(voice, words, SynthesisOptions(speed))]
+    return np.frombuffer(b"".join(chunks), dtype="<i2")
+
+
+def rms(samples: npt.NDArray[np.int16] | npt.NDArray[np.float32]) -> float:
+    return float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) if len(samples) else 0.0
+
+
+def duration_s(samples: Samples, rate_hz: int = NATIVE_RATE_HZ) -> float:
+    return len(samples) / rate_hz
+
+
+def plausible_duration_s(words: str) -> tuple[float, float]:
+    """Bounds on the length of speech for `words`, from its number of characters."""
+    return len(words) * MIN_S_PER_CHAR, len(words) * MAX_S_PER_CHAR
+
+
+def envelope_similarity(first: Samples, second: Samples) -> float:
+    """Correlation, in [-1, 1], of the two 10 ms loudness envelopes stretched to one length.
+
+    Stretching absorbs the small timing drift between two runs of one utterance.
+    """
+    frame = NATIVE_RATE_HZ // 100
+
+    def envelope(samples: Samples, points: int) -> npt.NDArray[np.float64]:
+        frames = len(samples) // frame
+        blocks = samples[: frames * frame].astype(np.float64).reshape(frames, frame)
+        loudness = np.sqrt(np.mean(np.square(blocks), axis=1))
+        return np.interp(np.linspace(0, 1, points), np.linspace(0, 1, frames), loudness)
+
+    points = max(len(first), len(second)) // frame
+    return float(np.corrcoef(envelope(first, points), envelope(second, points))[0, 1])
+
+
+def same_speech(first: Samples, second: Samples) -> bool:
+    """Whether two espeak results are one utterance: same length (2%), same envelope."""
+    lengths_match = abs(len(first) - len(second)) <= 0.02 * max(len(first), len(second))
+    return lengths_match and envelope_similarity(first, second) > SAME_ENVELOPE
+
+
+def assert_speech(samples: Samples, words: str) -> None:
+    """Non-silent audio of a plausible length for `words`."""
+    low, high = plausible_duration_s(words)
+    assert rms(samples) > SILENCE_RMS, f"audio is near silent (RMS {rms(samples):.1f})"
+    assert low < duration_s(samples) < high, (
+        f"{duration_s(samples):.2f} s of audio for {len(words)} characters, "
+        f"expected {low:.2f} to {high:.2f} s"
+    )
+
+
+# piper
+
+
+async def test_piper_speaks_a_sentence(piper_engine: PiperEngine) -> None:
+    voice = voice_named(piper_engine, PIPER_VOICE)
+    assert voice.native_sample_rate_hz == NATIVE_RATE_HZ
+    assert voice.language_codes == ("en-US",)
+
+    assert_speech(await synthesize(piper_engine, voice, HELLO), HELLO)
+
+
+async def test_piper_speaks_faster_at_speed_two(piper_engine: PiperEngine) -> None:
+    voice = voice_named(piper_engine, PIPER_VOICE)
+
+    normal = await synthesize(piper_engine, voice, HELLO, speed=1.0)
+    fast = await synthesize(piper_engine, voice, HELLO, speed=2.0)
+
+    assert rms(fast) > SILENCE_RMS
+    assert duration_s(fast) < 0.8 * duration_s(normal)
+
+
+async def test_piper_closing_a_synthesis_early_stops_it(piper_engine: PiperEngine) -> None:
+    """aclose() returns at once and frees the workers: the next synthesis is not held up."""
+    voice = voice_named(piper_engine, PIPER_VOICE)
+    long_text = " ".join(f"Sentence {n} is here." for n in range(1, 17))
+    started = time.monotonic()
+    await synthesize(piper_engine, voice, long_text)
+    whole_long_text_s = time.monotonic() - started
+
+    # Occupy every worker of the pool (the fixture has one per core) with the long text.
+    streams = [
+        piper_engine.synthesize(voice, long_text, SynthesisOptions())
+        for _ in range(os.cpu_count() or 1)
+    ]
+    for stream in streams:
+        first_chunk = await anext(stream)
+        assert len(first_chunk) > 0
+    started = time.monotonic()
+    for stream in streams:
+        assert isinstance(stream, AsyncGenerator)  # closable, as the engine interface promises
+        await stream.aclose()
+    assert time.monotonic() - started < 0.5
+
+    started = time.monotonic()
+    after = await synthesize(piper_engine, voice, HELLO)
+    after_s = time.monotonic() - started
+    assert_speech(after, HELLO)
+    # Had the closed syntheses gone on, this one would have waited for the rest of one.
+    assert after_s < whole_long_text_s / 2, (
+        f"synthesis after aclose() took {after_s:.2f} s; the long text takes "
+        f"{whole_long_text_s:.2f} s"
+    )
+
+
+# espeak
+
+
+async def test_espeak_speaks_a_sentence(espeak_engine: EspeakEngine) -> None:
+    voice = voice_named(espeak_engine, "espeak/en-us")
+    assert voice.native_sample_rate_hz == NATIVE_RATE_HZ
+    assert voice.language_codes == ("en-US",)
+
+    assert_speech(await synthesize(espeak_engine, voice, HELLO), HELLO)
+
+
+async def test_espeak_speaks_faster_at_speed_two(espeak_engine: EspeakEngine) -> None:
+    voice = voice_named(espeak_engine, "espeak/en-us")
+
+    normal = await synthesize(espeak_engine, voice, HELLO, speed=1.0)
+    fast = await synthesize(espeak_engine, voice, HELLO, speed=2.0)
+
+    assert rms(fast) > SILENCE_RMS
+    assert duration_s(fast) < 0.8 * duration_s(normal)
+
+
+def test_espeak_offers_many_languages(espeak_engine: EspeakEngine) -> None:
+    voices = espeak_engine.voices()
+    names = {voice.name for voice in voices}
+
+    assert len(voices) > 50
+    assert {"espeak/en-us", "espeak/en-gb", "espeak/de", "espeak/fr-fr"} <= names
+    assert all(voice.engine == "espeak" for voice in voices)
+    assert all(voice.native_sample_rate_hz == NATIVE_RATE_HZ for voice in voices)
+
+
+async def test_espeak_speaks_every_listed_major_language(espeak_engine: EspeakEngine) -> None:
+    """Listed voices must be usable: en-gb and fr-fr were listed but could not be selected."""
+    for name, words in [
+        ("espeak/en-gb", "Good morning, how are you?"),
+        ("espeak/fr-fr", "Bonjour, comment allez-vous ?"),
+        ("espeak/de", "Guten Morgen, wie geht es Ihnen?"),
+    ]:
+        assert_speech(
+            await synthesize(espeak_engine, voice_named(espeak_engine, name), words), words
+        )
+
+
+async def test_espeak_languages_sound_different(espeak_engine: EspeakEngine) -> None:
+    english = voice_named(espeak_engine, "espeak/en-us")
+    german = voice_named(espeak_engine, "espeak/de")
+
+    english_once = await synthesize(espeak_engine, english, HELLO)
+    english_again = await synthesize(espeak_engine, english, HELLO)
+    in_german = await synthesize(espeak_engine, german, HELLO)
+
+    assert same_speech(english_once, english_again)  # the measure recognises a repeat...
+    assert_speech(in_german, HELLO)
+    assert not same_speech(english_once, in_german)  # ...and tells the languages apart
+
+
+async def test_espeak_concurrent_syntheses_match_solo_ones(espeak_engine: EspeakEngine) -> None:
+    """espeak-ng keeps global state; concurrent callers must not get each other's audio."""
+    jobs: Sequence[tuple[str, str, float]] = [
+        ("espeak/en-us", HELLO, 1.0),
+        ("espeak/en-us", HELLO, 1.6),
+        ("espeak/de", "Guten Morgen, wie geht es Ihnen heute?", 1.0),
+        ("espeak/fr-fr", "Bonjour, comment allez-vous aujourd'hui ?", 1.0),
+        ("espeak/es", "Buenos días, ¿cómo estás hoy?", 1.0),
+        ("espeak/nl", "Goedemorgen, hoe gaat het vandaag met je?", 1.0),
+    ]
+
+    async def run(name: str, words: str, speed: float) -> Samples:
+        return await synthesize(espeak_engine, voice_named(espeak_engine, name), words, speed)
+
+    solo = [await run(*job) for job in jobs]
+    together = await asyncio.gather(*(run(*job) for job in jobs))
+
+    for index, (name, words, speed) in enumerate(jobs):
+        result = together[index]
+        assert rms(result) > SILENCE_RMS, f"{name} at speed {speed} was silent"
+        assert same_speech(result, solo[index]), (
+            f"{name} {words!r} at speed {speed}: {len(result)} samples together, "
+            f"{len(solo[index])} alone, envelope similarity "
+            f"{envelope_similarity(result, solo[index]):.3f}"
+        )
+        others = [other for i, other in enumerate(solo) if i != index]
+        assert not any(same_speech(result, other) for other in others), (
+            f"{name} at speed {speed} also matches another job: the comparison is meaningless"
+        )
+
+
+# over gRPC
+
+
+async def test_list_voices_puts_the_piper_default_first(
+    start_server: StartServer, piper_engine: PiperEngine, espeak_engine: EspeakEngine
+) -> None:
+    server = await start_server(
+        extra_engines=[piper_engine, espeak_engine], default_voice=PIPER_VOICE
+    )
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = speech_pb2_grpc.SpeechStub(channel)
+        response = await stub.ListVoices(speech_pb2.ListVoicesRequest())
+
+    voices = list(response.voices)
+    first = voices[0]
+    assert first.name == PIPER_VOICE
+    assert first.engine == "piper"
+    assert first.is_default
+    assert first.native_sample_rate_hz == NATIVE_RATE_HZ
+    assert list(first.language_codes) == ["en-US"]
+    assert [voice.name for voice in voices if voice.is_default] == [PIPER_VOICE]
+    espeak_names = {voice.name for voice in voices if voice.engine == "espeak"}
+    assert len(espeak_names) > 50
+    assert {"espeak/en-us", "espeak/de"} <= espeak_names
+    english = next(voice for voice in voices if voice.name == "espeak/en-us")
+    assert list(english.language_codes) == ["en-US"]
+    assert english.native_sample_rate_hz == NATIVE_RATE_HZ
+
+
+async def test_stream_without_a_voice_speaks_with_piper(
+    start_server: StartServer, piper_engine: PiperEngine, espeak_engine: EspeakEngine
+) -> None:
+    server = await start_server(
+        extra_engines=[piper_engine, espeak_engine], default_voice=PIPER_VOICE
+    )
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = speech_pb2_grpc.SpeechStub(channel)
+        responses = await collect(stub, [config(), text(HELLO), turn_done()])
+
+    assert lifecycle_of(responses) == [
+        ("started", 1, False),
+        ("ended", 1, False),
+        ("session_ended", 0, False),
+    ]
+    chunks = audio_of(responses)
+    assert chunks
+    assert {chunk.sample_rate_hz for chunk in chunks} == {NATIVE_RATE_HZ}
+    assert {chunk.encoding for chunk in chunks} == {speech_pb2.AUDIO_ENCODING_PCM_S16LE}
+    assert {chunk.turn for chunk in chunks} == {1}
+    samples = np.frombuffer(b"".join(chunk.data for chunk in chunks), dtype="<i2")
+    assert_speech(samples, HELLO)
+    assert server.tone.stats.started == 0  # the server's other engine was not asked
