@@ -9,7 +9,7 @@ PROTO_SRC := $(wildcard protos/voxrelay/v1/*.proto)
 PROTO_OUT := client/voxrelay/v1
 PROTO_STAMP := $(PROTO_OUT)/.generated
 
-.PHONY: run test proto lint install clean
+.PHONY: run test proto lint bench install clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -43,6 +43,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
+
+# Speed figures of the real voices; see BENCHMARKS.md.
+bench: install
+	$(BIN)/python -m bench.voices
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi $(PROTO_STAMP)

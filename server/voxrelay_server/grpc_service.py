@@ -7,7 +7,6 @@ translates messages and maps `SpeechError` codes onto gRPC status codes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -16,7 +15,7 @@ import grpc
 
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.dispatcher import SessionDispatcher
-from voxrelay_server.errors import InvalidInput, SpeechError
+from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
     SegmentFailed,
@@ -128,6 +127,8 @@ async def _forward_requests(
         session.close()
     except SpeechError as error:
         session.fail(error)
+    except Exception as error:  # the transport failed under us: the caller is gone
+        session.fail(SpeechError(ErrorCode.CANCELLED, f"reading requests failed: {error!r}"))
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
@@ -158,6 +159,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             async for event in session.events():
                 yield _response(event, session.output)
                 if isinstance(event, SegmentFailed):
+                    _LOG.warning(
+                        "turn %d segment %d failed: %s", event.turn, event.segment, event.error
+                    )
                     context.set_code(status_code(event.error))
                     context.set_details(event.error.message)
         except SpeechError as error:
@@ -165,8 +169,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 yield response
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await asyncio.gather(reader, return_exceptions=True)
             await session.aclose()
 
     async def ListVoices(
