@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from voxrelay import AsyncClient, Audio
 from voxrelay_server.app import create_server
+from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
@@ -93,7 +94,7 @@ async def main(repeats: int) -> list[str]:
         EspeakEngine(),
     ]
     service = SpeechService(VoiceCatalog(engines, VOICES[0]), default_max_inflight_segments=4)
-    server, port = create_server(service, "127.0.0.1:0")
+    server, port = create_server(service, ServerSettings(listen="127.0.0.1:0"))
     await server.start()
     rows = [
         "| voice | path | time to first audio (s) | real-time factor | audio (s) |",

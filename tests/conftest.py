@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.app import create_server
+from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
@@ -72,7 +73,7 @@ async def start_server() -> AsyncIterator[StartServer]:
         tone = ToneEngine(**tone_settings)
         catalog = VoiceCatalog([tone, *extra_engines], default_voice, unconfigured)
         service = SpeechService(catalog, default_max_inflight_segments=max_inflight_segments)
-        server, port = create_server(service, "127.0.0.1:0")
+        server, port = create_server(service, ServerSettings(listen="127.0.0.1:0"))
         await server.start()
         running = RunningServer(f"127.0.0.1:{port}", server, service, tone)
         started.append(running)

@@ -32,7 +32,8 @@ from tests.conftest import (
     turn_done,
 )
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
-from voxrelay_server.app import ServerSettings, build_engines
+from voxrelay_server.app import build_engines
+from voxrelay_server.config import ServerSettings, from_env
 from voxrelay_server.engines.base import SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.openai_engine import (
     DEFAULT_BASE_URL,
@@ -297,13 +298,22 @@ async def test_nothing_listening_is_unavailable_and_names_the_setting() -> None:
 # Configuration from the environment.
 
 
+def openai_from_env(env: Mapping[str, str]) -> OpenAIEngine | None:
+    """The openai engine a server started with `env` would have, or None."""
+    engines, _ = build_engines(from_env(env, engines=("openai",)), env)
+    if not engines:
+        return None
+    assert isinstance(engines[0], OpenAIEngine)
+    return engines[0]
+
+
 def test_from_env_without_settings_is_disabled() -> None:
-    assert OpenAIEngine.from_env({}) is None
-    assert OpenAIEngine.from_env({"VOXRELAY_OPENAI_VOICES": "a,b"}) is None
+    assert openai_from_env({}) is None
+    assert openai_from_env({"VOXRELAY_OPENAI_VOICES": "a,b"}) is None
 
 
 async def test_from_env_with_a_base_url_is_enabled() -> None:
-    engine = OpenAIEngine.from_env({"VOXRELAY_OPENAI_BASE_URL": "http://127.0.0.1:9/v1/"})
+    engine = openai_from_env({"VOXRELAY_OPENAI_BASE_URL": "http://127.0.0.1:9/v1/"})
     assert engine is not None
     try:
         assert engine.base_url == "http://127.0.0.1:9/v1"
@@ -314,7 +324,7 @@ async def test_from_env_with_a_base_url_is_enabled() -> None:
 
 
 async def test_from_env_with_only_a_key_uses_openai() -> None:
-    engine = OpenAIEngine.from_env({"OPENAI_API_KEY": "sk-x"})
+    engine = openai_from_env({"OPENAI_API_KEY": "sk-x"})
     assert engine is not None
     try:
         assert engine.base_url == DEFAULT_BASE_URL
@@ -323,7 +333,7 @@ async def test_from_env_with_only_a_key_uses_openai() -> None:
 
 
 async def test_from_env_voices_list() -> None:
-    engine = OpenAIEngine.from_env(
+    engine = openai_from_env(
         {"VOXRELAY_OPENAI_BASE_URL": "http://127.0.0.1:9", "VOXRELAY_OPENAI_VOICES": "a, b,,"}
     )
     assert engine is not None
@@ -348,7 +358,7 @@ async def test_from_env_key_reaches_the_endpoint(
         "VOXRELAY_OPENAI_BASE_URL": endpoint.base_url,
         "VOXRELAY_OPENAI_MODEL": "tts-local",
     }
-    engine = OpenAIEngine.from_env(env)
+    engine = openai_from_env(env)
     assert engine is not None
     try:
         chunks = await synthesize_chunks(engine, "Key check.", SynthesisOptions())
@@ -447,7 +457,7 @@ def test_build_engines_reports_unconfigured_openai() -> None:
 
 async def test_build_engines_enables_openai_from_env(endpoint: FakeSpeechEndpoint) -> None:
     env = {"VOXRELAY_OPENAI_BASE_URL": endpoint.base_url, "VOXRELAY_OPENAI_VOICES": "alloy"}
-    engines, unconfigured = build_engines(ServerSettings(engines=("openai",)), env=env)
+    engines, unconfigured = build_engines(from_env(env, engines=("openai",)), env=env)
     try:
         assert unconfigured == {}
         [engine] = engines

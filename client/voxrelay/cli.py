@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import soundfile
 
@@ -28,11 +25,6 @@ _FORMATS = {"s16": "int16", "f32": "float32"}
 _WAV_SUBTYPES = {"int16": "PCM_16", "float32": "FLOAT"}
 
 
-def _env(name: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
-    value = os.environ.get(f"VOXRELAY_{name}")
-    return default if value is None or value == "" else convert(value)
-
-
 def _add_server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
@@ -42,95 +34,23 @@ def _add_server_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from voxrelay_server import app
+    from voxrelay_server import config
 
     serve = commands.add_parser(
         "serve",
         help="run a voxrelay server",
-        description="Run a voxrelay gRPC server. Every flag also reads VOXRELAY_<FLAG> "
-        "from the environment (for example VOXRELAY_LISTEN); the flag wins.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run a voxrelay gRPC server. Every flag also reads the VOXRELAY_* "
+        "variable named beside it; the flag wins over the variable.",
     )
-    defaults = app.ServerSettings()
-    serve.add_argument(
-        "--listen",
-        default=_env("LISTEN", app.DEFAULT_LISTEN),
-        help="host:port to listen on [VOXRELAY_LISTEN]",
-    )
-    serve.add_argument(
-        "--default-voice",
-        default=_env("DEFAULT_VOICE", app.DEFAULT_VOICE),
-        help="voice for sessions that name none [VOXRELAY_DEFAULT_VOICE]",
-    )
-    serve.add_argument(
-        "--engines",
-        default=_env("ENGINES", ",".join(app.ALL_ENGINES)),
-        help="comma-separated engines to load [VOXRELAY_ENGINES]",
-    )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=_env("WORKERS", defaults.workers, int),
-        help="piper segments synthesized at once, one core each [VOXRELAY_WORKERS]",
-    )
-    serve.add_argument(
-        "--max-inflight-segments",
-        type=int,
-        default=_env("MAX_INFLIGHT_SEGMENTS", app.DEFAULT_MAX_INFLIGHT_SEGMENTS, int),
-        help="default look-ahead of synthesis over delivery, per session "
-        "[VOXRELAY_MAX_INFLIGHT_SEGMENTS]",
-    )
-    serve.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=_env("SHUTDOWN_GRACE", app.DEFAULT_SHUTDOWN_GRACE_S, float),
-        help="seconds calls in flight may take to finish on SIGTERM [VOXRELAY_SHUTDOWN_GRACE]",
-    )
-    serve.add_argument(
-        "--tone-first-audio-ms",
-        type=float,
-        default=_env("TONE_FIRST_AUDIO_MS", defaults.tone_first_audio_ms, float),
-        help="tone engine: latency before a segment's first audio [VOXRELAY_TONE_FIRST_AUDIO_MS]",
-    )
-    serve.add_argument(
-        "--tone-ms-per-char",
-        type=float,
-        default=_env("TONE_MS_PER_CHAR", defaults.tone_ms_per_char, float),
-        help="tone engine: audio per character of text [VOXRELAY_TONE_MS_PER_CHAR]",
-    )
-    serve.add_argument(
-        "--tone-realtime-factor",
-        type=float,
-        default=_env("TONE_REALTIME_FACTOR", defaults.tone_realtime_factor, float),
-        help="tone engine: seconds of work per second of audio, 0 = instant "
-        "[VOXRELAY_TONE_REALTIME_FACTOR]",
-    )
-    serve.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity [VOXRELAY_LOG_LEVEL]",
-    )
+    config.add_arguments(serve)
     serve.set_defaults(run=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from voxrelay_server import app
+    from voxrelay_server import app, config
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = app.ServerSettings(
-        listen=args.listen,
-        default_voice=args.default_voice,
-        engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()),
-        workers=args.workers,
-        max_inflight_segments=args.max_inflight_segments,
-        tone_first_audio_ms=args.tone_first_audio_ms,
-        tone_ms_per_char=args.tone_ms_per_char,
-        tone_realtime_factor=args.tone_realtime_factor,
-        shutdown_grace_s=args.shutdown_grace,
-    )
+    settings = config.from_arguments(args)
+    app.configure_logging(settings)
     asyncio.run(app.serve(settings))
     return 0
 

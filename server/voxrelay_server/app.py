@@ -8,13 +8,14 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import grpc
 
 from voxrelay.v1 import speech_pb2_grpc
+from voxrelay_server.config import ALL_ENGINES, ServerSettings
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
+from voxrelay_server.engines.openai_engine import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
 from voxrelay_server.engines.openai_engine import OpenAIEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.tone import ToneEngine
@@ -24,33 +25,14 @@ from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_VOICE = "piper/en_US-joe-medium"
-DEFAULT_MAX_INFLIGHT_SEGMENTS = 4
-DEFAULT_SHUTDOWN_GRACE_S = 10.0
-ALL_ENGINES = ("piper", "espeak", "tone", "openai")
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Everything `voxrelay serve` can set; each has a flag and a VOXRELAY_* variable."""
-
-    listen: str = DEFAULT_LISTEN
-    default_voice: str = DEFAULT_VOICE
-    engines: tuple[str, ...] = ALL_ENGINES
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Segments the piper engine synthesizes at once (one onnxruntime thread each)."""
-    max_inflight_segments: int = DEFAULT_MAX_INFLIGHT_SEGMENTS
-    tone_first_audio_ms: float = 0.0
-    tone_ms_per_char: float = 10.0
-    tone_realtime_factor: float = 0.0
-    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
-
 
 def build_engines(
     settings: ServerSettings, env: Mapping[str, str] = os.environ
 ) -> tuple[list[SpeechEngine], dict[str, str]]:
-    """The engines enabled by `settings`, and hints for those that are not set up."""
+    """The engines enabled by `settings`, and hints for those that are not set up.
+
+    The openai engine also takes `OPENAI_API_KEY` from `env` when no key is set.
+    """
     engines: list[SpeechEngine] = []
     unconfigured: dict[str, str] = {}
     for name in settings.engines:
@@ -67,15 +49,22 @@ def build_engines(
                 )
             )
         elif name == "openai":
-            openai = OpenAIEngine.from_env(env)
-            if openai is None:
+            api_key = settings.openai_api_key or env.get("OPENAI_API_KEY", "")
+            if not (api_key or settings.openai_base_url):
                 unconfigured["openai"] = (
                     "the openai engine is not configured on this server: start it with "
                     "VOXRELAY_OPENAI_API_KEY (or OPENAI_API_KEY) and/or "
                     "VOXRELAY_OPENAI_BASE_URL set"
                 )
             else:
-                engines.append(openai)
+                engines.append(
+                    OpenAIEngine(
+                        base_url=settings.openai_base_url or DEFAULT_OPENAI_BASE_URL,
+                        api_key=api_key,
+                        model=settings.openai_model,
+                        voices=settings.openai_voices,
+                    )
+                )
         else:
             raise ValueError(f"unknown engine {name!r}: choose from {', '.join(ALL_ENGINES)}")
     return engines, unconfigured
@@ -88,21 +77,31 @@ def build_service(settings: ServerSettings, env: Mapping[str, str] = os.environ)
     return SpeechService(catalog, default_max_inflight_segments=settings.max_inflight_segments)
 
 
-def create_server(service: SpeechService, listen: str) -> tuple[grpc.aio.Server, int]:
-    """A gRPC server serving `service` on `listen`; returns it and the bound port."""
+def create_server(service: SpeechService, settings: ServerSettings) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server serving `service` on `settings.listen`; returns it and the bound port."""
     server = grpc.aio.server()
     speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(service), server)
-    port = server.add_insecure_port(listen)
+    port = server.add_insecure_port(settings.listen)
     if port == 0:
-        raise OSError(f"cannot listen on {listen}: the address is in use or not valid here")
+        raise OSError(
+            f"cannot listen on {settings.listen}: the address is in use or not valid here"
+        )
     return server, port
+
+
+def configure_logging(settings: ServerSettings) -> None:
+    """Log to stderr at `settings.log_level`."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 async def serve(settings: ServerSettings) -> None:
     """Run the server until SIGINT or SIGTERM, then stop gracefully."""
     started = time.perf_counter()
     service = await asyncio.to_thread(build_service, settings)
-    server, port = create_server(service, settings.listen)
+    server, port = create_server(service, settings)
     await server.start()
     host = settings.listen.rpartition(":")[0]
     _LOG.info(

@@ -2,13 +2,12 @@
 
 OpenAI's `response_format=pcm` is 24 kHz, 16-bit signed little-endian mono;
 compatible local servers (for example those that front open models) speak the
-same protocol. Configured from the environment; see `OpenAIEngine.from_env`.
+same protocol. Configured by the `openai_*` server settings.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 
@@ -63,24 +62,6 @@ class OpenAIEngine(SpeechEngine):
             VoiceInfo(f"{ENGINE_NAME}/{voice}", ENGINE_NAME, ("en-US",), PCM_SAMPLE_RATE_HZ)
             for voice in voices
         ]
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> OpenAIEngine | None:
-        """Build from `VOXRELAY_OPENAI_*` (or `OPENAI_API_KEY`); None when not configured.
-
-        The engine is enabled when an API key or a base URL is set.
-        """
-        api_key = env.get("VOXRELAY_OPENAI_API_KEY") or env.get("OPENAI_API_KEY", "")
-        base_url = env.get("VOXRELAY_OPENAI_BASE_URL", "")
-        if not api_key and not base_url:
-            return None
-        voices = env.get("VOXRELAY_OPENAI_VOICES", "")
-        return cls(
-            base_url=base_url or DEFAULT_BASE_URL,
-            api_key=api_key,
-            model=env.get("VOXRELAY_OPENAI_MODEL", DEFAULT_MODEL),
-            voices=[v.strip() for v in voices.split(",") if v.strip()] or DEFAULT_VOICES,
-        )
 
     def voices(self) -> Sequence[VoiceInfo]:
         return self._voices

@@ -1,0 +1,267 @@
+"""Server settings: one dataclass, each field a flag and a `VOXRELAY_*` variable.
+
+`ServerSettings` is the single source of truth: `voxrelay serve --help`, the
+environment parsing and the README's settings table are all generated from its
+fields, so a new setting cannot be documented in one place and missed in another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "VOXRELAY_"
+ALL_ENGINES = ("piper", "espeak", "tone", "openai")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    name: str = "",
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+) -> Any:
+    metadata = {"help": help, "name": name, "choices": choices, "secret": secret}
+    # Secrets stay out of repr(), so logging the settings never leaks them.
+    if callable(default):
+        return field(default_factory=default, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `voxrelay serve` can set. Defaults suit a single host."""
+
+    # Serving
+    listen: str = _setting("127.0.0.1:50051", "host:port to listen on")
+    default_voice: str = _setting("piper/en_US-joe-medium", "voice for sessions that name none")
+    engines: tuple[str, ...] = _setting(ALL_ENGINES, "comma-separated engines to load")
+    workers: int = _setting(
+        lambda: os.cpu_count() or 1,
+        "piper segments synthesized at once server-wide, one core each (default: cores)",
+    )
+    max_inflight_segments: int = _setting(
+        4, "default look-ahead of synthesis over delivery, per session"
+    )
+    # Bounds
+    max_sessions: int = _setting(256, "concurrent sessions; the next one gets RESOURCE_EXHAUSTED")
+    max_buffered_text_chars: int = _setting(
+        65536,
+        "characters a session may have waiting to be spoken; more gets RESOURCE_EXHAUSTED",
+    )
+    session_audio_buffer_bytes: int = _setting(
+        1 << 20,
+        "undelivered audio per session at which new synthesis pauses until the client reads",
+    )
+    idle_timeout_s: float = _setting(
+        300.0,
+        "seconds a session may go with no request and nothing to speak; 0 = never",
+        name="idle-timeout",
+    )
+    shutdown_grace_s: float = _setting(
+        10.0,
+        "seconds calls in flight may take to finish after SIGTERM or SIGINT",
+        name="shutdown-grace",
+    )
+    # Connections
+    keepalive_time_s: float = _setting(
+        60.0,
+        "seconds between keepalive pings on idle connections; 0 = off",
+        name="keepalive-time",
+    )
+    keepalive_timeout_s: float = _setting(
+        20.0, "seconds to wait for a keepalive ping's answer", name="keepalive-timeout"
+    )
+    max_connection_age_s: float = _setting(
+        0.0,
+        "close connections after this many seconds so load balancers can rebalance; 0 = never",
+        name="max-connection-age",
+    )
+    max_connection_age_grace_s: float = _setting(
+        60.0,
+        "seconds calls on an aged connection may take to finish",
+        name="max-connection-age-grace",
+    )
+    # Security
+    tls_cert: str = _setting("", "PEM certificate chain file; enables TLS with --tls-key")
+    tls_key: str = _setting("", "PEM private key file of --tls-cert")
+    tls_client_ca: str = _setting(
+        "", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"
+    )
+    auth_tokens_file: str = _setting(
+        "", "file of accepted bearer tokens, one per line; enables token auth"
+    )
+    auth_tokens: str = _setting(
+        "",
+        "comma-separated accepted bearer tokens; prefer the variable or the file, "
+        "command lines are visible to other users",
+        secret=True,
+    )
+    auth_health_and_reflection: bool = _setting(
+        False, "also require a token for the health and reflection services"
+    )
+    # Observability
+    log_level: str = _setting(
+        "info", "log verbosity", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = _setting("text", "log line format", choices=("text", "json"))
+    log_sensitive_text: bool = _setting(
+        False, "put the text callers send into logs and traces (it may be sensitive)"
+    )
+    metrics_listen: str = _setting(
+        "", "host:port for Prometheus metrics over HTTP (/metrics); empty = off"
+    )
+    otlp_endpoint: str = _setting(
+        "", "OTLP/gRPC endpoint for OpenTelemetry traces, e.g. http://127.0.0.1:4317; empty = off"
+    )
+    # Engines
+    tone_first_audio_ms: float = _setting(0.0, "tone engine: latency before a segment's audio")
+    tone_ms_per_char: float = _setting(10.0, "tone engine: audio per character of text")
+    tone_realtime_factor: float = _setting(
+        0.0, "tone engine: seconds of work per second of audio, 0 = instant"
+    )
+    tone_concurrency: int = _setting(64, "tone engine: segments synthesized at once server-wide")
+    openai_base_url: str = _setting(
+        "", "OpenAI-compatible API base URL (enables the openai engine)"
+    )
+    openai_api_key: str = _setting(
+        "", "API key of the openai engine (enables it); OPENAI_API_KEY works too", secret=True
+    )
+    openai_model: str = _setting("gpt-4o-mini-tts", "model the openai engine asks for")
+    openai_voices: tuple[str, ...] = _setting(
+        (
+            "alloy",
+            "ash",
+            "ballad",
+            "coral",
+            "echo",
+            "fable",
+            "nova",
+            "onyx",
+            "sage",
+            "shimmer",
+            "verse",
+        ),
+        "voices the openai engine offers",
+    )
+    openai_concurrency: int = _setting(32, "openai engine: requests in flight server-wide")
+
+
+def option_name(settings_field: dataclasses.Field[Any]) -> str:
+    """The flag's name without dashes, e.g. `idle-timeout`."""
+    return str(settings_field.metadata.get("name") or settings_field.name.replace("_", "-"))
+
+
+def env_name(settings_field: dataclasses.Field[Any]) -> str:
+    """The environment variable, e.g. `VOXRELAY_IDLE_TIMEOUT`."""
+    return ENV_PREFIX + option_name(settings_field).replace("-", "_").upper()
+
+
+def _field_type(settings_field: dataclasses.Field[Any]) -> str:
+    return str(settings_field.type)
+
+
+def _parse(settings_field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _field_type(settings_field)
+    if kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered not in _TRUE | _FALSE:
+            raise ValueError(f"{env_name(settings_field)}={raw!r}: use true or false")
+        return lowered in _TRUE
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _default(settings_field: dataclasses.Field[Any]) -> Any:
+    if settings_field.default_factory is not dataclasses.MISSING:
+        return settings_field.default_factory()
+    return settings_field.default
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parser_for(settings_field: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        return _parse(settings_field, raw)
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    """Add one flag per setting; each defaults to its variable, then to the built-in value."""
+    for settings_field in dataclasses.fields(ServerSettings):
+        variable = env_name(settings_field)
+        default = _default(settings_field)
+        if variable in env:
+            default = _parse(settings_field, env[variable])
+        shown = "(hidden)" if settings_field.metadata["secret"] and default else _shown(default)
+        help_text = f"{settings_field.metadata['help']} [{variable}] (default: {shown or 'empty'})"
+        flag = f"--{option_name(settings_field)}"
+        kind = _field_type(settings_field)
+        if kind == "bool":
+            parser.add_argument(
+                flag,
+                dest=settings_field.name,
+                default=default,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+            continue
+        choices = settings_field.metadata["choices"] or None
+        parser.add_argument(
+            flag,
+            dest=settings_field.name,
+            default=default,
+            type=_parser_for(settings_field),
+            choices=choices,
+            metavar=variable.removeprefix(ENV_PREFIX) if not choices else None,
+            help=help_text,
+        )
+
+
+def from_arguments(args: argparse.Namespace) -> ServerSettings:
+    """Settings from parsed `add_arguments` flags."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
+    return ServerSettings(**values)
+
+
+def from_env(env: Mapping[str, str] = os.environ, **overrides: Any) -> ServerSettings:
+    """Settings from `VOXRELAY_*` variables, then `overrides`."""
+    values: dict[str, Any] = {}
+    for settings_field in dataclasses.fields(ServerSettings):
+        variable = env_name(settings_field)
+        if variable in env:
+            values[settings_field.name] = _parse(settings_field, env[variable])
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+def markdown_table() -> str:
+    """The README's table of settings: flag, variable, default, meaning."""
+    rows = ["| flag | variable | default | what it sets |", "| --- | --- | --- | --- |"]
+    for settings_field in dataclasses.fields(ServerSettings):
+        default = _default(settings_field)
+        shown = "cores" if settings_field.name == "workers" else _shown(default)
+        rows.append(
+            f"| `--{option_name(settings_field)}` | `{env_name(settings_field)}` | "
+            f"{f'`{shown}`' if shown else 'empty'} | {settings_field.metadata['help']} |"
+        )
+    return "\n".join(rows)
