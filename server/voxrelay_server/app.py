@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from voxrelay.v1 import speech_pb2_grpc
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.config import ALL_ENGINES, ServerSettings
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
@@ -24,6 +24,7 @@ from voxrelay_server.service import SpeechService
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
+SPEECH_SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
 
 
 def build_engines(
