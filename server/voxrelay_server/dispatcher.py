@@ -4,7 +4,9 @@ A short pipeline, each stage with one job and explicit state:
 
     text ──> SentenceSplitter ──> timeline (turn marks and segment jobs, in order)
                                       │
-               scheduler: starts up to `max_inflight_segments` jobs, in order
+               scheduler: starts up to `max_inflight_segments` jobs, in order;
+               each waits for room in the audio buffer and for a server-wide
+               synthesis slot (`FairScheduler`) before its engine runs
                                       │
     events() <── merger: walks the timeline in order, streaming the head job's
                  audio through a SegmentEncoder as it is produced
@@ -12,14 +14,17 @@ A short pipeline, each stage with one job and explicit state:
 Input methods (`send_text`, `turn_done`, `cancel`, `close`) never wait, so a
 caller can keep feeding text while earlier turns speak. Nothing here polls: the
 merger sleeps on an event or on the head job's queue. The dispatcher knows
-nothing about gRPC; it speaks in `voxrelay_server.events`.
+nothing about gRPC; it speaks in `voxrelay_server.events` and reports its
+progress to a `SessionObserver`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from voxrelay_server.audio import SegmentEncoder
@@ -32,11 +37,26 @@ from voxrelay_server.events import (
     TurnEnded,
     TurnStarted,
 )
+from voxrelay_server.observer import SessionObserver
 from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, OutputFormat
 from voxrelay_server.splitter import SentenceSplitter
 
 Synthesize = Callable[[str], AsyncIterator[bytes]]
 """Speaks one segment's text: int16 LE PCM chunks at the voice's native rate."""
+SlotFactory = Callable[[], AbstractAsyncContextManager[None]]
+"""A server-wide synthesis slot, held while a segment's engine runs."""
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Per-session bounds; each one, when hit, has a documented effect."""
+
+    max_buffered_text_chars: int = 65536
+    """Text accepted but not yet synthesized; more ends the session (RESOURCE_EXHAUSTED)."""
+    audio_buffer_bytes: int = 1 << 20
+    """Undelivered engine audio at which new segments wait until the client reads."""
+    idle_timeout_s: float = 0.0
+    """No request and nothing to speak for this long ends the session; 0 = never."""
 
 
 @dataclass(eq=False)
@@ -75,6 +95,8 @@ class _SegmentJob:
     task: asyncio.Task[None] | None = None
     holds_slot: bool = False
     """Counts against the in-flight limit: started and not yet delivered or dropped."""
+    text_settled: bool = False
+    """Its text no longer counts as buffered (synthesized, failed or dropped)."""
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -93,6 +115,15 @@ class _SegmentFailure(Exception):
         self.error = error
 
 
+def _unlimited_slot() -> AbstractAsyncContextManager[None]:
+    return _NoSlot()
+
+
+class _NoSlot(AbstractAsyncContextManager[None]):
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
 class SessionDispatcher:
     """Turns one session's text into one ordered stream of `SessionEvent`s."""
 
@@ -104,11 +135,17 @@ class SessionDispatcher:
         output: OutputFormat,
         min_sentence_chars: int,
         max_inflight_segments: int,
+        limits: SessionLimits | None = None,
+        synthesis_slot: SlotFactory = _unlimited_slot,
+        observer: SessionObserver | None = None,
     ) -> None:
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output
         self._max_inflight = max_inflight_segments
+        self._limits = limits or SessionLimits()
+        self._synthesis_slot = synthesis_slot
+        self._observer = observer or SessionObserver()
         self._splitter = SentenceSplitter(min_sentence_chars)
         self._timeline: collections.deque[_Entry] = collections.deque()
         self._timeline_grew = asyncio.Event()
@@ -119,8 +156,14 @@ class SessionDispatcher:
         self._delivering: _SegmentJob | None = None
         self._input_closed = False
         self._ended = False
+        self._closed = False
         self._failure: SpeechError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queued_text_chars = 0  # in released jobs whose synthesis has not finished
+        self._buffered_audio_bytes = 0
+        self._audio_waiters: list[asyncio.Future[None]] = []
+        self._last_input = time.monotonic()
+        self._last_output = self._last_input
 
     @property
     def output(self) -> OutputFormat:
@@ -132,18 +175,37 @@ class SessionDispatcher:
         """Segments started and not yet delivered."""
         return self._inflight
 
+    @property
+    def buffered_text_chars(self) -> int:
+        """Text accepted and not yet synthesized: the splitter's buffer and queued segments."""
+        return self._queued_text_chars + len(self._splitter.buffered)
+
+    @property
+    def buffered_audio_bytes(self) -> int:
+        """Engine audio produced and not yet delivered."""
+        return self._buffered_audio_bytes
+
     # Input side: never blocks.
 
     def send_text(self, text: str) -> None:
         """Add a chunk of text to the current turn, starting one if needed."""
         if not self._accepting_input():
             return
+        self._last_input = time.monotonic()
         if not text:
             raise InvalidInput("text must not be empty: send at least one character")
         if len(text) > MAX_TEXT_CHUNK_CHARS:
             raise InvalidInput(
                 f"text chunk of {len(text)} characters is over the limit of "
                 f"{MAX_TEXT_CHUNK_CHARS}: split it into smaller chunks"
+            )
+        limit = self._limits.max_buffered_text_chars
+        if self.buffered_text_chars + len(text) > limit:
+            raise SpeechError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{self.buffered_text_chars + len(text)} characters would be waiting to be "
+                f"spoken, over this server's limit of {limit} per session: send text about "
+                "as fast as it is spoken, or end turns so it can be synthesized",
             )
         turn = self._open_turn or self._start_turn()
         segment = self._splitter.feed(text)
@@ -152,11 +214,13 @@ class SessionDispatcher:
 
     def turn_done(self) -> None:
         """End the current turn: speak what is buffered. No-op without text since the last."""
+        self._last_input = time.monotonic()
         if self._accepting_input() and self._open_turn is not None:
             self._end_turn(self._open_turn, speak_rest=True)
 
     def cancel(self) -> None:
         """Barge-in: drop everything accepted so far that has not been delivered."""
+        self._last_input = time.monotonic()
         if not self._accepting_input():
             return
         self._waiting_jobs.clear()  # first, so freed slots start nothing that is dropped
@@ -187,12 +251,18 @@ class SessionDispatcher:
 
     async def aclose(self) -> None:
         """Stop every synthesis task of this session and wait until they are gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._ended and self._failure is None:
+            self._failure = SpeechError(ErrorCode.CANCELLED, "the caller went away")
         self._ended = True
         self._drop_everything()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._observer.session_ended(self._failure)
 
     # Output side: the merger.
 
@@ -204,20 +274,29 @@ class SessionDispatcher:
             if isinstance(entry, _TurnStart):
                 turn_offset = 0
                 yield TurnStarted(entry.turn.number)
+                self._observer.turn_started(entry.turn.number)
             elif isinstance(entry, _TurnEnd):
                 yield TurnEnded(entry.turn.number, cancelled=entry.turn.cancelled)
+                self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
             elif isinstance(entry, _SessionEnd):
                 self._ended = True
                 yield SessionEnded()
                 return
             else:
                 self._delivering = entry
+                self._wake_audio_waiters()  # a new head job may go ahead of the budget
                 try:
                     async for audio in self._deliver(entry, turn_offset):
-                        turn_offset += len(audio.data) // self._output.encoding.bytes_per_sample
+                        samples = len(audio.data) // self._output.encoding.bytes_per_sample
+                        first = audio.offset_samples == turn_offset
+                        turn_offset += samples
                         yield audio
+                        self._observer.audio_sent(
+                            audio.turn, audio.segment, samples=samples, first=first
+                        )
                 except _SegmentFailure as failure:
                     self._ended = True
+                    self._failure = failure.error
                     self._drop_everything()
                     yield SegmentFailed(failure.job.turn.number, failure.job.number, failure.error)
                     yield SessionEnded()
@@ -228,13 +307,32 @@ class SessionDispatcher:
                     self._drop(entry)
 
     async def _next_entry(self) -> _Entry:
+        self._last_output = time.monotonic()
         while True:
             if self._failure is not None:
                 raise self._failure
             if self._timeline:
                 return self._timeline.popleft()
             self._timeline_grew.clear()
-            await self._timeline_grew.wait()
+            timeout = self._limits.idle_timeout_s
+            if not timeout:
+                await self._timeline_grew.wait()
+                continue
+            idle_since = max(self._last_input, self._last_output)
+            remaining = timeout - (time.monotonic() - idle_since)
+            if remaining <= 0:
+                self.fail(
+                    SpeechError(
+                        ErrorCode.DEADLINE_EXCEEDED,
+                        f"the session was idle for {timeout:g} s (no request and nothing to "
+                        "speak) and was closed: open a new stream when there is more to say",
+                    )
+                )
+                continue
+            try:
+                await asyncio.wait_for(self._timeline_grew.wait(), remaining)
+            except TimeoutError:
+                continue
 
     async def _deliver(self, job: _SegmentJob, turn_offset: int) -> AsyncIterator[AudioOut]:
         encoder = SegmentEncoder(self._native_rate_hz, self._output)
@@ -245,6 +343,9 @@ class SessionDispatcher:
                 return
             if isinstance(item, SpeechError):
                 raise _SegmentFailure(job, item)
+            if item is not _END_OF_AUDIO:
+                self._buffered_audio_bytes -= len(item)
+                self._wake_audio_waiters()
             messages = encoder.finish() if item is _END_OF_AUDIO else encoder.push(item)
             for data in messages:
                 yield AudioOut(job.turn.number, job.number, data, offset)
@@ -257,8 +358,10 @@ class SessionDispatcher:
     def _release(self, turn: _Turn, text: str) -> None:
         turn.segments += 1
         job = _SegmentJob(turn, turn.segments, text)
+        self._queued_text_chars += len(text)
         self._append(job)
         self._waiting_jobs.append(job)
+        self._observer.segment_released(turn.number, job.number, text)
         self._start_ready_jobs()
 
     def _start_ready_jobs(self) -> None:
@@ -274,17 +377,62 @@ class SessionDispatcher:
             job.task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: _SegmentJob) -> None:
+        error: SpeechError | None = None
+        started = False
         try:
-            async for chunk in self._synthesize(job.text):
-                if chunk:
+            await self._wait_for_audio_room(job)
+            async with self._synthesis_slot():
+                started = True
+                self._observer.segment_started(job.turn.number, job.number)
+                first = True
+                async for chunk in self._synthesize(job.text):
+                    if not chunk:
+                        continue
+                    if first:
+                        first = False
+                        self._observer.segment_engine_first_audio(job.turn.number, job.number)
+                    self._buffered_audio_bytes += len(chunk)
                     job.audio.put_nowait(chunk)
-        except SpeechError as error:
-            job.audio.put_nowait(error)
-            return
-        except Exception as error:  # an engine bug must not take the session down silently
-            job.audio.put_nowait(EngineError(ErrorCode.INTERNAL, f"engine failed: {error!r}"))
-            return
-        job.audio.put_nowait(_END_OF_AUDIO)
+        except asyncio.CancelledError:
+            if started:
+                self._observer.segment_synthesized(
+                    job.turn.number, job.number, error=None, cancelled=True
+                )
+            raise
+        except SpeechError as failure:
+            error = failure
+        except Exception as failure:  # an engine bug must not take the session down silently
+            error = EngineError(ErrorCode.INTERNAL, f"engine failed: {failure!r}")
+        finally:
+            self._settle_text(job)
+        self._observer.segment_synthesized(
+            job.turn.number, job.number, error=error, cancelled=False
+        )
+        job.audio.put_nowait(error if error is not None else _END_OF_AUDIO)
+
+    async def _wait_for_audio_room(self, job: _SegmentJob) -> None:
+        """Pause before synthesis while the client is behind on reading.
+
+        The head job never waits: the merger needs it to make progress at all.
+        """
+        while (
+            self._buffered_audio_bytes >= self._limits.audio_buffer_bytes
+            and job is not self._head_job()
+        ):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._audio_waiters.append(waiter)
+            await waiter
+
+    def _wake_audio_waiters(self) -> None:
+        waiters, self._audio_waiters = self._audio_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _head_job(self) -> _SegmentJob | None:
+        if self._delivering is not None:
+            return self._delivering
+        return next((e for e in self._timeline if isinstance(e, _SegmentJob)), None)
 
     def _settle(self, job: _SegmentJob) -> None:
         """The job is delivered or dropped: free its slot for the next one."""
@@ -293,8 +441,21 @@ class SessionDispatcher:
             self._inflight -= 1
             self._start_ready_jobs()
 
+    def _settle_text(self, job: _SegmentJob) -> None:
+        if not job.text_settled:
+            job.text_settled = True
+            self._queued_text_chars -= len(job.text)
+
     def _drop(self, job: _SegmentJob) -> None:
+        if not job.cancelled:
+            # Audio it produced but nobody will deliver no longer counts as buffered.
+            while not job.audio.empty():
+                item = job.audio.get_nowait()
+                if isinstance(item, bytes):
+                    self._buffered_audio_bytes -= len(item)
+            self._wake_audio_waiters()
         job.cancel()
+        self._settle_text(job)
         self._settle(job)
 
     def _drop_everything(self) -> None:

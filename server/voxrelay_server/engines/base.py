@@ -39,6 +39,8 @@ class SpeechEngine(abc.ABC):
 
     name: str
     """The engine's name, the prefix of its voices' names."""
+    max_concurrency: int = 8
+    """Segments it can usefully synthesize at once, server-wide (its cores, its connections)."""
 
     @abc.abstractmethod
     def voices(self) -> Sequence[VoiceInfo]:

@@ -158,6 +158,7 @@ class EspeakEngine(SpeechEngine):
     """espeak-ng's languages as voices, synthesized one at a time on a dedicated thread."""
 
     name = ENGINE_NAME
+    max_concurrency = 1  # one library, one thread
 
     def __init__(self) -> None:
         self._library = _EspeakLibrary()

@@ -53,7 +53,9 @@ class OpenAIEngine(SpeechEngine):
         model: str = DEFAULT_MODEL,
         voices: Sequence[str] = DEFAULT_VOICES,
         timeout_s: float = 30.0,
+        concurrency: int = 32,
     ) -> None:
+        self.max_concurrency = concurrency
         self.base_url = base_url.rstrip("/")
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -41,6 +41,7 @@ class PiperEngine(SpeechEngine):
         workers: int,
         threads_per_segment: int = 1,
     ) -> None:
+        self.max_concurrency = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
         self._voices: dict[str, tuple[VoiceInfo, PiperVoice]] = {}
         for model_path, config_path in model_paths:

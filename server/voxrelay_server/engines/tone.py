@@ -55,7 +55,9 @@ class ToneEngine(SpeechEngine):
         first_audio_ms: float = 0.0,
         ms_per_char: float = 10.0,
         realtime_factor: float = 0.0,
+        concurrency: int = 64,
     ) -> None:
+        self.max_concurrency = concurrency
         self.first_audio_ms = first_audio_ms
         self.ms_per_char = ms_per_char
         self.realtime_factor = realtime_factor
