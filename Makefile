@@ -9,7 +9,9 @@ PROTO_SRC := $(wildcard protos/voxrelay/v1/*.proto)
 PROTO_OUT := client/voxrelay/v1
 PROTO_STAMP := $(PROTO_OUT)/.generated
 
-.PHONY: run test proto lint bench install clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: run test proto lint bench bench-quick install clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -43,10 +45,27 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
+	@# The contract must stay wire-compatible with main; a clone without a local
+	@# main branch (shallow CI checkouts) has nothing to compare to, so it says so.
+	@if test -d .git && git rev-parse --verify --quiet refs/heads/main >/dev/null 2>&1; then \
+		echo "cd protos && buf breaking --against '../.git#branch=main,subdir=protos'"; \
+		cd protos && ../$(BIN)/buf breaking --against '../.git#branch=main,subdir=protos'; \
+	else \
+		echo "buf breaking: skipped, no local 'main' branch (in .git) to compare the protos against"; \
+		echo "  (fetch it, e.g. git fetch origin main:main, to run the check)"; \
+	fi
 
-# Speed figures of the real voices; see BENCHMARKS.md.
-bench: install
-	$(BIN)/python -m bench.voices
+# The benchmark suite: prints its tables, writes BENCHMARKS.md and bench/plots/*.png.
+bench: install $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: install $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick
+
+# The benchmark's extras (the reference implementation, plotting) only for the benchmark.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi $(PROTO_STAMP)

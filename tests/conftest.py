@@ -15,6 +15,7 @@ import pytest_asyncio
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.app import create_server
 from voxrelay_server.config import ServerSettings
+from voxrelay_server.dispatcher import SessionLimits
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
@@ -68,11 +69,18 @@ async def start_server() -> AsyncIterator[StartServer]:
         default_voice: str = TONE_VOICE,
         max_inflight_segments: int = 4,
         unconfigured: dict[str, str] | None = None,
+        max_sessions: int = 256,
+        limits: SessionLimits | None = None,
         **tone_settings: float,
     ) -> RunningServer:
-        tone = ToneEngine(**tone_settings)
+        tone = ToneEngine(**tone_settings)  # type: ignore[arg-type]
         catalog = VoiceCatalog([tone, *extra_engines], default_voice, unconfigured)
-        service = SpeechService(catalog, default_max_inflight_segments=max_inflight_segments)
+        service = SpeechService(
+            catalog,
+            default_max_inflight_segments=max_inflight_segments,
+            max_sessions=max_sessions,
+            limits=limits,
+        )
         server, port = create_server(service, ServerSettings(listen="127.0.0.1:0"))
         await server.start()
         running = RunningServer(f"127.0.0.1:{port}", server, service, tone)
@@ -158,9 +166,15 @@ async def read_one(call: grpc.aio.StreamStreamCall[Request, Response]) -> Respon
 
 
 async def read_rest(call: grpc.aio.StreamStreamCall[Request, Response]) -> list[Response]:
-    """Read a read/write-style call to its end (such calls cannot be iterated)."""
+    """Read a read/write-style call to its end (such calls cannot be iterated).
+
+    A non-OK status does not raise: check `await call.code()`.
+    """
     responses = []
-    while (response := await call.read()) is not grpc.aio.EOF:
-        assert isinstance(response, Response)
-        responses.append(response)
+    try:
+        while (response := await call.read()) is not grpc.aio.EOF:
+            assert isinstance(response, Response)
+            responses.append(response)
+    except grpc.aio.AioRpcError:
+        pass
     return responses

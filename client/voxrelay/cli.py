@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import soundfile
@@ -31,6 +33,54 @@ def _add_server_option(parser: argparse.ArgumentParser) -> None:
         default=default_target(),
         help="host:port of the voxrelay server [VOXRELAY_SERVER] (default: %(default)s)",
     )
+    _add_security_options(parser)
+
+
+class _OptionError(Exception):
+    """A command-line option that cannot be used as given; the message says why."""
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    parser.add_argument(
+        "--tls-ca",
+        default=env.get("VOXRELAY_TLS_CA"),
+        help="PEM file of the CA that signed the server's certificate; connects over TLS "
+        "[VOXRELAY_TLS_CA] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=env.get("VOXRELAY_TLS_CERT"),
+        help="PEM client certificate, for servers that require mutual TLS "
+        "[VOXRELAY_TLS_CERT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=env.get("VOXRELAY_TLS_KEY"),
+        help="PEM private key of --tls-cert [VOXRELAY_TLS_KEY] (default: %(default)s)",
+    )
+    # The default is read at use, not here, so --help never prints the token.
+    parser.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="bearer token for servers that require one; prefer the variable, command "
+        "lines are visible to other users [VOXRELAY_TOKEN]",
+    )
+
+
+def _connect(args: argparse.Namespace) -> AsyncClient:
+    """A client for `--server` with the TLS and token options; call inside the event loop."""
+    token = getattr(args, "token", None) or os.environ.get("VOXRELAY_TOKEN") or None
+    try:
+        return AsyncClient(
+            args.server,
+            tls_ca=args.tls_ca or None,
+            tls_cert=args.tls_cert or None,
+            tls_key=args.tls_key or None,
+            token=token,
+        )
+    except (OSError, ValueError) as error:
+        raise _OptionError(str(error)) from None
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,10 +97,14 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from voxrelay_server import app, config
+    from voxrelay_server import app, config, security
 
     settings = config.from_arguments(args)
     app.configure_logging(settings)
+    try:
+        security.check(settings)
+    except (OSError, ValueError) as error:
+        raise _OptionError(str(error)) from None
     asyncio.run(app.serve(settings))
     return 0
 
@@ -96,7 +150,8 @@ def _say(args: argparse.Namespace) -> int:
     )
     chunks = _stdin_lines() if args.text == "-" else _single(args.text)
     report = _Reporter(quiet=args.quiet)
-    return asyncio.run(_speak(args.server, options, chunks, args.output, report))
+    connect = functools.partial(_connect, args)
+    return asyncio.run(_speak(connect, options, chunks, args.output, report))
 
 
 async def _single(text: str) -> AsyncIterator[str]:
@@ -126,7 +181,7 @@ class _Reporter:
 
 
 async def _speak(
-    target: str,
+    connect: Callable[[], AsyncClient],
     options: SessionOptions,
     texts: AsyncIterator[str],
     output: Path,
@@ -136,7 +191,7 @@ async def _speak(
     samples = 0
     rate = 0
     first_audio_ms: float | None = None
-    async with AsyncClient(target) as client, client.session(options) as session:
+    async with connect() as client, client.session(options) as session:
 
         async def feed() -> None:
             async for text in texts:
@@ -197,7 +252,7 @@ def _add_voices(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _voices(args: argparse.Namespace) -> int:
     async def fetch() -> int:
-        async with AsyncClient(args.server) as client:
+        async with _connect(args) as client:
             found = await client.voices()
         rows = [v for v in found if not args.engine or v.engine == args.engine]
         width = max((len(v.name) for v in rows), default=10)
@@ -232,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VoxrelayError as error:
         print(f"voxrelay: error: {error}", file=sys.stderr)
         return 1
+    except _OptionError as error:
+        print(f"voxrelay: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `voxrelay voices | head`

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 SampleType = Literal["int16", "float32"]
+Metadata = tuple[tuple[str, str], ...]
 
 _ENCODINGS = {
     "int16": speech_pb2.AUDIO_ENCODING_PCM_S16LE,
@@ -46,6 +48,52 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 def default_target() -> str:
     """`VOXRELAY_SERVER` if set, else 127.0.0.1:50051."""
     return os.environ.get("VOXRELAY_SERVER", DEFAULT_TARGET)
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise OSError(f"cannot read {what} {path!r}: {error.strerror or error}") from error
+
+
+@dataclass(frozen=True)
+class _Security:
+    """How a client connects: channel credentials (None = plaintext) and per-call metadata."""
+
+    credentials: grpc.ChannelCredentials | None
+    metadata: Metadata = field(default=(), repr=False)
+
+
+def _security(
+    tls_ca: str | None, tls_cert: str | None, tls_key: str | None, token: str | None
+) -> _Security:
+    """Channel credentials and call metadata for the client's TLS and token options.
+
+    TLS is used when `tls_ca` or a client certificate is given (no `tls_ca`: the
+    system's trusted CAs). On TLS channels the token rides on gRPC call credentials,
+    which gRPC never sends in clear; on plaintext channels it is per-call metadata.
+    """
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError(
+            "a client certificate needs both tls_cert and tls_key "
+            "(--tls-cert/--tls-key, VOXRELAY_TLS_CERT/VOXRELAY_TLS_KEY)"
+        )
+    if token and (not token.isascii() or not token.isprintable() or " " in token):
+        raise ValueError("the token must be printable ASCII without spaces")
+    credentials = None
+    if tls_ca or tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(tls_ca, "the tls_ca file") if tls_ca else None,
+            private_key=_read_pem(tls_key, "the tls_key file") if tls_key else None,
+            certificate_chain=_read_pem(tls_cert, "the tls_cert file") if tls_cert else None,
+        )
+    if not token:
+        return _Security(credentials)
+    if credentials is None:
+        return _Security(None, (("authorization", f"Bearer {token}"),))
+    call_credentials = grpc.access_token_call_credentials(token)
+    return _Security(grpc.composite_channel_credentials(credentials, call_credentials))
 
 
 @dataclass(frozen=True)
@@ -161,10 +209,18 @@ class AsyncSession:
     `SessionEnded`; a failure raises `VoxrelayError`.
     """
 
-    def __init__(self, stub: SpeechAsyncStub, options: SessionOptions, target: str) -> None:
+    def __init__(
+        self,
+        stub: SpeechAsyncStub,
+        options: SessionOptions,
+        target: str,
+        *,
+        metadata: Metadata = (),
+    ) -> None:
         self._stub = stub
         self._options = options
         self._target = target
+        self._metadata = metadata
         self._call: (
             grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse] | None
         ) = None
@@ -184,7 +240,7 @@ class AsyncSession:
 
     async def open(self) -> None:
         """Start the call and send the configuration."""
-        self._call = self._stub.Stream()
+        self._call = self._stub.Stream(metadata=self._metadata)
         await self._write(speech_pb2.StreamRequest(config=self._options.to_proto()))
 
     async def send_text(self, text: str) -> None:
@@ -256,11 +312,28 @@ class AsyncSession:
 
 
 class AsyncClient:
-    """An async connection to a voxrelay server; close it or use `async with`."""
+    """An async connection to a voxrelay server; close it or use `async with`.
 
-    def __init__(self, target: str | None = None) -> None:
+    `tls_ca` (a PEM CA file) turns on TLS; `tls_cert` and `tls_key` add a client
+    certificate for mutual TLS; `token` is sent as `authorization: Bearer` on every call.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.target = target or default_target()
-        self._channel = grpc.aio.insecure_channel(self.target)
+        security = _security(tls_ca, tls_cert, tls_key, token)
+        self._metadata = security.metadata
+        if security.credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        else:
+            self._channel = grpc.aio.secure_channel(self.target, security.credentials)
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -281,12 +354,14 @@ class AsyncClient:
         """A new session; pass `SessionOptions` or its fields as keywords."""
         if options is None:
             options = SessionOptions(**fields)  # type: ignore[arg-type]
-        return AsyncSession(self._stub, options, self.target)
+        return AsyncSession(self._stub, options, self.target, metadata=self._metadata)
 
     async def voices(self) -> list[VoiceInfo]:
         """Every voice the server offers, the default first."""
         try:
-            response = await self._stub.ListVoices(speech_pb2.ListVoicesRequest())
+            response = await self._stub.ListVoices(
+                speech_pb2.ListVoicesRequest(), metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise VoxrelayError.from_rpc_error(error, self.target) from None
         return [_voice_info(voice) for voice in response.voices]
@@ -308,11 +383,27 @@ class AsyncClient:
 
 
 class Client:
-    """The blocking twin of `AsyncClient`, for scripts: `voices()` and `synthesize()`."""
+    """The blocking twin of `AsyncClient`, for scripts: `voices()` and `synthesize()`.
 
-    def __init__(self, target: str | None = None) -> None:
+    Takes the same `tls_ca`, `tls_cert`, `tls_key` and `token` keywords.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.target = target or default_target()
-        self._channel = grpc.insecure_channel(self.target)
+        security = _security(tls_ca, tls_cert, tls_key, token)
+        self._metadata = security.metadata
+        if security.credentials is None:
+            self._channel = grpc.insecure_channel(self.target)
+        else:
+            self._channel = grpc.secure_channel(self.target, security.credentials)
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -332,7 +423,9 @@ class Client:
     def voices(self) -> list[VoiceInfo]:
         """Every voice the server offers, the default first."""
         try:
-            response = self._stub.ListVoices(speech_pb2.ListVoicesRequest())
+            response = self._stub.ListVoices(
+                speech_pb2.ListVoicesRequest(), metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise VoxrelayError.from_rpc_error(error, self.target) from None
         return [_voice_info(voice) for voice in response.voices]
@@ -342,7 +435,7 @@ class Client:
         options = options or SessionOptions()
         chunks: list[Audio] = []
         responses: Iterator[speech_pb2.StreamResponse] = self._stub.Stream(
-            iter(_one_turn_requests(options, text))
+            iter(_one_turn_requests(options, text)), metadata=self._metadata
         )
         try:
             for response in responses:
@@ -355,8 +448,18 @@ class Client:
 
 
 def synthesize(
-    text: str, *, target: str | None = None, options: SessionOptions | None = None
+    text: str,
+    *,
+    target: str | None = None,
+    options: SessionOptions | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token: str | None = None,
 ) -> SynthesizedAudio:
-    """One call, one text, its whole audio: the simplest way to use a voxrelay server."""
-    with Client(target) as client:
+    """One call, one text, its whole audio: the simplest way to use a voxrelay server.
+
+    `tls_ca`, `tls_cert`, `tls_key` and `token` are those of `Client`.
+    """
+    with Client(target, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token) as client:
         return client.synthesize(text, options)

@@ -24,12 +24,21 @@ class VoxrelayError(Exception):
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError, target: str) -> VoxrelayError:
         """Wrap a gRPC error, adding advice where the server could not be reached."""
-        code: grpc.StatusCode = error.code()
-        details: str = error.details() or ""
+        return cls.from_status(error.code(), error.details() or "", target)
+
+    @classmethod
+    def from_status(cls, code: grpc.StatusCode, details: str, target: str) -> VoxrelayError:
+        """The error for a call that ended with `code`, with advice on what to do next."""
         if code is grpc.StatusCode.UNAVAILABLE:
             details = (
                 f"cannot reach a voxrelay server at {target} ({details}); start one with "
-                "`voxrelay serve` or point --server / VOXRELAY_SERVER at a running one"
+                "`voxrelay serve` or point --server / VOXRELAY_SERVER at a running one; "
+                "if it uses TLS, pass its CA with --tls-ca / VOXRELAY_TLS_CA"
+            )
+        elif code is grpc.StatusCode.UNAUTHENTICATED:
+            details = (
+                f"the server at {target} refused the call ({details}); pass a token it "
+                "accepts with --token or VOXRELAY_TOKEN (token= in the Python client)"
             )
         return cls(code, details)
 

@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server import security
 from voxrelay_server.config import ALL_ENGINES, ServerSettings
+from voxrelay_server.dispatcher import SessionLimits
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.openai_engine import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
 from voxrelay_server.engines.openai_engine import OpenAIEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.tone import ToneEngine
-from voxrelay_server.grpc_service import SpeechServicer
+from voxrelay_server.errors import ErrorCode, SpeechError
+from voxrelay_server.grpc_service import SHUTTING_DOWN_MESSAGE, ServiceHolder, SpeechServicer
+from voxrelay_server.observability import Observability
+from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
 SPEECH_SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
+HEALTH_SERVICE_NAMES = ("", SPEECH_SERVICE_NAME)
+"""Names the health service answers for; "" is the server as a whole."""
+CLIENT_PING_MIN_INTERVAL_S = 10.0
+"""Clients may send keepalive pings this often; more often earns a GOAWAY."""
+ABORT_GRACE_S = 2.0
+"""After the shutdown grace: how long cut-off calls get to send their last messages."""
+_GRPC_INT_MAX = 2**31 - 1  # gRPC's "never" for keepalive_time_ms
 
 
 def build_engines(
@@ -47,6 +63,7 @@ def build_engines(
                     first_audio_ms=settings.tone_first_audio_ms,
                     ms_per_char=settings.tone_ms_per_char,
                     realtime_factor=settings.tone_realtime_factor,
+                    concurrency=settings.tone_concurrency,
                 )
             )
         elif name == "openai":
@@ -64,6 +81,7 @@ def build_engines(
                         api_key=api_key,
                         model=settings.openai_model,
                         voices=settings.openai_voices,
+                        concurrency=settings.openai_concurrency,
                     )
                 )
         else:
@@ -71,56 +89,214 @@ def build_engines(
     return engines, unconfigured
 
 
-def build_service(settings: ServerSettings, env: Mapping[str, str] = os.environ) -> SpeechService:
-    """Load every enabled engine (the piper model once) and wrap them in a service."""
+def build_service(
+    settings: ServerSettings,
+    env: Mapping[str, str] = os.environ,
+    *,
+    observability: Observability | None = None,
+) -> SpeechService:
+    """Load every enabled engine (the piper model once) and wrap them in a service.
+
+    Sessions report to `observability` (by default, what `settings` enable).
+    """
     engines, unconfigured = build_engines(settings, env)
     catalog = VoiceCatalog(engines, settings.default_voice, unconfigured)
-    return SpeechService(catalog, default_max_inflight_segments=settings.max_inflight_segments)
+    if observability is None:
+        observability = Observability(settings)
+    service = SpeechService(
+        catalog,
+        default_max_inflight_segments=settings.max_inflight_segments,
+        max_sessions=settings.max_sessions,
+        limits=SessionLimits(
+            max_buffered_text_chars=settings.max_buffered_text_chars,
+            audio_buffer_bytes=settings.session_audio_buffer_bytes,
+            idle_timeout_s=settings.idle_timeout_s,
+        ),
+        observer_factory=observability.observer_factory,
+    )
+    observability.watch(service)
+    return service
 
 
-def create_server(service: SpeechService, settings: ServerSettings) -> tuple[grpc.aio.Server, int]:
-    """A gRPC server serving `service` on `settings.listen`; returns it and the bound port."""
-    server = grpc.aio.server()
-    speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(service), server)
-    port = server.add_insecure_port(settings.listen)
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """gRPC server options for keepalive and connection age, from `settings`."""
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    keepalive_ms = ms(settings.keepalive_time_s) if settings.keepalive_time_s > 0 else None
+    options = [
+        ("grpc.keepalive_time_ms", keepalive_ms or _GRPC_INT_MAX),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_s)),
+        # Idle connections are the ones whose peer may have vanished unnoticed: ping
+        # them too, without a cap, and let clients keep idle channels alive the same way.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(CLIENT_PING_MIN_INTERVAL_S)),
+    ]
+    if settings.max_connection_age_s > 0:
+        # Clients reconnect (maybe elsewhere) after a GOAWAY; calls on the old
+        # connection get the grace period to finish.
+        options += [
+            ("grpc.max_connection_age_ms", ms(settings.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_s)),
+        ]
+    return options
+
+
+@dataclass
+class RunningParts:
+    """A gRPC server and the parts `serve()` drives while it starts and stops.
+
+    Start it with `start()` (not `server.start()`), so health never says SERVING
+    before `set_service()`.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    speech: SpeechServicer
+    service: ServiceHolder
+
+    async def start(self) -> None:
+        """Set the health status, then listen."""
+        ready = self.service.current is not None
+        await self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.server.start()
+
+    async def set_service(self, service: SpeechService) -> None:
+        """The voices are loaded: serve Speech calls and report SERVING."""
+        self.service.set(service)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        """Drain: NOT_SERVING, no new calls, `grace_s` for calls in flight, then UNAVAILABLE."""
+        await self.health.enter_graceful_shutdown()
+        # From here no new calls; its long timeout is only a backstop for the steps below.
+        stopping = asyncio.create_task(self.server.stop(grace_s + ABORT_GRACE_S))
+        calls = self.speech.calls
+        if not await calls.wait_idle(grace_s):
+            _LOG.warning(
+                "%d calls still running after %g s: ending them with UNAVAILABLE",
+                len(calls),
+                grace_s,
+            )
+            error = SpeechError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+            calls.abort(error)
+            if self.service.current is not None:
+                self.service.current.fail_all(error)
+            await calls.wait_idle(ABORT_GRACE_S)
+        # Health watches never end by themselves: end them now rather than at the backstop.
+        await self.server.stop(None)
+        await stopping
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in HEALTH_SERVICE_NAMES:
+            await self.health.set(name, status)
+
+
+def create_server_parts(
+    settings: ServerSettings,
+    service: SpeechService | None = None,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> RunningParts:
+    """A gRPC server on `settings.listen` with Speech, health and reflection, not started.
+
+    Without `service`, Speech calls get UNAVAILABLE until `set_service()`.
+    `interceptors` (e.g. `Observability.server_interceptors()`) run after security's.
+    """
+    # Interceptors run in list order: later ones only see authenticated calls.
+    interceptors = [*security.server_interceptors(settings), *interceptors]
+    credentials = security.server_credentials(settings)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+    holder = ServiceHolder(service)
+    speech = SpeechServicer(holder)
+    speech_pb2_grpc.add_SpeechServicer_to_server(speech, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SPEECH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise OSError(
             f"cannot listen on {settings.listen}: the address is in use or not valid here"
         )
-    return server, port
+    return RunningParts(server, port, health_servicer, speech, holder)
 
 
-def configure_logging(settings: ServerSettings) -> None:
-    """Log to stderr at `settings.log_level`."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def create_server(
+    service: SpeechService,
+    settings: ServerSettings,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server serving `service` on `settings.listen`; returns it and the bound port.
+
+    For tests and embedding; `create_server_parts` also gives the health service.
+    """
+    parts = create_server_parts(settings, service, interceptors=interceptors)
+    return parts.server, parts.port
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Run the server until SIGINT or SIGTERM, then stop gracefully."""
+async def serve(
+    settings: ServerSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    build: Callable[[ServerSettings], SpeechService] | None = None,
+) -> None:
+    """Run the server until SIGINT or SIGTERM (or `stop` is set), then stop gracefully.
+
+    It listens before loading the voices, so health checks answer at once:
+    NOT_SERVING while the voices load, SERVING once they have, NOT_SERVING
+    again while draining. `build` makes the service (tests slow it down); by
+    default `build_service` with this server's metrics, traces and logs.
+    """
     started = time.perf_counter()
-    service = await asyncio.to_thread(build_service, settings)
-    server, port = create_server(service, settings)
-    await server.start()
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    observability = Observability(settings)
+    if build is None:
+        build = functools.partial(build_service, observability=observability)
+    observability.start()  # before listening: a metrics port in use fails the start
+    parts = create_server_parts(settings, interceptors=observability.server_interceptors())
+    await parts.start()
     host = settings.listen.rpartition(":")[0]
+    _LOG.info("voxrelay listening on %s:%d (NOT_SERVING: loading voices)", host, parts.port)
+    try:
+        # A signal while loading is acted on once loading is done: engines
+        # hold threads that a half-built service could not release.
+        service = await asyncio.to_thread(build, settings)
+    except BaseException:
+        await parts.server.stop(None)
+        observability.shutdown()
+        raise
+    await parts.set_service(service)
     _LOG.info(
-        "voxrelay listening on %s:%d with %d voices (default %s), ready in %.1f s",
-        host,
-        port,
+        "ready (SERVING) in %.1f s with %d voices (default %s)",
+        time.perf_counter() - started,
         len(service.voices()),
         service.catalog.default_voice,
-        time.perf_counter() - started,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     _LOG.info(
-        "stopping: letting calls in flight finish for up to %.0f s", settings.shutdown_grace_s
+        "stopping (NOT_SERVING): letting calls in flight finish for up to %g s",
+        settings.shutdown_grace_s,
     )
-    await server.stop(settings.shutdown_grace_s)
+    await parts.stop(settings.shutdown_grace_s)
     await service.aclose()
+    # After the calls, so their last spans are flushed too; in a thread, as the
+    # flush waits on the network.
+    await asyncio.to_thread(observability.shutdown)
     _LOG.info("stopped")

@@ -7,9 +7,10 @@ translates messages and maps `SpeechError` codes onto gRPC status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -25,9 +26,18 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.service import SpeechService
-from voxrelay_server.settings import AudioEncoding, OutputFormat, SessionRequest
+from voxrelay_server.settings import (
+    AudioEncoding,
+    OutputFormat,
+    SessionRequest,
+    whole_text_chunks,
+)
 
 _LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+LOADING_MESSAGE = "the server is still loading its voices; retry shortly"
+SHUTTING_DOWN_MESSAGE = "the server is shutting down"
 
 _ENCODINGS_IN = {
     speech_pb2.AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.PCM_S16LE,
@@ -131,30 +141,172 @@ async def _forward_requests(
         session.fail(SpeechError(ErrorCode.CANCELLED, f"reading requests failed: {error!r}"))
 
 
-class SpeechServicer(speech_pb2_grpc.SpeechServicer):
-    """Serves `voxrelay.v1.Speech` on top of a `SpeechService`."""
+class ServiceHolder:
+    """The `SpeechService` once the server has built it; UNAVAILABLE until then.
 
-    def __init__(self, service: SpeechService) -> None:
+    The server listens before it loads its voices, so health checks can say
+    NOT_SERVING while the default voice loads; Speech calls meanwhile are told
+    to retry instead of waiting on a connection that seems dead.
+    """
+
+    def __init__(self, service: SpeechService | None = None) -> None:
         self._service = service
+
+    @property
+    def current(self) -> SpeechService | None:
+        """The service, or None while it is still loading."""
+        return self._service
+
+    def set(self, service: SpeechService) -> None:
+        """The service is ready: serve calls with it from now on."""
+        self._service = service
+
+    def get(self) -> SpeechService:
+        """The service; raises `SpeechError` (UNAVAILABLE) while it is still loading."""
+        if self._service is None:
+            raise SpeechError(ErrorCode.UNAVAILABLE, LOADING_MESSAGE)
+        return self._service
+
+
+class ActiveCalls:
+    """The Speech calls in flight, so a shutdown can wait for them and end the rest.
+
+    Open sessions are ended by `SpeechService.fail_all`; this ends the calls that
+    have no session yet (waiting for their first request) and any that opens one
+    after the abort.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._abort_error: SpeechError | None = None
+        self._aborted = asyncio.Event()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def track(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Count a call until it is over, its status sent.
+
+        Counting until the handler returns would be too early: a server stopped
+        right then could cancel the call before its status went out.
+        """
+        self._count += 1
+        self._idle.clear()
+        # types-grpcio declares the callback as a class, not a Protocol: a function is fine.
+        context.add_done_callback(self._finished)  # type: ignore[arg-type]
+
+    def _finished(self, _context: object) -> None:
+        self._count -= 1
+        if not self._count:
+            self._idle.set()
+
+    def fail_if_aborted(self, session: SessionDispatcher) -> None:
+        """End a session opened after `abort` with the abort's error."""
+        if self._abort_error is not None:
+            session.fail(self._abort_error)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no call is in flight; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def abort(self, error: SpeechError) -> None:
+        """End calls without a session, and sessions opened from now on, with `error`."""
+        self._abort_error = error
+        self._aborted.set()
+
+    async def unless_aborted(self, awaitable: Awaitable[_T]) -> _T:
+        """Await `awaitable`; raise the `abort` error instead if that comes first.
+
+        For the waits of a call that has no session yet (its first request).
+        """
+        if self._abort_error is not None:
+            raise self._abort_error
+        work = asyncio.ensure_future(awaitable)
+        aborted = asyncio.ensure_future(self._aborted.wait())
+        try:
+            done, _ = await asyncio.wait({work, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            work.cancel()
+            raise
+        finally:
+            aborted.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()
+        assert self._abort_error is not None
+        raise self._abort_error
+
+
+class SpeechServicer(speech_pb2_grpc.SpeechServicer):
+    """Serves `voxrelay.v1.Speech` on top of a `SpeechService` (or one still loading)."""
+
+    def __init__(self, service: SpeechService | ServiceHolder) -> None:
+        self._service = service if isinstance(service, ServiceHolder) else ServiceHolder(service)
+        self.calls = ActiveCalls()
 
     async def Stream(
         self,
         request_iterator: AsyncIterable[speech_pb2.StreamRequest],
         context: grpc.aio.ServicerContext[speech_pb2.StreamRequest, speech_pb2.StreamResponse],
     ) -> AsyncIterator[speech_pb2.StreamResponse]:
+        self.calls.track(context)
         requests = aiter(request_iterator)
-        first = await anext(requests, None)
-        config = speech_pb2.SessionConfig()
-        if first is not None and first.WhichOneof("request") == "config":
-            config, first = first.config, None
         try:
-            session = self._service.open_session(session_request(config))
+            first = await self.calls.unless_aborted(anext(requests, None))
+            config = speech_pb2.SessionConfig()
+            if first is not None and first.WhichOneof("request") == "config":
+                config, first = first.config, None
+            session = self._service.get().open_session(session_request(config))
         except SpeechError as error:
             for response in _end_with_error(error, context):
                 yield response
             return
         pending = [first] if first is not None else []
         reader = asyncio.create_task(_forward_requests(_chain(pending, requests), session))
+        async with contextlib.aclosing(self._speak(session, context, reader)) as responses:
+            async for response in responses:
+                yield response
+
+    async def Synthesize(
+        self,
+        request: speech_pb2.SynthesizeRequest,
+        context: grpc.aio.ServicerContext[speech_pb2.SynthesizeRequest, speech_pb2.StreamResponse],
+    ) -> AsyncIterator[speech_pb2.StreamResponse]:
+        self.calls.track(context)
+        try:
+            service = self._service.get()
+            session = service.open_session(session_request(request.config))
+        except SpeechError as error:
+            for response in _end_with_error(error, context):
+                yield response
+            return
+        # Exactly what a Stream call with the text and turn_done, half-closed, does.
+        budget = service.limits.max_buffered_text_chars
+        try:
+            for chunk in whole_text_chunks(request.text, budget_chars=budget):
+                session.send_text(chunk)
+            session.turn_done()
+            session.close()
+        except SpeechError as error:
+            session.fail(error)
+        async with contextlib.aclosing(self._speak(session, context)) as responses:
+            async for response in responses:
+                yield response
+
+    async def _speak(
+        self,
+        session: SessionDispatcher,
+        context: grpc.aio.ServicerContext[Any, speech_pb2.StreamResponse],
+        reader: asyncio.Task[None] | None = None,
+    ) -> AsyncGenerator[speech_pb2.StreamResponse, None]:
+        """The session's events as responses until it ends; then stop `reader` and the session."""
+        self.calls.fail_if_aborted(session)
         try:
             async for event in session.events():
                 yield _response(event, session.output)
@@ -168,8 +320,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             for response in _end_with_error(error, context):
                 yield response
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
             await session.aclose()
 
     async def ListVoices(
@@ -179,7 +332,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse
         ],
     ) -> speech_pb2.ListVoicesResponse:
-        default = self._service.catalog.default_voice
+        try:
+            service = self._service.get()
+        except SpeechError as error:
+            await context.abort(status_code(error), error.message)
+        default = service.catalog.default_voice
         return speech_pb2.ListVoicesResponse(
             voices=[
                 speech_pb2.Voice(
@@ -189,7 +346,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                     native_sample_rate_hz=voice.native_sample_rate_hz,
                     is_default=voice.name == default,
                 )
-                for voice in self._service.voices()
+                for voice in service.voices()
             ]
         )
 

@@ -48,18 +48,22 @@ class SpeechService:
         """Every voice offered, the default first."""
         return self.catalog.voices()
 
-    def open_session(self, request: SessionRequest) -> SessionDispatcher:
-        """A dispatcher for one session; raises `SpeechError` on a bad configuration.
-
-        Also raises RESOURCE_EXHAUSTED when the server already runs `max_sessions`.
-        The session counts until its `aclose()`.
-        """
+    def check_capacity(self) -> None:
+        """Raise RESOURCE_EXHAUSTED when the server already runs `max_sessions` sessions."""
         if len(self._sessions) >= self.max_sessions:
             raise SpeechError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"the server is at its limit of {self.max_sessions} concurrent sessions: "
                 "retry shortly, or raise --max-sessions",
             )
+
+    def open_session(self, request: SessionRequest) -> SessionDispatcher:
+        """A dispatcher for one session; raises `SpeechError` on a bad configuration.
+
+        Also raises RESOURCE_EXHAUSTED when the server already runs `max_sessions`.
+        The session counts until its `aclose()`.
+        """
+        self.check_capacity()
         engine, voice = self.catalog.resolve(request.voice)
         settings = validate_request(
             request,

@@ -6,10 +6,13 @@ import enum
 import math
 from dataclasses import dataclass
 
-from voxrelay_server.errors import InvalidInput
+from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 
 MAX_TEXT_CHUNK_CHARS = 16384
 """Longest text chunk accepted in one request."""
+MAX_WHOLE_TEXT_CHARS = 1_000_000
+"""Longest text one `Synthesize` call accepts: many hours of speech, and even at
+4 bytes per character still under gRPC's default 4 MiB message limit."""
 MAX_INSTRUCTIONS_CHARS = 4096
 DEFAULT_MIN_SENTENCE_CHARS = 20
 MAX_MIN_SENTENCE_CHARS = 10000
@@ -109,6 +112,34 @@ def validate_request(
         min_sentence_chars=request.min_sentence_chars or DEFAULT_MIN_SENTENCE_CHARS,
         max_inflight_segments=request.max_inflight_segments or default_max_inflight_segments,
     )
+
+
+def whole_text_chunks(text: str, *, budget_chars: int | None = None) -> list[str]:
+    """Cut a whole text (one `Synthesize` call) into chunks a session accepts.
+
+    Raises `InvalidInput` for an empty text or one over `MAX_WHOLE_TEXT_CHARS`, and
+    RESOURCE_EXHAUSTED for one over `budget_chars`, the server's per-session text
+    budget (it is handed to the session at once). Cutting anywhere is safe: a
+    session joins its chunks exactly as sent.
+    """
+    if not text:
+        raise InvalidInput("text must not be empty: send at least one character")
+    if len(text) > MAX_WHOLE_TEXT_CHARS:
+        raise InvalidInput(
+            f"text of {len(text)} characters is over the limit of {MAX_WHOLE_TEXT_CHARS}: "
+            "split it across several calls, or stream it with the Stream rpc"
+        )
+    if budget_chars is not None and len(text) > budget_chars:
+        raise SpeechError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"text of {len(text)} characters is over this server's limit of {budget_chars} "
+            "characters waiting to be spoken per session (--max-buffered-text-chars): "
+            "split it across several calls, or stream it with the Stream rpc",
+        )
+    return [
+        text[start : start + MAX_TEXT_CHUNK_CHARS]
+        for start in range(0, len(text), MAX_TEXT_CHUNK_CHARS)
+    ]
 
 
 def _check_at_most(name: str, value: int, limit: int) -> None:

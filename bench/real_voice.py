@@ -1,0 +1,738 @@
+"""Real voices (piper, espeak): throughput direct and through voxrelay, and real-time capacity.
+
+For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one run:
+
+- **Throughput**, in seconds of audio produced per wall second with the machine
+  used fully. *Direct*: the engine object called in this process, with as many
+  synthesis lanes as its worker pool runs at once (`engine.max_concurrency`:
+  piper's `workers`, one onnxruntime thread each, default one per core; espeak
+  one), each lane synthesizing one sentence per `synthesize()` call, as the
+  server's segments do, from a shared queue of the same texts. *Through voxrelay*:
+  a `voxrelay serve` process on loopback; the same texts, one session each, all
+  opened at once from this process, their audio read as fast as it arrives.
+- **First audio and real-time factor** of one text on an idle server: direct is
+  one `synthesize()` call on the whole text; through voxrelay is one session
+  sending it in one message (the server splits it and runs its sentences in parallel).
+- **Real-time sessions**: N listeners start together; each streams a
+  multi-sentence text sentence by sentence (as an LLM would), starts a playback
+  clock at its first audio plus a fixed jitter buffer, and from then on needs
+  sample n by `first audio + buffer + n / rate`. An underrun is an audio message
+  arriving after the moment its first sample must play. N is searched (doubling,
+  then bisecting) for the largest count without a single underrun, and compared
+  with what the direct throughput allows (throughput / 1.0 real time, less a margin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil  # type: ignore[import-untyped]
+
+from bench.report import PLOTS, Goal, Section, median, percentile, spread
+from bench.servers import ServerProcess, start_server_process, stop_server_process
+from voxrelay import Audio
+from voxrelay.client import AsyncSession, SessionOptions
+from voxrelay.v1 import speech_pb2_grpc
+from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
+from voxrelay_server.engines.espeak_engine import EspeakEngine
+from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
+
+PIPER = "piper/en_US-joe-medium"
+ESPEAK = "espeak/en-us"
+VOICES = (PIPER, ESPEAK)
+
+SENTENCES = (
+    "The morning train left the station a little late.",
+    "We walked along the river until the sun went down.",
+    "Please remember to water the plants before you go.",
+    "The library closes early on the first Friday of May.",
+    "She found an old map folded inside the kitchen drawer.",
+    "Our team will review the results again next Tuesday.",
+    "A cold wind blew across the hills all through the night.",
+    "He asked for a table by the window and a pot of tea.",
+)
+"""Sentences of similar length (about 2.5 s of speech each), so no session's next
+sentence is due much sooner than another's."""
+SHORT_SENTENCES = (
+    "The train left a little late.",
+    "We walked along the quiet river.",
+    "Please water the plants today.",
+    "The library closes early today.",
+    "She found a map in the drawer.",
+    "Our team meets again on Tuesday.",
+    "A cold wind blew over the hills.",
+    "He asked for a pot of green tea.",
+)
+"""Quick mode's sentences: about 1.7 s of speech each."""
+
+JITTER_BUFFER_S = 0.100
+"""Playback starts this long after a session's first audio arrives."""
+SEND_GAP_S = 0.050
+"""Pause between the sentences a listener sends, like an LLM streaming its answer."""
+CAPACITY_MARGIN = 0.10
+"""Real-time sessions the throughput allows: floor(throughput x (1 - margin))."""
+SESSIONS_GOAL = 0.9
+THROUGHPUT_GOAL = 0.9
+CHANNELS = 4
+"""Client connections the sessions are spread over (separate TCP connections)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """How much work each measurement does; quick mode does less."""
+
+    sentences: tuple[str, ...]
+    """What listeners say, a few sentences each."""
+    repeats: int
+    """Throughput, first audio and real-time factor repeats per voice and path."""
+    throughput_work_s: float
+    """Wall seconds of direct synthesis a throughput measurement aims for."""
+    session_sentences: int
+    """Sentences each real-time listener sends."""
+    max_trials: int
+    """Real-time session counts tried per voice, at most."""
+    resolution: float
+    """The search stops once the failing count is within this fraction of the passing one."""
+
+
+FULL = Config(
+    SENTENCES, repeats=3, throughput_work_s=1.5, session_sentences=3, max_trials=6, resolution=0.1
+)
+QUICK = Config(
+    SHORT_SENTENCES,
+    repeats=1,
+    throughput_work_s=0.6,
+    session_sentences=2,
+    max_trials=2,
+    resolution=1.0,
+)
+
+
+@dataclass
+class Single:
+    """One text spoken alone: time to first audio and the whole."""
+
+    first_audio_s: float
+    total_s: float
+    audio_s: float
+
+    @property
+    def rtf(self) -> float:
+        """Wall time / audio duration (below 1 is faster than real time)."""
+        return self.total_s / self.audio_s
+
+
+@dataclass
+class Throughput:
+    """Audio produced over a wall-clock interval, and the CPU it took."""
+
+    audio_s: float
+    wall_s: float
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Seconds of audio per wall second."""
+        return self.audio_s / self.wall_s
+
+
+@dataclass
+class Listener:
+    """What one real-time listener saw."""
+
+    first_audio_s: float | None = None
+    """From the session's start to its first audio."""
+    audio_s: float = 0.0
+    worst_slack_s: float = math.inf
+    """Smallest (deadline - arrival) over its audio messages; below 0 is an underrun."""
+    underruns: int = 0
+    error: str = ""
+
+
+@dataclass
+class Trial:
+    """N real-time listeners at once."""
+
+    sessions: int
+    listeners: list[Listener]
+    wall_s: float
+    stopped_early: bool
+    """Stopped at the first underrun: listeners hold what they had received by then."""
+    server_cores: float = 0.0
+    client_cores: float = 0.0
+
+    @property
+    def underrun_sessions(self) -> int:
+        return sum(1 for lis in self.listeners if lis.underruns or lis.error)
+
+    @property
+    def ok(self) -> bool:
+        return self.underrun_sessions == 0
+
+    @property
+    def throughput(self) -> float:
+        """Audio delivered to all listeners per wall second of the trial."""
+        return sum(lis.audio_s for lis in self.listeners) / self.wall_s
+
+    @property
+    def worst_slack_s(self) -> float:
+        return min((lis.worst_slack_s for lis in self.listeners), default=math.inf)
+
+    @property
+    def first_audio(self) -> list[float]:
+        return [lis.first_audio_s for lis in self.listeners if lis.first_audio_s is not None]
+
+
+@dataclass
+class VoiceResult:
+    """Everything measured for one voice."""
+
+    voice: str
+    direct: list[Throughput] = field(default_factory=list)
+    voxrelay: list[Throughput] = field(default_factory=list)
+    direct_single: list[Single] = field(default_factory=list)
+    voxrelay_single: list[Single] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
+    texts: int = 0
+    """Texts per throughput run."""
+
+    @property
+    def direct_rate(self) -> float:
+        return median([t.rate for t in self.direct])
+
+    @property
+    def voxrelay_rate(self) -> float:
+        return median([t.rate for t in self.voxrelay])
+
+    @property
+    def allowed_sessions(self) -> int:
+        """Real-time sessions the engine's direct throughput allows, less the margin."""
+        return max(1, math.floor(self.direct_rate * (1 - CAPACITY_MARGIN)))
+
+    @property
+    def max_sessions(self) -> int:
+        """Most sessions that ran without an underrun (0 if even the smallest failed)."""
+        return max((t.sessions for t in self.trials if t.ok), default=0)
+
+
+# The direct path.
+
+
+def find_voice(engine: SpeechEngine, name: str) -> VoiceInfo:
+    """The engine's voice called `name`."""
+    return next(v for v in engine.voices() if v.name == name)
+
+
+async def direct_single(engine: SpeechEngine, voice: VoiceInfo, text: str) -> Single:
+    """One `synthesize()` call on the whole text, timed from the call."""
+    started = time.perf_counter()
+    first: float | None = None
+    samples = 0
+    async for chunk in engine.synthesize(voice, text, SynthesisOptions()):
+        if first is None and chunk:
+            first = time.perf_counter() - started
+        samples += len(chunk) // 2
+    total = time.perf_counter() - started
+    return Single(first or total, total, samples / voice.native_sample_rate_hz)
+
+
+async def direct_throughput(
+    engine: SpeechEngine, voice: VoiceInfo, segments: Sequence[str]
+) -> Throughput:
+    """`engine.max_concurrency` lanes synthesizing `segments`, one call each, from one queue."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for segment in segments:
+        queue.put_nowait(segment)
+    samples = 0
+
+    async def lane() -> None:
+        nonlocal samples
+        while not queue.empty():
+            text = queue.get_nowait()
+            async for chunk in engine.synthesize(voice, text, SynthesisOptions()):
+                samples += len(chunk) // 2
+
+    cpu = psutil.Process().cpu_times()
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(engine.max_concurrency)))
+    wall = time.perf_counter() - started
+    after = psutil.Process().cpu_times()
+    used = (after.user + after.system) - (cpu.user + cpu.system)
+    return Throughput(samples / voice.native_sample_rate_hz, wall, client_cpu_s=used)
+
+
+# Through voxrelay.
+
+
+class Clients:
+    """`CHANNELS` separate connections to the server; sessions are spread over them."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        # A local subchannel pool gives each channel its own TCP connection.
+        self._channels = [
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(CHANNELS)
+        ]
+        self._stubs = [speech_pb2_grpc.SpeechStub(channel) for channel in self._channels]
+        self._next = 0
+
+    def session(self, voice: str) -> AsyncSession:
+        """A new session of the real client on the next connection."""
+        stub = self._stubs[self._next % len(self._stubs)]
+        self._next += 1
+        return AsyncSession(stub, SessionOptions(voice=voice), self.target)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+async def voxrelay_single(clients: Clients, voice: str, text: str) -> Single:
+    """One session sending the whole text in one message, timed from the send."""
+    async with clients.session(voice) as session:
+        started = time.perf_counter()
+        await session.send_text(text)
+        await session.close()
+        first: float | None = None
+        audio_s = 0.0
+        async for event in session:
+            if isinstance(event, Audio):
+                if first is None:
+                    first = time.perf_counter() - started
+                audio_s += event.duration_s
+    total = time.perf_counter() - started
+    return Single(first or total, total, audio_s)
+
+
+async def listen(
+    clients: Clients,
+    voice: str,
+    sentences: Sequence[str],
+    result: Listener,
+    *,
+    gap_s: float = SEND_GAP_S,
+    underrun: asyncio.Event | None = None,
+) -> None:
+    """One listener: stream `sentences`, and play the audio back at real-time pace.
+
+    Fills `result` as audio arrives (so a cancelled listener keeps what it saw).
+    Playback starts `JITTER_BUFFER_S` after the first audio; each message must
+    arrive before its first sample plays, else it counts as an underrun and
+    `underrun` is set.
+    """
+    try:
+        async with clients.session(voice) as session:
+            started = time.perf_counter()
+
+            async def send() -> None:
+                for sentence in sentences:
+                    await session.send_text(sentence + " ")
+                    if gap_s:
+                        await asyncio.sleep(gap_s)
+                await session.turn_done()
+                await session.close()
+
+            sender = asyncio.create_task(send())
+            try:
+                playback_start = 0.0
+                async for event in session:
+                    if not isinstance(event, Audio):
+                        continue
+                    now = time.perf_counter()
+                    if result.first_audio_s is None:
+                        result.first_audio_s = now - started
+                        playback_start = now + JITTER_BUFFER_S
+                    # The audio received before this message is what plays before it.
+                    slack = playback_start + result.audio_s - now
+                    result.worst_slack_s = min(result.worst_slack_s, slack)
+                    if slack < 0:
+                        result.underruns += 1
+                        if underrun is not None:
+                            underrun.set()
+                    result.audio_s += event.duration_s
+                await sender
+            finally:
+                sender.cancel()
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # a failed listener is reported, never lost
+        result.error = f"{type(error).__name__}: {error}"
+        if underrun is not None:
+            underrun.set()
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of `process` so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def voxrelay_throughput(
+    clients: Clients, voice: str, texts: Sequence[Sequence[str]], server: ServerProcess
+) -> Throughput:
+    """One session per text, all opened at once, audio read as fast as it arrives."""
+    server_process, client_process = psutil.Process(server.pid), psutil.Process()
+    server_cpu, client_cpu = cpu_seconds(server_process), cpu_seconds(client_process)
+    listeners = [Listener() for _ in texts]
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            listen(clients, voice, sentences, listener, gap_s=0.0)
+            for sentences, listener in zip(texts, listeners, strict=True)
+        )
+    )
+    wall = time.perf_counter() - started
+    errors = [listener.error for listener in listeners if listener.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} {voice} sessions failed, the first: {errors[0]}")
+    return Throughput(
+        sum(listener.audio_s for listener in listeners),
+        wall,
+        server_cpu_s=cpu_seconds(server_process) - server_cpu,
+        client_cpu_s=cpu_seconds(client_process) - client_cpu,
+    )
+
+
+async def realtime_trial(
+    clients: Clients, voice: str, texts: Sequence[Sequence[str]], server: ServerProcess
+) -> Trial:
+    """One real-time listener per text, starting together; stops at the first underrun."""
+    server_process, client_process = psutil.Process(server.pid), psutil.Process()
+    server_cpu, client_cpu = cpu_seconds(server_process), cpu_seconds(client_process)
+    underrun = asyncio.Event()
+    listeners = [Listener() for _ in texts]
+    started = time.perf_counter()
+    tasks = [
+        asyncio.create_task(listen(clients, voice, sentences, lis, underrun=underrun))
+        for sentences, lis in zip(texts, listeners, strict=True)
+    ]
+    stopper = asyncio.ensure_future(underrun.wait())
+    everyone = asyncio.gather(*tasks)
+    waited: list[asyncio.Future[Any]] = [everyone, stopper]
+    await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+    wall = time.perf_counter() - started
+    stopped_early = not everyone.done()
+    stopper.cancel()
+    for task in tasks:
+        task.cancel()
+    with suppress(asyncio.CancelledError):
+        await everyone
+    return Trial(
+        len(texts),
+        listeners,
+        wall,
+        stopped_early,
+        server_cores=(cpu_seconds(server_process) - server_cpu) / wall,
+        client_cores=(cpu_seconds(client_process) - client_cpu) / wall,
+    )
+
+
+def rotate(items: Sequence[str], by: int) -> list[str]:
+    """`items` starting at index `by`, wrapping around."""
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
+async def search_sessions(
+    trial: Callable[[int], Awaitable[Trial]], start: int, cap: int, config: Config
+) -> list[Trial]:
+    """The trials of a search for the most sessions without an underrun.
+
+    Doubles from `start` while trials pass (up to `cap`), then bisects between the
+    last pass and the first failure until they are within `config.resolution`.
+    """
+    trials: list[Trial] = []
+    good = bad = 0
+    count = max(1, start)
+    while len(trials) < config.max_trials:
+        result = await trial(count)
+        trials.append(result)
+        print(
+            f"   {count} sessions: {'ok' if result.ok else 'UNDERRUN'}, worst slack "
+            f"{result.worst_slack_s * 1000:.0f} ms, {result.wall_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if result.ok:
+            good = count
+        else:
+            bad = count
+        if not bad:
+            if count >= cap:
+                break
+            count = min(cap, count * 2)
+            continue
+        if bad - good <= max(1, good * config.resolution):
+            break
+        count = (good + bad) // 2 if good else max(1, bad // 2)
+        if count == good:
+            break
+    return trials
+
+
+# One voice, end to end.
+
+
+def texts_for(config: Config, count: int) -> list[list[str]]:
+    """`count` texts of `config.session_sentences` sentences each."""
+    return [rotate(config.sentences, i)[: config.session_sentences] for i in range(count)]
+
+
+async def measure_voice(
+    name: str, engine: SpeechEngine, clients: Clients, server: ServerProcess, config: Config
+) -> VoiceResult:
+    """Throughput (direct, voxrelay), single-text timings, then the real-time search."""
+    voice = find_voice(engine, name)
+    result = VoiceResult(name)
+    one_text = " ".join(config.sentences[: config.session_sentences])
+    # Warm-up of both paths (piper's first inference is slow), and a first estimate
+    # of the direct rate, to size the throughput runs.
+    await voxrelay_single(clients, name, one_text)
+    warm = await direct_single(engine, voice, one_text)
+    warm = await direct_single(engine, voice, one_text)
+    count = max(
+        2 * engine.max_concurrency,
+        math.ceil(config.throughput_work_s * engine.max_concurrency / warm.total_s),
+    )
+    result.texts = count
+    texts = texts_for(config, count)
+    segments = [sentence for text in texts for sentence in text]
+    for _ in range(config.repeats):  # interleaved, so both paths see the same machine
+        result.direct.append(await direct_throughput(engine, voice, segments))
+        result.voxrelay.append(await voxrelay_throughput(clients, name, texts, server))
+        result.direct_single.append(await direct_single(engine, voice, one_text))
+        result.voxrelay_single.append(await voxrelay_single(clients, name, one_text))
+    print(
+        f"   {name}: {count} texts, direct {result.direct_rate:.1f}, "
+        f"voxrelay {result.voxrelay_rate:.1f} audio s/s",
+        file=sys.stderr,
+        flush=True,
+    )
+    allowed = result.allowed_sessions
+    if config.max_trials <= 2:
+        start = max(1, allowed // 2)
+        cap = allowed
+    else:
+        # Start below what voxrelay's own throughput allows, so the doubling overshoots once.
+        start = max(1, math.floor(min(result.voxrelay_rate, result.direct_rate) * 0.45))
+        cap = math.ceil(allowed * 1.25)
+    result.trials = await search_sessions(
+        lambda n: realtime_trial(clients, name, texts_for(config, n), server), start, cap, config
+    )
+    return result
+
+
+# Report.
+
+
+def plot(results: Sequence[VoiceResult], path: Path) -> Path:
+    """Per voice: delivered throughput and worst playback slack against session count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 7), squeeze=False)
+    for column, result in enumerate(results):
+        trials = sorted(result.trials, key=lambda t: t.sessions)
+        counts = [t.sessions for t in trials]
+        top, bottom = axes[0][column], axes[1][column]
+        top.set_title(result.voice)
+        for trial in trials:
+            top.plot(
+                trial.sessions, trial.throughput,
+                "o" if trial.ok else "x", color="tab:green" if trial.ok else "tab:red",
+                markersize=8,
+            )
+        top.plot([], [], "o", color="tab:green", label="trial without underrun")
+        top.plot([], [], "x", color="tab:red", label="trial with an underrun")
+        top.axhline(result.direct_rate, color="tab:blue", linestyle="--",
+                    label=f"direct throughput {result.direct_rate:.0f}")
+        top.axhline(result.voxrelay_rate, color="tab:orange", linestyle="--",
+                    label=f"voxrelay throughput {result.voxrelay_rate:.0f}")
+        most = max([*counts, result.allowed_sessions, 1])
+        top.plot([0, most * 1.1], [0, most * 1.1], color="grey", linewidth=0.8,
+                 label="demand: 1 audio s/s per session")
+        top.axvline(result.allowed_sessions, color="black", linestyle=":",
+                    label=f"allowed by direct throughput: {result.allowed_sessions}")
+        top.set_ylabel("audio delivered (audio s per wall s)")
+        top.set_ylim(0, max(result.direct_rate, most) * 1.15)
+        top.legend(fontsize=7, loc="upper left")
+        slack = [max(t.worst_slack_s, -2.0) * 1000 for t in trials]
+        bottom.plot(counts, slack, "-", color="grey", linewidth=0.8)
+        for trial, value in zip(trials, slack, strict=True):
+            bottom.plot(trial.sessions, value, "o" if trial.ok else "x",
+                        color="tab:green" if trial.ok else "tab:red", markersize=8)
+            if not trial.ok:
+                bottom.annotate(f"{trial.underrun_sessions} underrun", (trial.sessions, value),
+                                textcoords="offset points", xytext=(4, -12), fontsize=7)
+        bottom.axhline(0, color="black", linewidth=0.8)
+        bottom.axvline(result.allowed_sessions, color="black", linestyle=":")
+        bottom.set_xlabel("concurrent real-time sessions")
+        bottom.set_ylabel(f"worst slack before playback (ms)\n(jitter buffer "
+                          f"{JITTER_BUFFER_S * 1000:.0f} ms; < 0 = underrun)")
+        for axis in (top, bottom):
+            axis.set_xlim(0, most * 1.1)
+            axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def with_spread(values: Sequence[float], digits: int = 1, scale: float = 1.0) -> str:
+    """Median ± spread (half the 10th-90th percentile range)."""
+    scaled = [v * scale for v in values]
+    text = f"{median(scaled):.{digits}f}"
+    return text + (f" ±{spread(scaled):.{digits}f}" if len(scaled) > 1 else "")
+
+
+def section(results: Sequence[VoiceResult], config: Config) -> Section:
+    """The table, goals and notes of this section."""
+    rows: list[Sequence[str]] = []
+    goals: list[Goal] = []
+    notes: list[str] = []
+    for result in results:
+        ratio = result.voxrelay_rate / result.direct_rate
+        allowed = result.allowed_sessions
+        best = result.max_sessions
+        tried_above = any(not t.ok for t in result.trials)
+        best_text = str(best) if tried_above else f">= {best}"
+        rows.append(
+            (
+                result.voice,
+                with_spread([t.rate for t in result.direct]),
+                with_spread([t.rate for t in result.voxrelay]),
+                f"{ratio:.2f}",
+                with_spread([s.first_audio_s for s in result.direct_single], 0, 1000)
+                + " / "
+                + with_spread([s.first_audio_s for s in result.voxrelay_single], 0, 1000),
+                with_spread([s.rtf for s in result.direct_single], 3)
+                + " / "
+                + with_spread([s.rtf for s in result.voxrelay_single], 3),
+                best_text,
+                str(allowed),
+                f"{best / allowed:.2f}",
+            )
+        )
+        goals.append(
+            Goal(
+                f"{result.voice}: throughput through voxrelay >= {THROUGHPUT_GOAL} x direct",
+                f"{result.voxrelay_rate:.1f} / {result.direct_rate:.1f} audio s/s = {ratio:.2f}",
+                ratio >= THROUGHPUT_GOAL,
+            )
+        )
+        goals.append(
+            Goal(
+                f"{result.voice}: real-time sessions without underrun >= {SESSIONS_GOAL} x "
+                "what the direct throughput allows",
+                f"{best_text} / {allowed} = {best / allowed:.2f}",
+                best >= SESSIONS_GOAL * allowed,
+            )
+        )
+        server_cores = median([t.server_cpu_s / t.wall_s for t in result.voxrelay])
+        client_cores = median([t.client_cpu_s / t.wall_s for t in result.voxrelay])
+        direct_cores = median([t.client_cpu_s / t.wall_s for t in result.direct])
+        trials = ", ".join(
+            f"{t.sessions} {'ok' if t.ok else 'underrun'}"
+            for t in sorted(result.trials, key=lambda t: t.sessions)
+        )
+        at_best = [t for t in result.trials if t.ok and t.sessions == best]
+        first_audio = ""
+        if at_best and at_best[0].first_audio:
+            values = at_best[0].first_audio
+            first_audio = (
+                f"; at {best} sessions first audio p50 {percentile(values, 50) * 1000:.0f} ms,"
+                f" p95 {percentile(values, 95) * 1000:.0f} ms, worst slack "
+                f"{at_best[0].worst_slack_s * 1000:.0f} ms"
+            )
+        notes.append(
+            f"{result.voice}: {result.texts} texts ({result.direct[0].audio_s:.0f} s of audio) "
+            f"per throughput run; CPU during it: direct {direct_cores:.2f} cores, "
+            f"through voxrelay server {server_cores:.2f} "
+            f"+ client {client_cores:.2f} cores; real-time trials: {trials}{first_audio}."
+        )
+    cores = os.cpu_count() or 1
+    sentence_s = results[0].direct[0].audio_s / (results[0].texts * config.session_sentences)
+    notes += [
+        f"Direct throughput: `engine.max_concurrency` lanes (piper: `workers` = {cores}, the "
+        "server default of one per core, one onnxruntime thread each; espeak: 1, its one "
+        "thread) take sentences from one queue, one `synthesize()` call per sentence.",
+        f"Through voxrelay: a `voxrelay serve --engines piper,espeak` process (default "
+        f"`--workers`, `--max-inflight-segments`); the same texts of "
+        f"{config.session_sentences} sentences, one session each, all opened at once from "
+        f"the benchmark process over {CHANNELS} connections, each sent sentence by "
+        "sentence, audio read as fast as it arrives. Throughput = all audio / wall time.",
+        "First audio and real-time factor (direct / voxrelay): one text alone; direct is one "
+        "`synthesize()` call on the whole text (piper speaks its sentences one after "
+        "another), voxrelay one session sending it in one message (its sentences run in "
+        "parallel on the worker pool, so its real-time factor can beat direct's).",
+        f"Real-time sessions: all start together, each sends {config.session_sentences} "
+        f"sentences (about {sentence_s:.1f} s of speech each), {SEND_GAP_S * 1000:.0f} ms "
+        "apart, then ends its turn and half-closes; playback "
+        f"starts {JITTER_BUFFER_S * 1000:.0f} ms (the jitter buffer) after the first audio; "
+        "an underrun is an audio message arriving after its first sample must play. A trial "
+        "stops at its first underrun. Allowed = floor(direct throughput x "
+        f"{1 - CAPACITY_MARGIN:.1f}) (each session needs 1.0 audio s/s; "
+        f"{CAPACITY_MARGIN:.0%} margin).",
+    ]
+    return Section(
+        title="Real voices: throughput, first audio and real-time sessions",
+        method=(
+            f"piper and espeak called directly in-process (the ceiling) against the same work "
+            f"through a voxrelay server process on loopback, {config.repeats} interleaved "
+            "repeats (median ± spread); then the most concurrent real-time listeners without "
+            "a single underrun, searched by doubling and bisecting."
+        ),
+        header=(
+            "voice",
+            "direct (audio s/s)",
+            "voxrelay (audio s/s)",
+            "ratio",
+            "first audio ms (direct / voxrelay)",
+            "real-time factor (direct / voxrelay)",
+            "real-time sessions",
+            "allowed",
+            "ratio",
+        ),
+        rows=rows,
+        goals=goals,
+        plots=[plot(results, PLOTS / "real_voice.png")],
+        notes=notes,
+    )
+
+
+async def run(quick: bool) -> Section:
+    """Measure both voices against one voxrelay server process."""
+    config = QUICK if quick else FULL
+    engines: dict[str, SpeechEngine] = {
+        PIPER: PiperEngine([bundled_joe_voice()], workers=os.cpu_count() or 1),
+        ESPEAK: EspeakEngine(),
+    }
+    server = await asyncio.to_thread(
+        start_server_process, ["--engines", "piper,espeak", "--max-sessions", "100000"]
+    )
+    clients = Clients(server.target)
+    try:
+        results = [
+            await measure_voice(name, engines[name], clients, server, config) for name in VOICES
+        ]
+    finally:
+        await clients.close()
+        await asyncio.to_thread(stop_server_process, server)
+        for engine in engines.values():
+            await engine.aclose()
+    return section(results, config)

@@ -1,0 +1,134 @@
+"""What every benchmark section returns, and how the suite writes BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLOTS = ROOT / "bench" / "plots"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target from the performance issue beside the figure measured for it."""
+
+    target: str
+    measured: str
+    met: bool
+
+
+@dataclass
+class Section:
+    """One benchmark's results: a table, the goals it checks, plots and notes."""
+
+    title: str
+    method: str
+    """How it was measured, in a sentence or two."""
+    header: Sequence[str]
+    rows: list[Sequence[str]] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", "", self.method, ""]
+        lines.append("| " + " | ".join(self.header) + " |")
+        lines.append("|" + " --- |" * len(self.header))
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.goals:
+            lines += ["", "| goal | measured | met |", "| --- | --- | --- |"]
+            lines += [
+                f"| {g.target} | {g.measured} | {'yes' if g.met else '**no**'} |"
+                for g in self.goals
+            ]
+        for plot in self.plots:
+            lines += ["", f"![{plot.stem}]({plot.relative_to(ROOT).as_posix()})"]
+        if self.notes:
+            lines.append("")
+            lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def console(self) -> str:
+        widths = [
+            max(len(str(cell)) for cell in column)
+            for column in zip(self.header, *self.rows, strict=False)
+        ]
+        out = [f"== {self.title}"]
+        for row in [self.header, *self.rows]:
+            out.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)))
+        for goal in self.goals:
+            mark = "ok " if goal.met else "MISS"
+            out.append(f"  [{mark}] {goal.target}: {goal.measured}")
+        return "\n".join(out)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest-rank on the sorted values."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def spread(values: Sequence[float]) -> float:
+    """Half the range between the 10th and 90th percentiles: a robust +/-."""
+    return (percentile(values, 90) - percentile(values, 10)) / 2
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_report(sections: Sequence[Section], *, quick: bool, command: str, path: Path) -> None:
+    """Write BENCHMARKS.md: machine, date, commands, then every section."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    header = [
+        "# voxrelay benchmarks",
+        "",
+        f"Written by `{command}` on {now} at revision {git_revision()}"
+        + (" (quick mode: fewer repetitions, wider spread)." if quick else "."),
+        "",
+        f"Machine: {machine_line()}. A shared, noisy machine: every comparison below is",
+        "measured side by side in the same run; read medians and ratios, not single runs.",
+        "Spreads are half the 10th-90th percentile range unless a table says otherwise.",
+        "",
+        "Reproduce: `make bench` (a few minutes) or `make bench-quick` (under a minute).",
+        "",
+    ]
+    body = "\n\n".join(section.markdown() for section in sections)
+    path.write_text("\n".join(header) + "\n" + body + "\n", encoding="utf-8")

@@ -1,0 +1,109 @@
+"""Servers the benchmarks measure: voxrelay in-process or as a process, over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server.app import create_server
+from voxrelay_server.config import ServerSettings
+from voxrelay_server.dispatcher import SessionLimits
+from voxrelay_server.engines.base import SpeechEngine
+from voxrelay_server.engines.tone import ToneEngine
+from voxrelay_server.service import SpeechService
+from voxrelay_server.voices import VoiceCatalog
+
+
+@dataclass
+class InProcessServer:
+    target: str
+    service: SpeechService
+    tone: ToneEngine | None
+
+
+@asynccontextmanager
+async def in_process_server(
+    engines: Sequence[SpeechEngine],
+    default_voice: str,
+    *,
+    max_inflight_segments: int = 4,
+    max_sessions: int = 10000,
+    limits: SessionLimits | None = None,
+) -> AsyncIterator[InProcessServer]:
+    """A voxrelay server on a free loopback port in this process."""
+    catalog = VoiceCatalog(list(engines), default_voice)
+    service = SpeechService(
+        catalog,
+        default_max_inflight_segments=max_inflight_segments,
+        max_sessions=max_sessions,
+        limits=limits,
+    )
+    server, port = create_server(service, ServerSettings(listen="127.0.0.1:0"))
+    await server.start()
+    tone = next((e for e in engines if isinstance(e, ToneEngine)), None)
+    try:
+        yield InProcessServer(f"127.0.0.1:{port}", service, tone)
+    finally:
+        await server.stop(None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    target: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def start_server_process(arguments: Sequence[str], timeout_s: float = 60.0) -> ServerProcess:
+    """`voxrelay serve` as its own process (so its CPU and memory can be measured alone)."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "voxrelay"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXRELAY_")}
+    process = subprocess.Popen(
+        [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
+         *arguments],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = speech_pb2_grpc.SpeechStub(channel)
+        while True:
+            try:
+                stub.ListVoices(speech_pb2.ListVoicesRequest(), timeout=0.5)
+                break
+            except grpc.RpcError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise RuntimeError("voxrelay serve did not start") from None
+    return ServerProcess(target, process)
+
+
+def stop_server_process(server: ServerProcess) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()

@@ -1,0 +1,177 @@
+"""The Synthesize rpc over real gRPC on loopback: one whole text, one turn, Stream's answer."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tests.conftest import (
+    Response,
+    RunningServer,
+    StartServer,
+    audio_of,
+    collect,
+    config,
+    lifecycle_of,
+    text,
+    turn_done,
+)
+from voxrelay.v1 import speech_pb2
+from voxrelay_server.dispatcher import SessionLimits
+from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, MAX_WHOLE_TEXT_CHARS
+from voxrelay_server.splitter import SentenceSplitter
+
+SynthesizeRequest = speech_pb2.SynthesizeRequest
+
+
+async def synthesize(
+    server: RunningServer, channel: grpc.aio.Channel, request: SynthesizeRequest
+) -> list[Response]:
+    """Every response of a Synthesize call that ends OK."""
+    return [response async for response in server.stub(channel).Synthesize(request)]
+
+
+async def failed_synthesize(
+    server: RunningServer, channel: grpc.aio.Channel, request: SynthesizeRequest
+) -> tuple[list[Response], grpc.aio.AioRpcError]:
+    """The responses of a Synthesize call that fails, and its error."""
+    received: list[Response] = []
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        async for response in server.stub(channel).Synthesize(request):
+            received.append(response)
+    return received, failure.value
+
+
+def sentences(total_chars: int) -> str:
+    """Numbered sentences, about `total_chars` long, so each segment is distinct."""
+    parts: list[str] = []
+    length = 0
+    while length < total_chars:
+        part = f"Sentence number {len(parts):06d} says something. "
+        parts.append(part)
+        length += len(part)
+    return "".join(parts)
+
+
+async def test_synthesize_speaks_one_turn_in_order(
+    tone_server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    words = "Hello there. How are you today? I hope you are well."
+    responses = await synthesize(
+        tone_server, channel, SynthesizeRequest(config=config().config, text=words)
+    )
+    assert lifecycle_of(responses) == [
+        ("started", 1, False),
+        ("ended", 1, False),
+        ("session_ended", 0, False),
+    ]
+    kinds = [r.WhichOneof("response") for r in responses]
+    assert kinds[0] == "lifecycle" and kinds[-2:] == ["lifecycle", "lifecycle"]
+    assert set(kinds[1:-2]) == {"audio"}
+    samples = sum(len(chunk.data) // 2 for chunk in audio_of(responses))
+    # Split as the dispatcher does (min_sentence_chars 20): "Hello there. How are you today?"
+    # reaches the minimum at the second sentence end; the rest is flushed at the end.
+    tone = tone_server.tone
+    expected = tone.samples_for("Hello there. How are you today?") + tone.samples_for(
+        "I hope you are well."
+    )
+    assert samples == expected
+
+
+async def test_synthesize_answers_like_the_equivalent_stream_call(
+    tone_server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    """A text longer than one Stream chunk is fed in chunks: the same bytes come out."""
+    words = sentences(2 * MAX_TEXT_CHUNK_CHARS + 1000)
+    session = config(chunk_ms=40, min_sentence_chars=200)
+    chunks = [
+        words[start : start + MAX_TEXT_CHUNK_CHARS]
+        for start in range(0, len(words), MAX_TEXT_CHUNK_CHARS)
+    ]
+    assert len(chunks) == 3
+
+    synthesized = await synthesize(
+        tone_server, channel, SynthesizeRequest(config=session.config, text=words)
+    )
+    streamed = await collect(
+        tone_server.stub(channel), [session, *(text(c) for c in chunks), turn_done()]
+    )
+
+    assert synthesized == streamed
+    splitter = SentenceSplitter(200)
+    segments = [segment for chunk in chunks if (segment := splitter.feed(chunk))]
+    segments += [rest] if (rest := splitter.flush().strip()) else []
+    assert {chunk.segment for chunk in audio_of(synthesized)} == set(range(1, len(segments) + 1))
+    samples = sum(len(chunk.data) // 2 for chunk in audio_of(synthesized))
+    assert samples == sum(tone_server.tone.samples_for(segment) for segment in segments)
+
+
+BAD_SYNTHESIZE = {
+    "empty text": (SynthesizeRequest(), grpc.StatusCode.INVALID_ARGUMENT, "must not be empty"),
+    "text over the limit": (
+        SynthesizeRequest(text="x" * (MAX_WHOLE_TEXT_CHARS + 1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"over the limit of {MAX_WHOLE_TEXT_CHARS}",
+    ),
+    "unknown voice": (
+        SynthesizeRequest(config=speech_pb2.SessionConfig(voice="nope/x"), text="Hi."),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown voice 'nope/x'",
+    ),
+    "speed out of range": (
+        SynthesizeRequest(config=speech_pb2.SessionConfig(speed=9), text="Hi."),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "0.25 to 4.0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SYNTHESIZE))
+async def test_bad_synthesize_requests_end_with_error_session_ended_and_status(
+    case: str, tone_server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    request, code, message = BAD_SYNTHESIZE[case]
+    received, error = await failed_synthesize(tone_server, channel, request)
+    assert error.code() == code
+    assert message in (error.details() or "")
+    assert [r.WhichOneof("response") for r in received] == ["error", "lifecycle"]
+    assert received[0].error.code == code.value[0]
+    assert message in received[0].error.message
+    assert lifecycle_of(received[1:]) == [("session_ended", 0, False)]
+
+
+async def test_a_text_over_the_session_text_budget_is_resource_exhausted(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(limits=SessionLimits(max_buffered_text_chars=1000))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        fits = await synthesize(server, channel, SynthesizeRequest(text=sentences(900)))
+        assert lifecycle_of(fits)[-1] == ("session_ended", 0, False)
+        received, error = await failed_synthesize(
+            server, channel, SynthesizeRequest(text=sentences(1100))
+        )
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit of 1000 characters" in (error.details() or "")
+    assert "--max-buffered-text-chars" in (error.details() or "")
+    assert lifecycle_of(received) == [("session_ended", 0, False)]
+    assert server.tone.stats.started == len(audio_segments(fits))
+
+
+def audio_segments(responses: list[Response]) -> set[tuple[int, int]]:
+    return {(chunk.turn, chunk.segment) for chunk in audio_of(responses)}
+
+
+async def test_an_engine_failure_names_its_segment(
+    tone_server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    request = SynthesizeRequest(
+        config=speech_pb2.SessionConfig(min_sentence_chars=1),
+        text="[[fail]] Bad one. Never spoken.",
+    )
+    received, error = await failed_synthesize(tone_server, channel, request)
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "[[fail]]" in (error.details() or "")
+    failure = received[-2].error
+    assert (failure.turn, failure.segment) == (1, 1)
+    assert {chunk.segment for chunk in audio_of(received)} <= {1}
+    assert lifecycle_of(received[-1:]) == [("session_ended", 0, False)]
