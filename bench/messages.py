@@ -7,9 +7,9 @@ the instant tone engine, and `python -m bench.messages bare-server`, a minimal
 voxrelay would send for it (plus the same three lifecycle messages). A
 separate client process (`python -m bench.messages client`) drives 1, 10 and
 100 concurrent sessions against each in turn and counts the audio messages it
-receives over a timed window after a warm-up. The parent process only waits
-while a window runs, so on a two-core machine the server gets one core and the
-client the other.
+receives over a timed window after a warm-up, with the server's CPU time over
+the same window. The parent process only waits while a window runs, so on a
+two-core machine the server and the client can each have a core.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -41,20 +42,24 @@ CHUNK_MS = 20
 MESSAGE_BYTES = SAMPLE_RATE_HZ * CHUNK_MS // 1000 * 2
 TONE_MS_PER_CHAR = 10.0
 """voxrelay's `--tone-ms-per-char` default: 10 ms of audio per character."""
-TEXT = "a" * int(os.environ.get("BENCH_TEXT_CHARS", "2000"))
-"""One turn per call: no sentence end, so one segment of 20 s, 1000 audio messages."""
-MESSAGES_PER_CALL = round(len(TEXT) * TONE_MS_PER_CHAR / CHUNK_MS)
+TURN_CHARS = (100, 500)
+"""Each call speaks one turn of this many characters, drawn uniformly per call: 1 to
+5 s of audio, 50 to 250 messages. Random lengths keep concurrent sessions from
+moving in lockstep (all synthesizing at once, then all delivering)."""
 SESSION_COUNTS = (1, 10, 100)
 GOAL_RATIO = 0.8
 VOXRELAY_ARGS = ("--engines", "tone", "--default-voice", "tone/square", "--max-sessions", "5000")
 
 
-def _requests() -> list[speech_pb2.StreamRequest]:
-    """What every call sends, to both servers: config, one turn of text, half-close."""
+def _requests(chars: int) -> list[speech_pb2.StreamRequest]:
+    """What a call sends, to both servers: config, one turn of text, half-close.
+
+    The text has no sentence end, so voxrelay speaks it as one segment.
+    """
     config = speech_pb2.SessionConfig(voice="tone/square", chunk_ms=CHUNK_MS)
     return [
         speech_pb2.StreamRequest(config=config),
-        speech_pb2.StreamRequest(text=TEXT),
+        speech_pb2.StreamRequest(text="a" * chars),
         speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()),
     ]
 
@@ -70,9 +75,6 @@ class BareSpeech(speech_pb2_grpc.SpeechServicer):
     and TURN_ENDED; at half-close SESSION_ENDED. No sentence splitting, no
     synthesis, no ordering: the wire cost alone.
     """
-
-    def __init__(self) -> None:
-        self._payload = bytes(MESSAGE_BYTES)
 
     async def Stream(
         self,
@@ -90,17 +92,19 @@ class BareSpeech(speech_pb2_grpc.SpeechServicer):
                 continue
             turn += 1
             yield _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, turn)
-            samples = SAMPLE_RATE_HZ * chunk_ms // 1000
-            count = round(len(request.text) * TONE_MS_PER_CHAR / chunk_ms)
-            for index in range(count):
+            # The tone engine's length for this text, cut into chunk_ms messages.
+            total = round(len(request.text) * TONE_MS_PER_CHAR * SAMPLE_RATE_HZ / 1000)
+            step = SAMPLE_RATE_HZ * chunk_ms // 1000
+            payload = bytes(2 * step)
+            for offset in range(0, total, step):
                 yield speech_pb2.StreamResponse(
                     audio=speech_pb2.AudioChunk(
-                        data=self._payload,
+                        data=payload if offset + step <= total else payload[: 2 * (total - offset)],
                         turn=turn,
                         segment=1,
                         encoding=speech_pb2.AUDIO_ENCODING_PCM_S16LE,
                         sample_rate_hz=SAMPLE_RATE_HZ,
-                        offset_samples=index * samples,
+                        offset_samples=offset,
                     )
                 )
             yield _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, turn)
@@ -193,7 +197,9 @@ def audio_data_bytes(raw: bytes) -> int:
         shift += 7
 
 
-async def _session_loop(channel: grpc.aio.Channel, counter: _Counter, stop: asyncio.Event) -> None:
+async def _session_loop(
+    channel: grpc.aio.Channel, counter: _Counter, stop: asyncio.Event, seed: int
+) -> None:
     stream: grpc.aio.StreamStreamMultiCallable[speech_pb2.StreamRequest, bytes] = (
         channel.stream_stream(
             "/voxrelay.v1.Speech/Stream",
@@ -201,9 +207,9 @@ async def _session_loop(channel: grpc.aio.Channel, counter: _Counter, stop: asyn
             response_deserializer=None,  # raw bytes: see audio_data_bytes
         )
     )
-    requests = _requests()
+    lengths = random.Random(seed)
     while not stop.is_set():
-        call = stream(iter(requests))
+        call = stream(iter(_requests(lengths.randint(*TURN_CHARS))))
         try:
             async for raw in call:
                 size = audio_data_bytes(raw)
@@ -225,25 +231,25 @@ async def measure_in_client(
     """Run `sessions` streaming sessions; count what arrives during the window."""
     counter = _Counter()
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(_session_loop(channel, counter, stop)) for _ in range(sessions)]
+    tasks = [
+        asyncio.create_task(_session_loop(channel, counter, stop, seed)) for seed in range(sessions)
+    ]
     server, me = psutil.Process(server_pid), psutil.Process()
+
+    def snapshot() -> tuple[int, int, float, float, float]:
+        return (
+            counter.messages,
+            counter.audio_bytes,
+            time.perf_counter(),
+            _cpu_s(server),
+            _cpu_s(me),
+        )
+
     try:
         await asyncio.sleep(warmup_s)
-        start = (
-            counter.messages,
-            counter.audio_bytes,
-            time.perf_counter(),
-            _cpu_s(server),
-            _cpu_s(me),
-        )
+        start = snapshot()
         await asyncio.sleep(window_s)
-        end = (
-            counter.messages,
-            counter.audio_bytes,
-            time.perf_counter(),
-            _cpu_s(server),
-            _cpu_s(me),
-        )
+        end = snapshot()
     finally:
         stop.set()
         for task in tasks:
@@ -341,6 +347,9 @@ class ClientProcess:
 @dataclass
 class _Point:
     rates: list[float]
+    """Audio messages per second, one per repeat."""
+    audio_rates: list[float]
+    """Seconds of audio delivered per second."""
     server_cpu: list[float]
     client_cpu: list[float]
 
@@ -363,32 +372,45 @@ def _to_messages(audio_s_per_s: Any) -> Any:
 
 
 def _plot(points: dict[str, dict[int, _Point]], path: Path) -> None:
+    """Throughput and server CPU per message against sessions, both servers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    figure, (rate_axes, cost_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, style in (("voxrelay", "o-"), ("bare grpcio", "s--")):
         counts = sorted(points[name])
-        axes.errorbar(
+        series = [points[name][n] for n in counts]
+        rate_axes.errorbar(
             counts,
-            [points[name][n].rate for n in counts],
-            yerr=[spread(points[name][n].rates) for n in counts],
+            [p.rate for p in series],
+            yerr=[spread(p.rates) for p in series],
             fmt=style,
             capsize=3,
             label=name,
         )
-    axes.set_xscale("log")
-    axes.set_xticks(list(SESSION_COUNTS), [str(n) for n in SESSION_COUNTS])
-    axes.set_xlabel("concurrent sessions")
-    axes.set_ylabel(f"audio messages/s ({CHUNK_MS} ms, {MESSAGE_BYTES} B each)")
-    axes.set_ylim(bottom=0)
-    seconds = axes.secondary_yaxis("right", functions=(_to_audio_s, _to_messages))
+        cost_axes.errorbar(
+            counts,
+            [median(p.server_us_per_message) for p in series],
+            yerr=[spread(p.server_us_per_message) for p in series],
+            fmt=style,
+            capsize=3,
+            label=name,
+        )
+    for axes in (rate_axes, cost_axes):
+        axes.set_xscale("log")
+        axes.set_xticks(list(SESSION_COUNTS), [str(n) for n in SESSION_COUNTS])
+        axes.set_xlabel("concurrent sessions")
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    rate_axes.set_ylabel(f"audio messages/s ({CHUNK_MS} ms, {MESSAGE_BYTES} B each)")
+    seconds = rate_axes.secondary_yaxis("right", functions=(_to_audio_s, _to_messages))
     seconds.set_ylabel("audio seconds/s")
-    axes.set_title("Message throughput, one server process each, loopback")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
+    rate_axes.set_title("Throughput (server process, loopback)")
+    cost_axes.set_ylabel("server CPU per audio message (µs)")
+    cost_axes.set_title("Server CPU cost per message")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -402,7 +424,7 @@ async def run(quick: bool) -> Section:
     bare = start_bare_process()
     client = await ClientProcess.start()
     servers = {"voxrelay": voxrelay, "bare grpcio": bare}
-    points = {name: {n: _Point([], [], []) for n in SESSION_COUNTS} for name in servers}
+    points = {name: {n: _Point([], [], [], []) for n in SESSION_COUNTS} for name in servers}
     try:
         for repeat in range(repeats):
             order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
@@ -411,6 +433,8 @@ async def run(quick: bool) -> Section:
                     result = await client.measure(servers[name], sessions, warmup_s, window_s)
                     point = points[name][sessions]
                     point.rates.append(result["messages"] / result["wall_s"])
+                    audio_s = result["audio_bytes"] / 2 / SAMPLE_RATE_HZ
+                    point.audio_rates.append(audio_s / result["wall_s"])
                     point.server_cpu.append(result["server_cpu"])
                     point.client_cpu.append(result["client_cpu"])
     finally:
@@ -431,7 +455,7 @@ async def run(quick: bool) -> Section:
                 str(sessions),
                 f"{ours.rate:,.0f} ±{spread(ours.rates):,.0f}",
                 f"{theirs.rate:,.0f} ±{spread(theirs.rates):,.0f}",
-                f"{ours.rate * CHUNK_MS / 1000:.0f} / {theirs.rate * CHUNK_MS / 1000:.0f}",
+                f"{median(ours.audio_rates):.0f} / {median(theirs.audio_rates):.0f}",
                 f"{ratio:.2f} ±{spread(ratios):.2f}",
                 f"{median(our_cost):.0f} / {median(their_cost):.0f}",
                 f"{median(efficiency):.2f} ±{spread(efficiency):.2f}",
@@ -452,20 +476,22 @@ async def run(quick: bool) -> Section:
     return Section(
         title="Message throughput",
         method=(
-            f"Audio messages per second received by one client process running 1, 10 and 100 "
-            f"concurrent `Stream` sessions (one HTTP/2 connection per server), each session "
+            "Audio messages per second received by one client process running 1, 10 and 100 "
+            "concurrent `Stream` sessions (one HTTP/2 connection per server), each session "
             f"calling again and again with config (`chunk_ms={CHUNK_MS}`: {MESSAGE_BYTES}-byte "
-            f"messages of 16 kHz int16), one {len(TEXT)}-character turn ({MESSAGES_PER_CALL} "
-            "audio messages) and half-close. voxrelay runs the instant tone engine; the "
+            f"messages of 16 kHz int16), one turn of {TURN_CHARS[0]} to {TURN_CHARS[1]} "
+            "characters (1 to 5 s of audio, 50 to 250 messages; the same seeded lengths for "
+            "both servers) and half-close. voxrelay runs the instant tone engine; the "
             "baseline is a bare grpcio asyncio servicer in this module that answers the same "
-            "requests with the same messages, fields and sizes, doing no other work. Both "
-            "servers are separate processes (`voxrelay serve`, `python -m bench.messages "
-            "bare-server`), so each is measured the way it is deployed, with its own event "
-            "loop and GIL, and neither shares a core with the client; the client is a third "
-            f"process. Each point: a {warmup_s} s warm-up, then messages counted over "
-            f"{window_s} s; {repeats} repeats, the two servers interleaved in alternating "
-            "order; medians ± half the 10-90th percentile range. CPU columns are % of one "
-            "core over the window (psutil)."
+            "requests with byte-identical messages (same count, fields and sizes) and does no "
+            "other work. Both servers are separate processes started by the bench "
+            "(`voxrelay serve`, `python -m bench.messages bare-server`): that is how voxrelay "
+            "is deployed, each gets its own event loop and GIL, psutil can charge CPU to each "
+            "alone, and neither shares its interpreter with the client, a third process that "
+            "reads raw bytes (no protobuf parsing) to stay as cheap as it can. Each point: "
+            f"{warmup_s:g} s of warm-up, then messages counted over {window_s:g} s; {repeats} "
+            "repeats, the two servers interleaved in alternating order; medians ± half the "
+            "10-90th percentile range. CPU columns are % of one core over the window."
         ),
         header=[
             "sessions",
@@ -482,15 +508,16 @@ async def run(quick: bool) -> Section:
         goals=goals,
         plots=[plot],
         notes=[
-            f"Audio seconds per second = msgs/s x {CHUNK_MS / 1000:g} s: every message "
-            f"carries {CHUNK_MS} ms.",
+            "Audio s/s counts the audio bytes received: every message carries "
+            f"{CHUNK_MS} ms but a turn's last, which may be shorter.",
             "Server CPU µs/msg is the server's CPU time over the window divided by the "
             "messages delivered in it: what one message costs the server, whichever process "
             "limits the rate. CPU efficiency bare / vox is the ratio of those costs, the "
             "rate ratio voxrelay could reach if the server alone were the limit.",
             f"Machine: {os.cpu_count()} cores. A server near 100 % of one core is the limit "
             "(its Python runs on one core); a client near 100 % means the client limited "
-            "that rate. " + _bound_note(points),
+            "that rate; both well below means other work on the machine took the cores, "
+            "which the interleaving spreads over both servers alike. " + _bound_note(points),
         ],
     )
 

@@ -203,7 +203,10 @@ async def run(quick: bool) -> Section:
             "`_turn_done`, last `VoiceStreamEventAudio` from `stream()`). *Streaming part*: the "
             "same turn with an instant engine, measured per system. *Ideal* = "
             f"{LATENCY_MS} ms + that system's streaming part; *sequential* = "
-            f"{len(SENTENCES)} x {LATENCY_MS} ms + the same. Voxrelay checks every run's audio: "
+            f"{len(SENTENCES)} x {LATENCY_MS} ms + the same. The streaming part includes sending "
+            "the requests, which at L=200 ms overlaps the latency, so this ideal is generous "
+            f"(ratios just under 1 are possible); *vs {LATENCY_MS} ms alone* gives no allowance "
+            "for streaming at all. Voxrelay checks every run's audio: "
             "segments 1-10 in order, contiguous offsets, each segment's samples from its own "
             f"sentence. {repeats} runs per configuration ({sequential_repeats} for "
             "max_inflight_segments=1), round-robin; median ± spread."
@@ -213,6 +216,7 @@ async def run(quick: bool) -> Section:
             "time to last audio byte",
             "ideal",
             "vs ideal",
+            f"vs {LATENCY_MS} ms alone",
             "vs sequential",
             "syntheses started within",
         ),
@@ -227,6 +231,7 @@ async def run(quick: bool) -> Section:
                 f"{value * 1000:.1f} ± {spread(run_set.times) * 1000:.1f} ms",
                 "" if streaming_row else f"{ideal[system] * 1000:.1f} ms",
                 "" if streaming_row else f"{value / ideal[system]:.3f}x",
+                "" if streaming_row else f"{value / latency:.3f}x",
                 "" if streaming_row else f"{value / sequential[system]:.3f}x",
                 f"{median(run_set.start_spreads) * 1000:.2f} ms",
             )
@@ -236,7 +241,8 @@ async def run(quick: bool) -> Section:
         Goal(
             "ten-segment turn, max_inflight_segments >= 10: last audio <= 1.05x the ideal",
             f"{ratio:.3f}x ({median(runs['vox10'].times) * 1000:.1f} ms vs "
-            f"{ideal['vox'] * 1000:.1f} ms ideal)",
+            f"{ideal['vox'] * 1000:.1f} ms ideal; {median(runs['vox10'].times) / latency:.3f}x "
+            f"{LATENCY_MS} ms alone)",
             ratio <= 1.05,
         )
     )

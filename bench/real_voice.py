@@ -132,14 +132,50 @@ class Single:
         return self.total_s / self.audio_s
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """Cores busy over an interval: the server process, this process, everything else."""
+
+    server: float = 0.0
+    client: float = 0.0
+    other: float = 0.0
+    """Other processes on the machine (a shared machine: they slow both paths)."""
+
+
+class CpuMeter:
+    """Measures `Cpu` between its creation and `stop()`."""
+
+    def __init__(self, server: ServerProcess | None) -> None:
+        self._server = psutil.Process(server.pid) if server is not None else None
+        self._client = psutil.Process()
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        machine = psutil.cpu_times()
+        busy = float(sum(machine)) - float(machine.idle) - float(getattr(machine, "iowait", 0.0))
+        server = cpu_seconds(self._server) if self._server is not None else 0.0
+        return time.perf_counter(), busy, server, cpu_seconds(self._client)
+
+    def stop(self) -> Cpu:
+        """Cores used since the meter was created."""
+        end = self._sample()
+        wall, busy, server, client = (b - a for a, b in zip(self._start, end, strict=True))
+        return Cpu(server / wall, client / wall, max(0.0, busy - server - client) / wall)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of `process` so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 @dataclass
 class Throughput:
-    """Audio produced over a wall-clock interval, and the CPU it took."""
+    """Audio produced over a wall-clock interval, and the CPU busy meanwhile."""
 
     audio_s: float
     wall_s: float
-    server_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
+    cpu: Cpu = field(default_factory=Cpu)
 
     @property
     def rate(self) -> float:
@@ -155,7 +191,8 @@ class Listener:
     """From the session's start to its first audio."""
     audio_s: float = 0.0
     worst_slack_s: float = math.inf
-    """Smallest (deadline - arrival) over its audio messages; below 0 is an underrun."""
+    """Smallest (deadline - arrival) over its audio messages after the first (whose slack
+    is the jitter buffer by definition); below 0 is an underrun."""
     underruns: int = 0
     error: str = ""
 
@@ -169,8 +206,7 @@ class Trial:
     wall_s: float
     stopped_early: bool
     """Stopped at the first underrun: listeners hold what they had received by then."""
-    server_cores: float = 0.0
-    client_cores: float = 0.0
+    cpu: Cpu = field(default_factory=Cpu)
 
     @property
     def underrun_sessions(self) -> int:
@@ -263,13 +299,11 @@ async def direct_throughput(
             async for chunk in engine.synthesize(voice, text, SynthesisOptions()):
                 samples += len(chunk) // 2
 
-    cpu = psutil.Process().cpu_times()
+    meter = CpuMeter(None)
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(engine.max_concurrency)))
     wall = time.perf_counter() - started
-    after = psutil.Process().cpu_times()
-    used = (after.user + after.system) - (cpu.user + cpu.system)
-    return Throughput(samples / voice.native_sample_rate_hz, wall, client_cpu_s=used)
+    return Throughput(samples / voice.native_sample_rate_hz, wall, meter.stop())
 
 
 # Through voxrelay.
@@ -354,13 +388,14 @@ async def listen(
                     if result.first_audio_s is None:
                         result.first_audio_s = now - started
                         playback_start = now + JITTER_BUFFER_S
-                    # The audio received before this message is what plays before it.
-                    slack = playback_start + result.audio_s - now
-                    result.worst_slack_s = min(result.worst_slack_s, slack)
-                    if slack < 0:
-                        result.underruns += 1
-                        if underrun is not None:
-                            underrun.set()
+                    else:
+                        # The audio received before this message is what plays before it.
+                        slack = playback_start + result.audio_s - now
+                        result.worst_slack_s = min(result.worst_slack_s, slack)
+                        if slack < 0:
+                            result.underruns += 1
+                            if underrun is not None:
+                                underrun.set()
                     result.audio_s += event.duration_s
                 await sender
             finally:
@@ -373,18 +408,11 @@ async def listen(
             underrun.set()
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU time of `process` so far."""
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 async def voxrelay_throughput(
     clients: Clients, voice: str, texts: Sequence[Sequence[str]], server: ServerProcess
 ) -> Throughput:
     """One session per text, all opened at once, audio read as fast as it arrives."""
-    server_process, client_process = psutil.Process(server.pid), psutil.Process()
-    server_cpu, client_cpu = cpu_seconds(server_process), cpu_seconds(client_process)
+    meter = CpuMeter(server)
     listeners = [Listener() for _ in texts]
     started = time.perf_counter()
     await asyncio.gather(
@@ -397,20 +425,14 @@ async def voxrelay_throughput(
     errors = [listener.error for listener in listeners if listener.error]
     if errors:
         raise RuntimeError(f"{len(errors)} {voice} sessions failed, the first: {errors[0]}")
-    return Throughput(
-        sum(listener.audio_s for listener in listeners),
-        wall,
-        server_cpu_s=cpu_seconds(server_process) - server_cpu,
-        client_cpu_s=cpu_seconds(client_process) - client_cpu,
-    )
+    return Throughput(sum(listener.audio_s for listener in listeners), wall, meter.stop())
 
 
 async def realtime_trial(
     clients: Clients, voice: str, texts: Sequence[Sequence[str]], server: ServerProcess
 ) -> Trial:
     """One real-time listener per text, starting together; stops at the first underrun."""
-    server_process, client_process = psutil.Process(server.pid), psutil.Process()
-    server_cpu, client_cpu = cpu_seconds(server_process), cpu_seconds(client_process)
+    meter = CpuMeter(server)
     underrun = asyncio.Event()
     listeners = [Listener() for _ in texts]
     started = time.perf_counter()
@@ -434,8 +456,7 @@ async def realtime_trial(
         listeners,
         wall,
         stopped_early,
-        server_cores=(cpu_seconds(server_process) - server_cpu) / wall,
-        client_cores=(cpu_seconds(client_process) - client_cpu) / wall,
+        meter.stop(),
     )
 
 
@@ -525,9 +546,10 @@ async def measure_voice(
         start = max(1, allowed // 2)
         cap = allowed
     else:
-        # Start below what voxrelay's own throughput allows, so the doubling overshoots once.
+        # Start below what voxrelay's own throughput allows, and go past what the direct
+        # throughput allows, so the search sees a failure unless the machine got faster.
         start = max(1, math.floor(min(result.voxrelay_rate, result.direct_rate) * 0.45))
-        cap = math.ceil(allowed * 1.25)
+        cap = 2 * allowed
     result.trials = await search_sessions(
         lambda n: realtime_trial(clients, name, texts_for(config, n), server), start, cap, config
     )
@@ -570,7 +592,7 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
         top.set_ylabel("audio delivered (audio s per wall s)")
         top.set_ylim(0, max(result.direct_rate, most) * 1.15)
         top.legend(fontsize=7, loc="upper left")
-        slack = [max(t.worst_slack_s, -2.0) * 1000 for t in trials]
+        slack = [max(min(t.worst_slack_s, 10.0), -2.0) * 1000 for t in trials]
         bottom.plot(counts, slack, "-", color="grey", linewidth=0.8)
         for trial, value in zip(trials, slack, strict=True):
             bottom.plot(trial.sessions, value, "o" if trial.ok else "x",
@@ -581,7 +603,7 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
         bottom.axhline(0, color="black", linewidth=0.8)
         bottom.axvline(result.allowed_sessions, color="black", linestyle=":")
         bottom.set_xlabel("concurrent real-time sessions")
-        bottom.set_ylabel(f"worst slack before playback (ms)\n(jitter buffer "
+        bottom.set_ylabel(f"worst slack of audio after the first (ms)\n(jitter buffer "
                           f"{JITTER_BUFFER_S * 1000:.0f} ms; < 0 = underrun)")
         for axis in (top, bottom):
             axis.set_xlim(0, most * 1.1)
@@ -643,9 +665,10 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
                 best >= SESSIONS_GOAL * allowed,
             )
         )
-        server_cores = median([t.server_cpu_s / t.wall_s for t in result.voxrelay])
-        client_cores = median([t.client_cpu_s / t.wall_s for t in result.voxrelay])
-        direct_cores = median([t.client_cpu_s / t.wall_s for t in result.direct])
+        server_cores = median([t.cpu.server for t in result.voxrelay])
+        client_cores = median([t.cpu.client for t in result.voxrelay])
+        direct_cores = median([t.cpu.client for t in result.direct])
+        other = median([t.cpu.other for t in [*result.direct, *result.voxrelay]])
         trials = ", ".join(
             f"{t.sessions} {'ok' if t.ok else 'underrun'}"
             for t in sorted(result.trials, key=lambda t: t.sessions)
@@ -663,7 +686,8 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             f"{result.voice}: {result.texts} texts ({result.direct[0].audio_s:.0f} s of audio) "
             f"per throughput run; CPU during it: direct {direct_cores:.2f} cores, "
             f"through voxrelay server {server_cores:.2f} "
-            f"+ client {client_cores:.2f} cores; real-time trials: {trials}{first_audio}."
+            f"+ client {client_cores:.2f} cores, other processes {other:.2f} cores; "
+            f"real-time trials: {trials}{first_audio}."
         )
     cores = os.cpu_count() or 1
     sentence_s = results[0].direct[0].audio_s / (results[0].texts * config.session_sentences)

@@ -13,7 +13,7 @@ import pytest
 from voxrelay_server.dispatcher import SessionDispatcher
 from voxrelay_server.engines.base import SynthesisOptions
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
-from voxrelay_server.errors import ErrorCode, InvalidInput
+from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
     SegmentFailed,
@@ -22,6 +22,7 @@ from voxrelay_server.events import (
     TurnEnded,
     TurnStarted,
 )
+from voxrelay_server.observer import SessionObserver
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 
@@ -292,3 +293,75 @@ def test_bad_text_chunks_are_rejected() -> None:
         dispatcher.send_text("")
     with pytest.raises(InvalidInput, match="over the limit of 16384"):
         dispatcher.send_text("x" * 16385)
+
+
+class RecordingObserver(SessionObserver):
+    """Keeps every hook call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def turn_started(self, turn: int) -> None:
+        self.calls.append(("turn_started", turn))
+
+    def segment_released(self, turn: int, segment: int, text: str) -> None:
+        self.calls.append(("released", turn, segment))
+
+    def segment_started(self, turn: int, segment: int) -> None:
+        self.calls.append(("started", turn, segment))
+
+    def audio_sent(self, turn: int, segment: int, *, samples: int, first: bool) -> None:
+        self.calls.append(("audio", turn, segment, first))
+
+    def turn_ended(self, turn: int, *, cancelled: bool) -> None:
+        self.calls.append(("turn_ended", turn, cancelled))
+
+    def session_ended(self, error: SpeechError | None) -> None:
+        self.calls.append(("session_ended", error))
+
+
+async def test_the_observer_sees_each_step_once_and_first_audio_once_per_segment() -> None:
+    tone = ToneEngine(ms_per_char=5)
+    observer = RecordingObserver()
+    voice = tone.voices()[0]
+    dispatcher = SessionDispatcher(
+        lambda text: tone.synthesize(voice, text, SynthesisOptions()),
+        native_rate_hz=SAMPLE_RATE_HZ,
+        output=OutputFormat(AudioEncoding.PCM_S16LE, SAMPLE_RATE_HZ, chunk_ms=20),
+        min_sentence_chars=1,
+        max_inflight_segments=4,
+        observer=observer,
+    )
+    dispatcher.send_text("First segment here. ")
+    dispatcher.send_text("Second segment here.")
+    dispatcher.close()
+    await drain(dispatcher.events())
+    await dispatcher.aclose()
+    audio = [call for call in observer.calls if call[0] == "audio"]
+    assert len(audio) > 4  # several messages per segment at 20 ms each
+    assert [call for call in audio if call[3]] == [("audio", 1, 1, True), ("audio", 1, 2, True)]
+    kinds = [call[0] for call in observer.calls]
+    assert kinds.count("released") == 2 and kinds.count("started") == 2
+    assert observer.calls[0] == ("released", 1, 1)
+    assert observer.calls[-2:] == [("turn_ended", 1, False), ("session_ended", None)]
+
+
+async def test_a_session_abandoned_by_its_consumer_ends_as_cancelled() -> None:
+    tone = ToneEngine(ms_per_char=50, realtime_factor=1.0)
+    observer = RecordingObserver()
+    voice = tone.voices()[0]
+    dispatcher = SessionDispatcher(
+        lambda text: tone.synthesize(voice, text, SynthesisOptions()),
+        native_rate_hz=SAMPLE_RATE_HZ,
+        output=OutputFormat(AudioEncoding.PCM_S16LE, SAMPLE_RATE_HZ),
+        min_sentence_chars=1,
+        max_inflight_segments=4,
+        observer=observer,
+    )
+    dispatcher.send_text("Long enough to still be speaking. ")
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    await dispatcher.aclose()
+    ended = observer.calls[-1]
+    assert ended[0] == "session_ended"
+    assert isinstance(ended[1], SpeechError) and ended[1].code is ErrorCode.CANCELLED

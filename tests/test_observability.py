@@ -272,6 +272,23 @@ async def test_metrics_count_errors_by_status_code(observed_server: ObservedFact
     assert metrics.value("voxrelay_time_to_first_audio_seconds_count", engine="tone") >= 2
 
 
+async def test_metrics_count_sessions_refused_before_they_start(
+    observed_server: ObservedFactory,
+) -> None:
+    observed = await observed_server()
+    await run_failing_session(
+        observed, [config(voice="nope/none"), text("Hi.")], grpc.StatusCode.INVALID_ARGUMENT
+    )
+    await run_failing_session(
+        observed, [config(speed=9.0), text("Hi.")], grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+    metrics = await observed.scrape_async()
+    assert metrics.value("voxrelay_sessions_total", code="INVALID_ARGUMENT") == 2
+    assert metrics.value("voxrelay_errors_total", code="INVALID_ARGUMENT") == 2
+    assert metrics.value("voxrelay_active_sessions") == 0
+
+
 async def test_active_sessions_gauge_follows_a_session(observed_server: ObservedFactory) -> None:
     observed = await observed_server()
     assert (await observed.scrape_async()).value("voxrelay_active_sessions") == 0

@@ -113,6 +113,7 @@ def build_service(
             idle_timeout_s=settings.idle_timeout_s,
         ),
         observer_factory=observability.observer_factory,
+        on_rejected=observability.session_rejected,
     )
     observability.watch(service)
     return service

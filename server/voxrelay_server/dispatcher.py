@@ -286,14 +286,15 @@ class SessionDispatcher:
                 self._delivering = entry
                 self._wake_audio_waiters()  # a new head job may go ahead of the budget
                 try:
+                    first = True
                     async for audio in self._deliver(entry, turn_offset):
                         samples = len(audio.data) // self._output.encoding.bytes_per_sample
-                        first = audio.offset_samples == turn_offset
                         turn_offset += samples
                         yield audio
                         self._observer.audio_sent(
                             audio.turn, audio.segment, samples=samples, first=first
                         )
+                        first = False
                 except _SegmentFailure as failure:
                     self._ended = True
                     self._failure = failure.error

@@ -225,9 +225,7 @@ class ActiveCalls:
 
         For the waits of a call that has no session yet (its first request).
         """
-        if self._abort_error is not None:
-            raise self._abort_error
-        work = asyncio.ensure_future(awaitable)
+        work = asyncio.ensure_future(awaitable)  # a task even when aborted: awaited, no warning
         aborted = asyncio.ensure_future(self._aborted.wait())
         try:
             done, _ = await asyncio.wait({work, aborted}, return_when=asyncio.FIRST_COMPLETED)
@@ -256,13 +254,16 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         context: grpc.aio.ServicerContext[speech_pb2.StreamRequest, speech_pb2.StreamResponse],
     ) -> AsyncIterator[speech_pb2.StreamResponse]:
         self.calls.track(context)
-        requests = aiter(request_iterator)
         try:
-            first = await self.calls.unless_aborted(anext(requests, None))
+            # Refused at once when loading or full, not after the caller's first message.
+            service = self._service.get()
+            service.check_capacity()
+            requests = aiter(request_iterator)
+            first = await self.calls.unless_aborted(_first_request(requests))
             config = speech_pb2.SessionConfig()
             if first is not None and first.WhichOneof("request") == "config":
                 config, first = first.config, None
-            session = self._service.get().open_session(session_request(config))
+            session = service.open_session(session_request(config))
         except SpeechError as error:
             for response in _end_with_error(error, context):
                 yield response
@@ -367,6 +368,12 @@ def _end_with_error(
         ),
         _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0),
     ]
+
+
+async def _first_request(
+    requests: AsyncIterator[speech_pb2.StreamRequest],
+) -> speech_pb2.StreamRequest | None:
+    return await anext(requests, None)
 
 
 async def _chain(

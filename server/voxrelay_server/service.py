@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import NoReturn
 
 from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
 from voxrelay_server.engines.base import SynthesisOptions, VoiceInfo
@@ -15,6 +16,8 @@ from voxrelay_server.voices import VoiceCatalog
 
 ObserverFactory = Callable[[str, SessionSettings], SessionObserver]
 """Builds the observer of a new session from its id and settings."""
+RejectionHook = Callable[[SpeechError], None]
+"""Told about each session refused before it started (bad configuration, server full)."""
 
 
 class SpeechService:
@@ -28,12 +31,14 @@ class SpeechService:
         max_sessions: int = 256,
         limits: SessionLimits | None = None,
         observer_factory: ObserverFactory | None = None,
+        on_rejected: RejectionHook | None = None,
     ) -> None:
         self.catalog = catalog
         self.default_max_inflight_segments = default_max_inflight_segments
         self.max_sessions = max_sessions
         self.limits = limits or SessionLimits()
         self._observer_factory = observer_factory
+        self._on_rejected = on_rejected
         # One pool per engine, shared by every session of the server.
         self.schedulers = {
             engine.name: FairScheduler(engine.max_concurrency) for engine in catalog.engines
@@ -51,11 +56,19 @@ class SpeechService:
     def check_capacity(self) -> None:
         """Raise RESOURCE_EXHAUSTED when the server already runs `max_sessions` sessions."""
         if len(self._sessions) >= self.max_sessions:
-            raise SpeechError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"the server is at its limit of {self.max_sessions} concurrent sessions: "
-                "retry shortly, or raise --max-sessions",
+            self.reject(
+                SpeechError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"the server is at its limit of {self.max_sessions} concurrent sessions: "
+                    "retry shortly, or raise --max-sessions",
+                )
             )
+
+    def reject(self, error: SpeechError) -> NoReturn:
+        """Report a session refused before it started, then raise `error`."""
+        if self._on_rejected is not None:
+            self._on_rejected(error)
+        raise error
 
     def open_session(self, request: SessionRequest) -> SessionDispatcher:
         """A dispatcher for one session; raises `SpeechError` on a bad configuration.
@@ -64,13 +77,16 @@ class SpeechService:
         The session counts until its `aclose()`.
         """
         self.check_capacity()
-        engine, voice = self.catalog.resolve(request.voice)
-        settings = validate_request(
-            request,
-            voice=voice.name,
-            native_sample_rate_hz=voice.native_sample_rate_hz,
-            default_max_inflight_segments=self.default_max_inflight_segments,
-        )
+        try:
+            engine, voice = self.catalog.resolve(request.voice)
+            settings = validate_request(
+                request,
+                voice=voice.name,
+                native_sample_rate_hz=voice.native_sample_rate_hz,
+                default_max_inflight_segments=self.default_max_inflight_segments,
+            )
+        except SpeechError as error:
+            self.reject(error)
         session_id = secrets.token_hex(6)
         observers: list[SessionObserver] = [_Deregister(self._sessions, session_id)]
         if self._observer_factory is not None:

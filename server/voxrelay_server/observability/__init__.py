@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from prometheus_client import CollectorRegistry
 
 from voxrelay_server.config import ServerSettings
+from voxrelay_server.errors import SpeechError
 from voxrelay_server.observability.logs import SummaryLogObserver, configure_logging
 from voxrelay_server.observability.metrics import MetricsHttpServer, ServerMetrics
 from voxrelay_server.observability.tracing import Tracing, otlp_tracer_provider
@@ -75,6 +76,11 @@ class Observability:
             )
         )
         return CompositeObserver(observers)
+
+    def session_rejected(self, error: SpeechError) -> None:
+        """A session was refused before it started (bad configuration, server full)."""
+        if self.metrics is not None:
+            self.metrics.session_rejected(error)
 
     def watch(self, service: SpeechService) -> None:
         """Export `service`'s state (active sessions, synthesis queues) as gauges."""

@@ -99,6 +99,11 @@ class ServerMetrics:
         self._watched = True
         self.registry.register(_ServiceCollector(service))
 
+    def session_rejected(self, error: SpeechError) -> None:
+        """Count a session refused before it started, like one that failed."""
+        self.sessions.labels(error.code.name).inc()
+        self.errors.labels(error.code.name).inc()
+
     def observer(self, session_id: str, settings: SessionSettings) -> MetricsObserver:
         """The observer that records one session into these metrics."""
         return MetricsObserver(self, session_id, settings)
