@@ -162,6 +162,7 @@ class SessionDispatcher:
         self._queued_text_chars = 0  # in released jobs whose synthesis has not finished
         self._buffered_audio_bytes = 0
         self._audio_waiters: list[asyncio.Future[None]] = []
+        self._text_waiters: list[asyncio.Future[None]] = []
         self._last_input = time.monotonic()
         self._last_output = self._last_input
 
@@ -179,6 +180,11 @@ class SessionDispatcher:
     def buffered_text_chars(self) -> int:
         """Text accepted and not yet synthesized: the splitter's buffer and queued segments."""
         return self._queued_text_chars + len(self._splitter.buffered)
+
+    @property
+    def text_budget_chars(self) -> int:
+        """Most text this session holds waiting to be spoken."""
+        return self._limits.max_buffered_text_chars
 
     @property
     def buffered_audio_bytes(self) -> int:
@@ -211,6 +217,26 @@ class SessionDispatcher:
         segment = self._splitter.feed(text)
         if segment:
             self._release(turn, segment)
+
+    async def send_text_when_room(self, text: str) -> None:
+        """`send_text`, first waiting until the text budget has room for `text`.
+
+        For a caller holding a whole text (the Synthesize rpc): it feeds the text
+        as synthesis frees room instead of being refused. When no room can come
+        (the text not yet cut into segments fills the budget alone), `send_text`
+        raises RESOURCE_EXHAUSTED as usual.
+        """
+        limit = self._limits.max_buffered_text_chars
+        while (
+            self._accepting_input()
+            and self.buffered_text_chars + len(text) > limit
+            and self._queued_text_chars > 0
+            and len(self._splitter.buffered) + len(text) <= limit
+        ):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._text_waiters.append(waiter)
+            await waiter
+        self.send_text(text)
 
     def turn_done(self) -> None:
         """End the current turn: speak what is buffered. No-op without text since the last."""
@@ -446,6 +472,10 @@ class SessionDispatcher:
         if not job.text_settled:
             job.text_settled = True
             self._queued_text_chars -= len(job.text)
+            waiters, self._text_waiters = self._text_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _drop(self, job: _SegmentJob) -> None:
         if not job.cancelled:

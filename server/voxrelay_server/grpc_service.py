@@ -287,16 +287,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             for response in _end_with_error(error, context):
                 yield response
             return
-        # Exactly what a Stream call with the text and turn_done, half-closed, does.
-        budget = service.limits.max_buffered_text_chars
-        try:
-            for chunk in whole_text_chunks(request.text, budget_chars=budget):
-                session.send_text(chunk)
-            session.turn_done()
-            session.close()
-        except SpeechError as error:
-            session.fail(error)
-        async with contextlib.aclosing(self._speak(session, context)) as responses:
+        # What a Stream call with the text and turn_done, half-closed, does; the text
+        # goes in as synthesis frees room in the session's text budget.
+        feeder = asyncio.create_task(_feed_whole_text(request.text, session))
+        async with contextlib.aclosing(self._speak(session, context, feeder)) as responses:
             async for response in responses:
                 yield response
 
@@ -374,6 +368,17 @@ async def _first_request(
     requests: AsyncIterator[speech_pb2.StreamRequest],
 ) -> speech_pb2.StreamRequest | None:
     return await anext(requests, None)
+
+
+async def _feed_whole_text(text: str, session: SessionDispatcher) -> None:
+    try:
+        # Small pieces, so each fits the text budget beside what is already queued.
+        for chunk in whole_text_chunks(text, session.text_budget_chars // 4):
+            await session.send_text_when_room(chunk)
+        session.turn_done()
+        session.close()
+    except SpeechError as error:
+        session.fail(error)
 
 
 async def _chain(

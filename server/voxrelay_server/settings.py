@@ -6,7 +6,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
+from voxrelay_server.errors import InvalidInput
 
 MAX_TEXT_CHUNK_CHARS = 16384
 """Longest text chunk accepted in one request."""
@@ -114,14 +114,13 @@ def validate_request(
     )
 
 
-def whole_text_chunks(text: str, *, budget_chars: int | None = None) -> list[str]:
-    """Cut a whole text (one `Synthesize` call) into chunks a session accepts.
+def whole_text_chunks(text: str, chunk_chars: int = MAX_TEXT_CHUNK_CHARS) -> list[str]:
+    """Cut a whole text (one `Synthesize` call) into chunks of at most `chunk_chars`.
 
-    Raises `InvalidInput` for an empty text or one over `MAX_WHOLE_TEXT_CHARS`, and
-    RESOURCE_EXHAUSTED for one over `budget_chars`, the server's per-session text
-    budget (it is handed to the session at once). Cutting anywhere is safe: a
-    session joins its chunks exactly as sent.
+    Raises `InvalidInput` for an empty text or one over `MAX_WHOLE_TEXT_CHARS`.
+    Cutting anywhere is safe: a session joins its chunks exactly as sent.
     """
+    chunk_chars = max(1, min(chunk_chars, MAX_TEXT_CHUNK_CHARS))
     if not text:
         raise InvalidInput("text must not be empty: send at least one character")
     if len(text) > MAX_WHOLE_TEXT_CHARS:
@@ -129,17 +128,7 @@ def whole_text_chunks(text: str, *, budget_chars: int | None = None) -> list[str
             f"text of {len(text)} characters is over the limit of {MAX_WHOLE_TEXT_CHARS}: "
             "split it across several calls, or stream it with the Stream rpc"
         )
-    if budget_chars is not None and len(text) > budget_chars:
-        raise SpeechError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"text of {len(text)} characters is over this server's limit of {budget_chars} "
-            "characters waiting to be spoken per session (--max-buffered-text-chars): "
-            "split it across several calls, or stream it with the Stream rpc",
-        )
-    return [
-        text[start : start + MAX_TEXT_CHUNK_CHARS]
-        for start in range(0, len(text), MAX_TEXT_CHUNK_CHARS)
-    ]
+    return [text[start : start + chunk_chars] for start in range(0, len(text), chunk_chars)]
 
 
 def _check_at_most(name: str, value: int, limit: int) -> None:
