@@ -66,11 +66,19 @@ class SegmentEncoder:
             else None
         )
         self._chunk_samples = output.sample_rate_hz * output.chunk_ms // 1000
+        # The common case needs no conversion at all: hand the engine's bytes on as they are.
+        self._passthrough = (
+            self._resampler is None
+            and output.encoding is AudioEncoding.PCM_S16LE
+            and not self._chunk_samples
+        )
         self._pending: list[bytes] = []
         self._pending_samples = 0
 
     def push(self, pcm: bytes) -> list[bytes]:
         """Feed engine bytes (int16 LE at the native rate); return ready messages."""
+        if self._passthrough and not self._aligner.has_partial_sample and not len(pcm) % 2:
+            return [pcm] if pcm else []
         return self._emit(self._convert(self._aligner.push(pcm), last=False), last=False)
 
     def finish(self) -> list[bytes]:
