@@ -176,9 +176,11 @@ class RunningParts:
 
     async def stop(self, grace_s: float) -> None:
         """Drain: NOT_SERVING, no new calls, `grace_s` for calls in flight, then UNAVAILABLE."""
-        await self.health.enter_graceful_shutdown()
-        # From here no new calls; its long timeout is only a backstop for the steps below.
+        # Stop taking calls first, so nobody who sees NOT_SERVING can still start one;
+        # the long timeout is only a backstop for the steps below.
         stopping = asyncio.create_task(self.server.stop(grace_s + ABORT_GRACE_S))
+        await asyncio.sleep(0)  # let the shutdown begin: it closes the listener at once
+        await self.health.enter_graceful_shutdown()
         calls = self.speech.calls
         if not await calls.wait_idle(grace_s):
             _LOG.warning(
