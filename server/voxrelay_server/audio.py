@@ -66,6 +66,7 @@ class SegmentEncoder:
             else None
         )
         self._chunk_samples = output.sample_rate_hz * output.chunk_ms // 1000
+        self._bytes_per_sample = output.encoding.bytes_per_sample
         # The common case needs no conversion at all: hand the engine's bytes on as they are.
         self._passthrough = (
             self._resampler is None
@@ -106,11 +107,11 @@ class SegmentEncoder:
             return [data] if data else []
         if data:
             self._pending.append(data)
-            self._pending_samples += len(data) // self._output.encoding.bytes_per_sample
+            self._pending_samples += len(data) // self._bytes_per_sample
         if self._pending_samples < self._chunk_samples and not last:
             return []
         joined = b"".join(self._pending)
-        step = self._chunk_samples * self._output.encoding.bytes_per_sample
+        step = self._chunk_samples * self._bytes_per_sample
         full = len(joined) - len(joined) % step
         messages = [joined[i : i + step] for i in range(0, full, step)]
         rest = joined[full:]
@@ -118,5 +119,5 @@ class SegmentEncoder:
             messages.append(rest)
             rest = b""
         self._pending = [rest] if rest else []
-        self._pending_samples = len(rest) // self._output.encoding.bytes_per_sample
+        self._pending_samples = len(rest) // self._bytes_per_sample
         return messages

@@ -142,6 +142,7 @@ class SessionDispatcher:
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output
+        self._bytes_per_sample = output.encoding.bytes_per_sample
         self._max_inflight = max_inflight_segments
         self._limits = limits or SessionLimits()
         self._synthesis_slot = synthesis_slot
@@ -314,7 +315,7 @@ class SessionDispatcher:
                 try:
                     first = True
                     async for audio in self._deliver(entry, turn_offset):
-                        samples = len(audio.data) // self._output.encoding.bytes_per_sample
+                        samples = len(audio.data) // self._bytes_per_sample
                         turn_offset += samples
                         yield audio
                         self._observer.audio_sent(
@@ -365,7 +366,8 @@ class SessionDispatcher:
         encoder = SegmentEncoder(self._native_rate_hz, self._output)
         offset = turn_offset
         while True:
-            item = await job.audio.get()
+            # Most chunks are already waiting: skip a trip through the event loop.
+            item = job.audio.get_nowait() if not job.audio.empty() else await job.audio.get()
             if job.cancelled or self._failure is not None:
                 return
             if isinstance(item, SpeechError):
@@ -376,7 +378,7 @@ class SessionDispatcher:
             messages = encoder.finish() if item is _END_OF_AUDIO else encoder.push(item)
             for data in messages:
                 yield AudioOut(job.turn.number, job.number, data, offset)
-                offset += len(data) // self._output.encoding.bytes_per_sample
+                offset += len(data) // self._bytes_per_sample
             if item is _END_OF_AUDIO:
                 return
 

@@ -98,7 +98,9 @@ class ToneEngine(SpeechEngine):
                     raise EngineError(ErrorCode.INTERNAL, "tone engine: [[fail]] requested")
                 chunk = wave[start : start + frame]
                 # Yielding to the loop between frames keeps cancellation prompt.
-                await asyncio.sleep(self.realtime_factor * len(chunk) / SAMPLE_RATE_HZ)
+                if self.realtime_factor or not start % SAMPLE_RATE_HZ:
+                    # Paced, or (instant) a yield to the loop once per second of audio.
+                    await asyncio.sleep(self.realtime_factor * len(chunk) / SAMPLE_RATE_HZ)
                 yield chunk.tobytes()
             self.stats.finished += 1
         except (asyncio.CancelledError, GeneratorExit):
@@ -111,5 +113,6 @@ class ToneEngine(SpeechEngine):
 
 
 def _square_wave(count: int, amplitude: int) -> np.ndarray:
-    phase = (np.arange(count) // (_PERIOD_SAMPLES // 2)) % 2
-    return np.where(phase == 0, amplitude, -amplitude).astype("<i2")
+    half = _PERIOD_SAMPLES // 2
+    period = np.array([amplitude] * half + [-amplitude] * half, dtype="<i2")
+    return np.tile(period, -(-count // _PERIOD_SAMPLES))[:count]
