@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from voxrelay_server.audio import SampleAligner, SegmentEncoder
+from voxrelay_server.audio import MAX_MESSAGE_BYTES, SampleAligner, SegmentEncoder
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 RATE = 16000
@@ -108,3 +108,15 @@ def test_resampling_keeps_the_signal_and_its_pitch() -> None:
     rms_in = np.sqrt(np.mean((tone / 32767.0) ** 2))
     rms_out = np.sqrt(np.mean(out.astype(np.float64) ** 2))
     assert rms_out == pytest.approx(rms_in, rel=0.02)
+
+
+@pytest.mark.parametrize("encoding", list(AudioEncoding))
+def test_huge_engine_chunks_are_cut_below_the_message_limit(encoding: AudioEncoding) -> None:
+    pcm = ramp(5 * MAX_MESSAGE_BYTES // 2 + 7).tobytes()  # several limits' worth of samples
+    encoder = SegmentEncoder(RATE, OutputFormat(encoding, RATE))
+    messages = encode_all(encoder, [pcm])
+    assert len(messages) > 1
+    assert all(len(m) <= MAX_MESSAGE_BYTES for m in messages)
+    assert all(len(m) % encoding.bytes_per_sample == 0 for m in messages)
+    total = sum(len(m) for m in messages) // encoding.bytes_per_sample
+    assert total == len(pcm) // 2

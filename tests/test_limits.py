@@ -72,7 +72,7 @@ def rss_bytes() -> int:
 async def test_slow_readers_do_not_make_the_server_buffer_without_bound(
     start_server: StartServer,
 ) -> None:
-    sessions, sentences, ceiling = 100, 60, 64 * 1024
+    sessions, sentences, ceiling = 100, 120, 64 * 1024
     sentence = "This sentence is exactly long enough to make one second of tone audio here."
     server = await start_server(
         ms_per_char=1000 / len(sentence), limits=SessionLimits(audio_buffer_bytes=ceiling)

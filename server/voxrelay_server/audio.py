@@ -14,6 +14,8 @@ import soxr
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 _S16LE: np.dtype[np.int16] = np.dtype("<i2")
+MAX_MESSAGE_BYTES = 256 * 1024
+"""Largest audio message sent; gRPC clients refuse messages over 4 MiB by default."""
 INT16_SCALE = 32767.0
 """int16 <-> float32 scale factor, as in the reference pipeline."""
 
@@ -79,7 +81,7 @@ class SegmentEncoder:
     def push(self, pcm: bytes) -> list[bytes]:
         """Feed engine bytes (int16 LE at the native rate); return ready messages."""
         if self._passthrough and not self._aligner.has_partial_sample and not len(pcm) % 2:
-            return [pcm] if pcm else []
+            return _split(pcm) if len(pcm) > MAX_MESSAGE_BYTES else [pcm] if pcm else []
         return self._emit(self._convert(self._aligner.push(pcm), last=False), last=False)
 
     def finish(self) -> list[bytes]:
@@ -104,7 +106,7 @@ class SegmentEncoder:
 
     def _emit(self, data: bytes, *, last: bool) -> list[bytes]:
         if not self._chunk_samples:
-            return [data] if data else []
+            return _split(data) if len(data) > MAX_MESSAGE_BYTES else [data] if data else []
         if data:
             self._pending.append(data)
             self._pending_samples += len(data) // self._bytes_per_sample
@@ -121,3 +123,8 @@ class SegmentEncoder:
         self._pending = [rest] if rest else []
         self._pending_samples = len(rest) // self._bytes_per_sample
         return messages
+
+
+def _split(data: bytes) -> list[bytes]:
+    """Cut `data` into messages of at most MAX_MESSAGE_BYTES (a multiple of 4: whole samples)."""
+    return [data[i : i + MAX_MESSAGE_BYTES] for i in range(0, len(data), MAX_MESSAGE_BYTES)]

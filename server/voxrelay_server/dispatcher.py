@@ -82,6 +82,9 @@ class _SessionEnd:
 
 
 _END_OF_AUDIO = None
+_MERGE_BYTES = 16 * 1024
+"""Most audio joined into one message when delivery is behind: fewer messages, while a
+message handed to gRPC (which buffers it whole) stays small."""
 
 
 @dataclass(eq=False)
@@ -365,14 +368,30 @@ class SessionDispatcher:
     async def _deliver(self, job: _SegmentJob, turn_offset: int) -> AsyncIterator[AudioOut]:
         encoder = SegmentEncoder(self._native_rate_hz, self._output)
         offset = turn_offset
+        held: bytes | SpeechError | None = None
+        holding = False
         while True:
-            # Most chunks are already waiting: skip a trip through the event loop.
-            item = job.audio.get_nowait() if not job.audio.empty() else await job.audio.get()
+            if holding:
+                item, holding = held, False
+            else:
+                # Most chunks are already waiting: skip a trip through the event loop.
+                item = job.audio.get_nowait() if not job.audio.empty() else await job.audio.get()
             if job.cancelled or self._failure is not None:
                 return
             if isinstance(item, SpeechError):
                 raise _SegmentFailure(job, item)
-            if item is not _END_OF_AUDIO:
+            if isinstance(item, bytes):
+                # When delivery is behind, send what has piled up as one message.
+                parts = [item]
+                size = len(item)
+                while size < _MERGE_BYTES and not job.audio.empty():
+                    queued = job.audio.get_nowait()
+                    if not isinstance(queued, bytes):
+                        held, holding = queued, True
+                        break
+                    parts.append(queued)
+                    size += len(queued)
+                item = parts[0] if len(parts) == 1 else b"".join(parts)
                 self._buffered_audio_bytes -= len(item)
                 self._wake_audio_waiters()
             messages = encoder.finish() if item is _END_OF_AUDIO else encoder.push(item)

@@ -30,7 +30,9 @@ _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
 _EE_OK = 0
-_BUFFER_MS = 100
+# Audio per callback: each one crosses into Python and wakes the event loop, so fewer,
+# larger ones synthesize faster (espeak-ng makes 500 ms in about a millisecond).
+_BUFFER_MS = 500
 
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
