@@ -16,7 +16,8 @@ BENCH_STAMP := $(VENV)/.bench-installed
 run: install
 	$(BIN)/voxrelay serve
 
-test: install
+# The suite includes a smoke run of the benchmarks, so it needs their extras too.
+test: install $(BENCH_STAMP)
 	$(BIN)/pytest
 
 install: $(STAMP) $(PROTO_STAMP)

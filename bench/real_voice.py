@@ -61,7 +61,7 @@ SENTENCES = (
     "A cold wind blew across the hills all through the night.",
     "He asked for a table by the window and a pot of tea.",
 )
-"""Sentences of similar length (about 2.5 s of speech each), so no session's next
+"""Sentences of similar length (about 2.8 s of speech each), so no session's next
 sentence is due much sooner than another's."""
 SHORT_SENTENCES = (
     "The train left a little late.",
@@ -106,7 +106,7 @@ class Config:
 
 
 FULL = Config(
-    SENTENCES, repeats=3, throughput_work_s=1.5, session_sentences=3, max_trials=6, resolution=0.1
+    SENTENCES, repeats=5, throughput_work_s=0.8, session_sentences=3, max_trials=5, resolution=0.1
 )
 QUICK = Config(
     SHORT_SENTENCES,
@@ -210,10 +210,12 @@ class Trial:
 
     @property
     def underrun_sessions(self) -> int:
+        """Listeners with an underrun or an error (by the time the trial stopped)."""
         return sum(1 for lis in self.listeners if lis.underruns or lis.error)
 
     @property
     def ok(self) -> bool:
+        """No listener had an underrun or an error."""
         return self.underrun_sessions == 0
 
     @property
@@ -223,10 +225,12 @@ class Trial:
 
     @property
     def worst_slack_s(self) -> float:
+        """The smallest slack of any listener (negative: an underrun)."""
         return min((lis.worst_slack_s for lis in self.listeners), default=math.inf)
 
     @property
     def first_audio(self) -> list[float]:
+        """Each listener's time from its start to its first audio."""
         return [lis.first_audio_s for lis in self.listeners if lis.first_audio_s is not None]
 
 
@@ -245,11 +249,18 @@ class VoiceResult:
 
     @property
     def direct_rate(self) -> float:
+        """Median direct throughput, audio s per s."""
         return median([t.rate for t in self.direct])
 
     @property
     def voxrelay_rate(self) -> float:
+        """Median throughput through voxrelay, audio s per s."""
         return median([t.rate for t in self.voxrelay])
+
+    @property
+    def ratios(self) -> list[float]:
+        """Voxrelay / direct throughput of each repeat (measured back to back)."""
+        return [v.rate / d.rate for d, v in zip(self.direct, self.voxrelay, strict=True)]
 
     @property
     def allowed_sessions(self) -> int:
@@ -329,6 +340,7 @@ class Clients:
         return AsyncSession(stub, SessionOptions(voice=voice), self.target)
 
     async def close(self) -> None:
+        """Close every connection."""
         for channel in self._channels:
             await channel.close()
 
@@ -482,7 +494,8 @@ async def search_sessions(
         trials.append(result)
         print(
             f"   {count} sessions: {'ok' if result.ok else 'UNDERRUN'}, worst slack "
-            f"{result.worst_slack_s * 1000:.0f} ms, {result.wall_s:.1f} s",
+            f"{result.worst_slack_s * 1000:.0f} ms, {result.wall_s:.1f} s, other processes "
+            f"{result.cpu.other:.1f} cores",
             file=sys.stderr,
             flush=True,
         )
@@ -518,15 +531,20 @@ async def measure_voice(
     voice = find_voice(engine, name)
     result = VoiceResult(name)
     one_text = " ".join(config.sentences[: config.session_sentences])
-    # Warm-up of both paths (piper's first inference is slow), and a first estimate
-    # of the direct rate, to size the throughput runs.
-    await voxrelay_single(clients, name, one_text)
-    warm = await direct_single(engine, voice, one_text)
-    warm = await direct_single(engine, voice, one_text)
-    count = max(
-        2 * engine.max_concurrency,
-        math.ceil(config.throughput_work_s * engine.max_concurrency / warm.total_s),
+    # Warm-up of both paths (piper's first inference is slow), then size the throughput
+    # runs: enough texts for `throughput_work_s` of direct synthesis.
+    await asyncio.gather(
+        voxrelay_single(clients, name, one_text), direct_single(engine, voice, one_text)
     )
+    count = 3 * engine.max_concurrency
+    while True:
+        calibration = await direct_throughput(
+            engine, voice, [s for text in texts_for(config, count) for s in text]
+        )
+        if calibration.wall_s >= 0.2 * config.throughput_work_s:
+            break
+        count *= 4
+    count = max(count, math.ceil(count * config.throughput_work_s / calibration.wall_s))
     result.texts = count
     texts = texts_for(config, count)
     segments = [sentence for text in texts for sentence in text]
@@ -537,7 +555,8 @@ async def measure_voice(
         result.voxrelay_single.append(await voxrelay_single(clients, name, one_text))
     print(
         f"   {name}: {count} texts, direct {result.direct_rate:.1f}, "
-        f"voxrelay {result.voxrelay_rate:.1f} audio s/s",
+        f"voxrelay {result.voxrelay_rate:.1f} audio s/s, other processes "
+        f"{median([t.cpu.other for t in result.voxrelay]):.1f} cores",
         file=sys.stderr,
         flush=True,
     )
@@ -574,37 +593,72 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
         top.set_title(result.voice)
         for trial in trials:
             top.plot(
-                trial.sessions, trial.throughput,
-                "o" if trial.ok else "x", color="tab:green" if trial.ok else "tab:red",
+                trial.sessions,
+                trial.throughput,
+                "o" if trial.ok else "x",
+                color="tab:green" if trial.ok else "tab:red",
                 markersize=8,
             )
         top.plot([], [], "o", color="tab:green", label="trial without underrun")
         top.plot([], [], "x", color="tab:red", label="trial with an underrun")
-        top.axhline(result.direct_rate, color="tab:blue", linestyle="--",
-                    label=f"direct throughput {result.direct_rate:.0f}")
-        top.axhline(result.voxrelay_rate, color="tab:orange", linestyle="--",
-                    label=f"voxrelay throughput {result.voxrelay_rate:.0f}")
+        top.axhline(
+            result.direct_rate,
+            color="tab:blue",
+            linestyle="--",
+            label=f"direct throughput {result.direct_rate:.0f}",
+        )
+        top.axhline(
+            result.voxrelay_rate,
+            color="tab:orange",
+            linestyle="--",
+            label=f"voxrelay throughput {result.voxrelay_rate:.0f}",
+        )
         most = max([*counts, result.allowed_sessions, 1])
-        top.plot([0, most * 1.1], [0, most * 1.1], color="grey", linewidth=0.8,
-                 label="demand: 1 audio s/s per session")
-        top.axvline(result.allowed_sessions, color="black", linestyle=":",
-                    label=f"allowed by direct throughput: {result.allowed_sessions}")
-        top.set_ylabel("audio delivered (audio s per wall s)")
-        top.set_ylim(0, max(result.direct_rate, most) * 1.15)
-        top.legend(fontsize=7, loc="upper left")
+        top.plot(
+            [0, most * 1.1],
+            [0, most * 1.1],
+            color="grey",
+            linewidth=0.8,
+            label="demand: 1 audio s/s per session",
+        )
+        top.axvline(
+            result.allowed_sessions,
+            color="black",
+            linestyle=":",
+            label=f"allowed by direct throughput: {result.allowed_sessions}",
+        )
+        top.set_ylabel("audio delivered during the trial\n(audio s per wall s)")
+        highest = max(
+            [result.direct_rate, result.voxrelay_rate, most] + [t.throughput for t in trials]
+        )
+        top.set_ylim(0, highest * 1.6)  # room for the legend above the data
+        top.legend(fontsize=7, loc="upper left", ncol=2)
         slack = [max(min(t.worst_slack_s, 10.0), -2.0) * 1000 for t in trials]
         bottom.plot(counts, slack, "-", color="grey", linewidth=0.8)
         for trial, value in zip(trials, slack, strict=True):
-            bottom.plot(trial.sessions, value, "o" if trial.ok else "x",
-                        color="tab:green" if trial.ok else "tab:red", markersize=8)
+            bottom.plot(
+                trial.sessions,
+                value,
+                "o" if trial.ok else "x",
+                color="tab:green" if trial.ok else "tab:red",
+                markersize=8,
+            )
             if not trial.ok:
-                bottom.annotate(f"{trial.underrun_sessions} underrun", (trial.sessions, value),
-                                textcoords="offset points", xytext=(4, -12), fontsize=7)
+                bottom.annotate(
+                    "underrun",
+                    (trial.sessions, value),
+                    ha="right",
+                    textcoords="offset points",
+                    xytext=(-6, -3),
+                    fontsize=7,
+                )
         bottom.axhline(0, color="black", linewidth=0.8)
         bottom.axvline(result.allowed_sessions, color="black", linestyle=":")
         bottom.set_xlabel("concurrent real-time sessions")
-        bottom.set_ylabel(f"worst slack of audio after the first (ms)\n(jitter buffer "
-                          f"{JITTER_BUFFER_S * 1000:.0f} ms; < 0 = underrun)")
+        bottom.set_ylabel(
+            f"worst slack of audio after the first (ms)\n(jitter buffer "
+            f"{JITTER_BUFFER_S * 1000:.0f} ms; < 0 = underrun)"
+        )
         for axis in (top, bottom):
             axis.set_xlim(0, most * 1.1)
             axis.grid(alpha=0.3)
@@ -628,7 +682,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
     goals: list[Goal] = []
     notes: list[str] = []
     for result in results:
-        ratio = result.voxrelay_rate / result.direct_rate
+        ratio = median(result.ratios)
         allowed = result.allowed_sessions
         best = result.max_sessions
         tried_above = any(not t.ok for t in result.trials)
@@ -638,7 +692,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
                 result.voice,
                 with_spread([t.rate for t in result.direct]),
                 with_spread([t.rate for t in result.voxrelay]),
-                f"{ratio:.2f}",
+                with_spread(result.ratios, 2),
                 with_spread([s.first_audio_s for s in result.direct_single], 0, 1000)
                 + " / "
                 + with_spread([s.first_audio_s for s in result.voxrelay_single], 0, 1000),
@@ -653,7 +707,8 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         goals.append(
             Goal(
                 f"{result.voice}: throughput through voxrelay >= {THROUGHPUT_GOAL} x direct",
-                f"{result.voxrelay_rate:.1f} / {result.direct_rate:.1f} audio s/s = {ratio:.2f}",
+                f"{result.voxrelay_rate:.1f} / {result.direct_rate:.1f} audio s/s, "
+                f"median of paired ratios {ratio:.2f}",
                 ratio >= THROUGHPUT_GOAL,
             )
         )
@@ -670,7 +725,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         direct_cores = median([t.cpu.client for t in result.direct])
         other = median([t.cpu.other for t in [*result.direct, *result.voxrelay]])
         trials = ", ".join(
-            f"{t.sessions} {'ok' if t.ok else 'underrun'}"
+            f"{t.sessions} {'ok' if t.ok else 'underrun'} (other {t.cpu.other:.1f})"
             for t in sorted(result.trials, key=lambda t: t.sessions)
         )
         at_best = [t for t in result.trials if t.ok and t.sessions == best]
@@ -682,6 +737,27 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
                 f" p95 {percentile(values, 95) * 1000:.0f} ms, worst slack "
                 f"{at_best[0].worst_slack_s * 1000:.0f} ms"
             )
+        failed = sorted((t for t in result.trials if not t.ok), key=lambda t: t.sessions)
+        if failed:
+            cpu = failed[0].cpu
+            first_audio += (
+                f"; at {failed[0].sessions} sessions (first underrun) CPU: server "
+                f"{cpu.server:.2f}, client {cpu.client:.2f}, other processes {cpu.other:.2f} cores"
+            )
+        by_voxrelay = max(1, math.floor(result.voxrelay_rate * (1 - CAPACITY_MARGIN)))
+        first_audio += (
+            f"; voxrelay's own throughput allows {by_voxrelay} sessions "
+            f"(ratio {best / by_voxrelay:.2f})"
+        )
+        # Audio per CPU second: a cross-check that other processes' load barely moves.
+        direct_eff = median([t.audio_s / (t.cpu.client * t.wall_s) for t in result.direct])
+        voxrelay_eff = median(
+            [t.audio_s / ((t.cpu.server + t.cpu.client) * t.wall_s) for t in result.voxrelay]
+        )
+        first_audio += (
+            f"; audio s per CPU s: direct {direct_eff:.0f}, through voxrelay (server + client) "
+            f"{voxrelay_eff:.0f} (ratio {voxrelay_eff / direct_eff:.2f})"
+        )
         notes.append(
             f"{result.voice}: {result.texts} texts ({result.direct[0].audio_s:.0f} s of audio) "
             f"per throughput run; CPU during it: direct {direct_cores:.2f} cores, "
@@ -691,6 +767,19 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         )
     cores = os.cpu_count() or 1
     sentence_s = results[0].direct[0].audio_s / (results[0].texts * config.session_sentences)
+    others = [
+        cpu.other
+        for result in results
+        for cpu in [run.cpu for run in [*result.direct, *result.voxrelay]]
+        + [trial.cpu for trial in result.trials]
+    ]
+    notes.insert(
+        0,
+        f"Other processes on this shared {cores}-core machine used a median "
+        f"{median(others):.2f} cores (at most {max(others):.2f}) during these measurements; "
+        "CPU-bound figures (piper above all) move with it, so direct and voxrelay runs "
+        "alternate and ratios pair each run with the one just before it.",
+    )
     notes += [
         f"Direct throughput: `engine.max_concurrency` lanes (piper: `workers` = {cores}, the "
         "server default of one per core, one onnxruntime thread each; espeak: 1, its one "
@@ -725,12 +814,12 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             "voice",
             "direct (audio s/s)",
             "voxrelay (audio s/s)",
-            "ratio",
+            "voxrelay / direct",
             "first audio ms (direct / voxrelay)",
             "real-time factor (direct / voxrelay)",
             "real-time sessions",
             "allowed",
-            "ratio",
+            "sessions / allowed",
         ),
         rows=rows,
         goals=goals,
@@ -742,13 +831,21 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
 async def run(quick: bool) -> Section:
     """Measure both voices against one voxrelay server process."""
     config = QUICK if quick else FULL
-    engines: dict[str, SpeechEngine] = {
-        PIPER: PiperEngine([bundled_joe_voice()], workers=os.cpu_count() or 1),
-        ESPEAK: EspeakEngine(),
-    }
-    server = await asyncio.to_thread(
-        start_server_process, ["--engines", "piper,espeak", "--max-sessions", "100000"]
+    # The server process starts (and loads its voices) while this process loads its own.
+    starting = asyncio.create_task(
+        asyncio.to_thread(
+            start_server_process, ["--engines", "piper,espeak", "--max-sessions", "100000"]
+        )
     )
+    await asyncio.sleep(0)  # let it hand the start to its thread before this loads models
+    engines: dict[str, SpeechEngine] = {}
+    try:
+        engines[PIPER] = PiperEngine([bundled_joe_voice()], workers=os.cpu_count() or 1)
+        engines[ESPEAK] = EspeakEngine()
+    finally:
+        server = await starting
+        if len(engines) < len(VOICES):
+            await asyncio.to_thread(stop_server_process, server)
     clients = Clients(server.target)
     try:
         results = [
@@ -756,6 +853,7 @@ async def run(quick: bool) -> Section:
         ]
     finally:
         await clients.close()
+        await asyncio.sleep(0.2)  # let the connections go before the server does
         await asyncio.to_thread(stop_server_process, server)
         for engine in engines.values():
             await engine.aclose()

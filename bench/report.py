@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PLOTS = ROOT / "bench" / "plots"
+PLOTS = Path(os.environ.get("VOXRELAY_BENCH_PLOTS") or ROOT / "bench" / "plots")
+"""Where plots go; the smoke test points it elsewhere so a test run changes no tracked file."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class Section:
                 for g in self.goals
             ]
         for plot in self.plots:
-            lines += ["", f"![{plot.stem}]({plot.relative_to(ROOT).as_posix()})"]
+            shown = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot
+            lines += ["", f"![{plot.stem}]({shown.as_posix()})"]
         if self.notes:
             lines.append("")
             lines += [f"- {note}" for note in self.notes]

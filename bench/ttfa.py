@@ -80,6 +80,12 @@ class SynthesisRecord:
     first_audio: float | None = None
     stopped: float | None = None
     cancelled: bool = False
+    chunks: list[tuple[float, int]] = field(default_factory=list)
+    """(time, bytes) of every chunk the engine produced."""
+
+    def audio_after(self, moment: float) -> float:
+        """Seconds of 16 kHz int16 audio the engine produced after `moment`."""
+        return sum(size for at, size in self.chunks if at > moment) / 2 / SAMPLE_RATE_HZ
 
     @property
     def latency(self) -> float:
@@ -91,8 +97,10 @@ class SynthesisRecord:
 async def _timed(record: SynthesisRecord, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
         async for chunk in source:
+            now = time.perf_counter()
             if record.first_audio is None:
-                record.first_audio = time.perf_counter()
+                record.first_audio = now
+            record.chunks.append((now, len(chunk)))
             yield chunk
     except (asyncio.CancelledError, GeneratorExit):
         record.cancelled = True
