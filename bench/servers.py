@@ -80,8 +80,15 @@ def start_server_process(arguments: Sequence[str], timeout_s: float = 60.0) -> S
     binary = Path(sys.executable).parent / "voxrelay"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXRELAY_")}
     process = subprocess.Popen(
-        [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
-         *arguments],
+        [
+            str(binary),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            *arguments,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
