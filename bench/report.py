@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OPTIMISATIONS = ROOT / "bench" / "optimisations.md"
 PLOTS = Path(os.environ.get("VOXRELAY_BENCH_PLOTS") or ROOT / "bench" / "plots")
 """Where plots go; the smoke test points it elsewhere so a test run changes no tracked file."""
 
@@ -136,4 +137,8 @@ def write_report(sections: Sequence[Section], *, quick: bool, command: str, path
         "",
     ]
     body = "\n\n".join(section.markdown() for section in sections)
-    path.write_text("\n".join(header) + "\n" + body + "\n", encoding="utf-8")
+    # The hand-kept log of optimisations and their before/after figures goes last.
+    log = OPTIMISATIONS.read_text(encoding="utf-8") if OPTIMISATIONS.exists() else ""
+    path.write_text(
+        "\n".join(header) + "\n" + body + "\n" + ("\n" + log if log else ""), encoding="utf-8"
+    )
