@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxrelay_server.engines.openai_engine import DEFAULT_MODEL as OPENAI_DEFAULT_MODEL
+from voxrelay_server.engines.openai_engine import DEFAULT_VOICES as OPENAI_DEFAULT_VOICES
+
 ENV_PREFIX = "VOXRELAY_"
 ALL_ENGINES = ("piper", "espeak", "tone", "openai")
 _TRUE = {"1", "true", "yes", "on"}
@@ -134,21 +137,9 @@ class ServerSettings:
     openai_api_key: str = _setting(
         "", "API key of the openai engine (enables it); OPENAI_API_KEY works too", secret=True
     )
-    openai_model: str = _setting("gpt-4o-mini-tts", "model the openai engine asks for")
+    openai_model: str = _setting(OPENAI_DEFAULT_MODEL, "model the openai engine asks for")
     openai_voices: tuple[str, ...] = _setting(
-        (
-            "alloy",
-            "ash",
-            "ballad",
-            "coral",
-            "echo",
-            "fable",
-            "nova",
-            "onyx",
-            "sage",
-            "shimmer",
-            "verse",
-        ),
+        OPENAI_DEFAULT_VOICES,
         "voices the openai engine offers",
     )
     openai_concurrency: int = _setting(32, "openai engine: requests in flight server-wide")
