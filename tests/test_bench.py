@@ -27,7 +27,8 @@ def test_bench_quick_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text(encoding="utf-8")
     assert "quick mode" in text
-    assert text.count("\n## ") == len(SECTIONS)
+    assert text.count("\n## ") == len(SECTIONS) + 1  # the sections, then the optimisation log
+    assert "## What was changed to move the figures" in text
     assert "| goal | measured | met |" in text
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert plots, "no plot was written"
