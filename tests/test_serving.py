@@ -28,8 +28,8 @@ from voxrelay_server import app
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 from voxrelay_server.engines.tone import ToneEngine
-from voxrelay_server.grpc_service import LOADING_MESSAGE, SHUTTING_DOWN_MESSAGE
 from voxrelay_server.service import SpeechService
+from voxrelay_server.serving import LOADING_MESSAGE, SHUTTING_DOWN_MESSAGE
 from voxrelay_server.voices import VoiceCatalog
 
 pytestmark = pytest.mark.timeout(60)

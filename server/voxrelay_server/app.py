@@ -26,10 +26,11 @@ from voxrelay_server.engines.openai_engine import OpenAIEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
-from voxrelay_server.grpc_service import SHUTTING_DOWN_MESSAGE, ServiceHolder, SpeechServicer
+from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
+from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, ServiceHolder
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
