@@ -29,7 +29,6 @@ from voxrelay_server.service import SpeechService
 from voxrelay_server.serving import ActiveCalls, ServiceHolder
 from voxrelay_server.settings import (
     AudioEncoding,
-    OutputFormat,
     SessionRequest,
     whole_text_chunks,
 )
@@ -73,15 +72,17 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
     )
 
 
-def _response(event: SessionEvent, output: OutputFormat) -> speech_pb2.StreamResponse:
+def _response(
+    event: SessionEvent, encoding: speech_pb2.AudioEncoding.ValueType, sample_rate_hz: int
+) -> speech_pb2.StreamResponse:
     if isinstance(event, AudioOut):
         return speech_pb2.StreamResponse(
             audio=speech_pb2.AudioChunk(
                 data=event.data,
                 turn=event.turn,
                 segment=event.segment,
-                encoding=_ENCODINGS_OUT[output.encoding],
-                sample_rate_hz=output.sample_rate_hz,
+                encoding=encoding,
+                sample_rate_hz=sample_rate_hz,
                 offset_samples=event.offset_samples,
             )
         )
@@ -199,9 +200,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
     ) -> AsyncGenerator[speech_pb2.StreamResponse, None]:
         """The session's events as responses until it ends; then stop `reader` and the session."""
         self.calls.fail_if_aborted(session)
+        encoding = _ENCODINGS_OUT[session.output.encoding]  # once, not per message
         try:
             async for event in session.events():
-                yield _response(event, session.output)
+                yield _response(event, encoding, session.output.sample_rate_hz)
                 if isinstance(event, SegmentFailed):
                     _LOG.warning(
                         "turn %d segment %d failed: %s", event.turn, event.segment, event.error

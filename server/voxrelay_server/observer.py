@@ -7,6 +7,8 @@ it needs. Times are taken by the observer (`time.monotonic()`), when called.
 
 from __future__ import annotations
 
+from typing import Any
+
 from voxrelay_server.errors import SpeechError
 
 
@@ -41,41 +43,64 @@ class SessionObserver:
 
 
 class CompositeObserver(SessionObserver):
-    """Forwards every call to several observers, in order."""
+    """Forwards every call to several observers, in order.
+
+    Nested composites are flattened, and each hook calls only the observers that
+    override it: `audio_sent` runs once per audio message, so no-op calls count.
+    """
 
     def __init__(self, observers: list[SessionObserver]) -> None:
-        self._observers = observers
+        flat: list[SessionObserver] = []
+        for observer in observers:
+            if isinstance(observer, CompositeObserver):
+                flat.extend(observer.observers)
+            else:
+                flat.append(observer)
+        self.observers: list[SessionObserver] = flat
+
+        def overriding(name: str) -> list[Any]:
+            base = getattr(SessionObserver, name)
+            return [getattr(o, name) for o in flat if getattr(type(o), name) is not base]
+
+        self._turn_started = overriding("turn_started")
+        self._segment_released = overriding("segment_released")
+        self._segment_started = overriding("segment_started")
+        self._segment_engine_first_audio = overriding("segment_engine_first_audio")
+        self._segment_synthesized = overriding("segment_synthesized")
+        self._audio_sent = overriding("audio_sent")
+        self._turn_ended = overriding("turn_ended")
+        self._session_ended = overriding("session_ended")
 
     def turn_started(self, turn: int) -> None:
-        for observer in self._observers:
-            observer.turn_started(turn)
+        for hook in self._turn_started:
+            hook(turn)
 
     def segment_released(self, turn: int, segment: int, text: str) -> None:
-        for observer in self._observers:
-            observer.segment_released(turn, segment, text)
+        for hook in self._segment_released:
+            hook(turn, segment, text)
 
     def segment_started(self, turn: int, segment: int) -> None:
-        for observer in self._observers:
-            observer.segment_started(turn, segment)
+        for hook in self._segment_started:
+            hook(turn, segment)
 
     def segment_engine_first_audio(self, turn: int, segment: int) -> None:
-        for observer in self._observers:
-            observer.segment_engine_first_audio(turn, segment)
+        for hook in self._segment_engine_first_audio:
+            hook(turn, segment)
 
     def segment_synthesized(
         self, turn: int, segment: int, *, error: SpeechError | None, cancelled: bool
     ) -> None:
-        for observer in self._observers:
-            observer.segment_synthesized(turn, segment, error=error, cancelled=cancelled)
+        for hook in self._segment_synthesized:
+            hook(turn, segment, error=error, cancelled=cancelled)
 
     def audio_sent(self, turn: int, segment: int, *, samples: int, first: bool) -> None:
-        for observer in self._observers:
-            observer.audio_sent(turn, segment, samples=samples, first=first)
+        for hook in self._audio_sent:
+            hook(turn, segment, samples=samples, first=first)
 
     def turn_ended(self, turn: int, *, cancelled: bool) -> None:
-        for observer in self._observers:
-            observer.turn_ended(turn, cancelled=cancelled)
+        for hook in self._turn_ended:
+            hook(turn, cancelled=cancelled)
 
     def session_ended(self, error: SpeechError | None) -> None:
-        for observer in self._observers:
-            observer.session_ended(error)
+        for hook in self._session_ended:
+            hook(error)
