@@ -93,7 +93,7 @@ class ActiveCalls:
         """Wait until no call is in flight; False if `timeout_s` passed first."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -222,4 +222,4 @@ def _record_error(span: Span, error: SpeechError) -> None:
 
 
 def _iso(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(time_ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
