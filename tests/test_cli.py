@@ -7,88 +7,34 @@ against it as separate processes, and their files and messages are checked.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
 
-from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from tests.processes import (
+    VOXRELAY,
+    ServeProcess,
+    free_port,
+    start_serve,
+    user_env,
+    wait_until_answering,
+)
 
-VOXRELAY = Path(sys.executable).parent / "voxrelay"
 DEFAULT_VOICE = "piper/en_US-joe-medium"
 HELLO = "Hello there. How are you today?"
 NATIVE_RATE_HZ = 22050
-READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 60.0
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@dataclass
-class ServeProcess:
-    """A running `voxrelay serve` and where to reach it."""
-
-    process: subprocess.Popen[bytes]
-    target: str
-    log: Path
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def user_env(**extra: str) -> dict[str, str]:
-    """The test's environment without VOXRELAY_* or OPENAI_* settings, plus `extra`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("VOXRELAY_", "OPENAI_"))
-    }
-    env.update(extra)
-    return env
-
-
-def wait_until_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
-    """Poll the ListVoices rpc until it answers; fail if the server exits or never answers."""
-    options = [
-        ("grpc.initial_reconnect_backoff_ms", 50),
-        ("grpc.min_reconnect_backoff_ms", 50),
-        ("grpc.max_reconnect_backoff_ms", 200),
-    ]
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with grpc.insecure_channel(target, options=options) as channel:
-        stub = speech_pb2_grpc.SpeechStub(channel)
-        while True:
-            code = process.poll()
-            if code is not None:
-                raise AssertionError(f"voxrelay serve exited with {code}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"voxrelay serve did not answer on {target}:\n{log.read_text()}"
-                )
-            try:
-                stub.ListVoices(speech_pb2.ListVoicesRequest(), timeout=0.5, wait_for_ready=True)
-            except grpc.RpcError:
-                continue
-            return
 
 
 @contextmanager
@@ -96,16 +42,9 @@ def serving(
     args: Sequence[str], target: str, log: Path, env: Mapping[str, str]
 ) -> Iterator[ServeProcess]:
     """Run `voxrelay serve ARGS` until the block ends; then SIGTERM it and expect exit 0."""
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(VOXRELAY), "serve", *args],
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_serve(args, log, env)
     try:
-        wait_until_serving(process, target, log)
+        wait_until_answering(process, target, log)
         yield ServeProcess(process, target, log)
     finally:
         if process.poll() is None:

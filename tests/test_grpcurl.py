@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_serving import ServeProcess, voxrelay_serve
+from tests.processes import ServeProcess
+from tests.test_serving import voxrelay_serve
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = "<!-- grpcurl-commands:"

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import voxrelay
+from tests.processes import VOXRELAY, free_port, start_serve, user_env, wait_until_answering
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server import security
 from voxrelay_server.app import create_server
@@ -43,8 +40,6 @@ OTHER_TOKEN = "tok-second-a1b2c3"
 FILE_TOKEN = "tok-from-file-77d1e0"
 WRONG_TOKEN = "tok-wrong-5e5e5e"
 CALL_TIMEOUT_S = 10.0
-VOXRELAY = Path(sys.executable).parent / "voxrelay"
-READY_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 60.0
 
 Metadata = tuple[tuple[str, str], ...]
@@ -419,56 +414,13 @@ def test_client_library_rejects_incomplete_tls_options(pki: Pki) -> None:
         voxrelay.Client("127.0.0.1:1", tls_ca="/nowhere.pem")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXRELAY_", "OPENAI_"))}
-    env.update(extra)
-    return env
-
-
-def wait_until_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
-    """Poll ListVoices (with the token) until it answers, the server exits or time runs out."""
-    options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with grpc.insecure_channel(target, options=options) as channel:
-        stub = speech_pb2_grpc.SpeechStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"voxrelay serve exited:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"voxrelay serve never answered:\n{log.read_text()}")
-            try:
-                stub.ListVoices(
-                    speech_pb2.ListVoicesRequest(),
-                    metadata=bearer(TOKEN),
-                    timeout=0.5,
-                    wait_for_ready=True,
-                )
-            except grpc.RpcError:
-                continue
-            return
-
-
 @contextmanager
 def serving(args: Sequence[str], env: dict[str, str], log: Path) -> Iterator[str]:
     """`voxrelay serve ARGS` on a free port until the block ends; yields its address."""
     target = f"127.0.0.1:{free_port()}"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(VOXRELAY), "serve", "--listen", target, *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_serve(["--listen", target, *args], log, env)
     try:
-        wait_until_serving(process, target, log)
+        wait_until_answering(process, target, log, metadata=bearer(TOKEN))
         yield target
     finally:
         process.terminate()
@@ -482,7 +434,7 @@ def serving(args: Sequence[str], env: dict[str, str], log: Path) -> Iterator[str
 def voxrelay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VOXRELAY), *args],
-        env=clean_env(**env),
+        env=user_env(**env),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -494,7 +446,7 @@ def voxrelay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_cli_voices_with_and_without_a_token(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     args = ["--engines", "tone", "--default-voice", TONE_VOICE, "--log-level", "debug"]
-    server_env = clean_env(VOXRELAY_AUTH_TOKENS=f"{OTHER_TOKEN},{TOKEN}")
+    server_env = user_env(VOXRELAY_AUTH_TOKENS=f"{OTHER_TOKEN},{TOKEN}")
 
     with serving(args, server_env, log) as target:
         with_flag = voxrelay_cli("voices", "--server", target, "--token", TOKEN)

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.test_cli import VOXRELAY, free_port, user_env
+from tests.processes import ServeProcess, free_port, start_serve, user_env
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server import app
 from voxrelay_server.config import ServerSettings
@@ -39,13 +38,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SPEECH = app.SPEECH_SERVICE_NAME
 READY_TIMEOUT_S = 30.0
 SENTENCE = "This sentence is spoken at the pace of real time."
-
-
-@dataclass
-class ServeProcess:
-    process: subprocess.Popen[bytes]
-    target: str
-    log: Path
 
 
 def health_request(service: str = SPEECH) -> Any:
@@ -75,14 +67,7 @@ def voxrelay_serve(args: Sequence[str], tmp_path: Path) -> Iterator[ServeProcess
     """`voxrelay serve ARGS` on a free port, SERVING; killed if the test leaves it running."""
     target = f"127.0.0.1:{free_port()}"
     log = tmp_path / "serve.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(VOXRELAY), "serve", "--listen", target, *args],
-            env=user_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_serve(["--listen", target, *args], log, user_env())
     try:
         wait_until_serving(process, target, log)
         yield ServeProcess(process, target, log)
