@@ -33,7 +33,14 @@ import grpc
 import psutil  # type: ignore[import-untyped]
 
 from bench.report import PLOTS, ROOT, Goal, Section, median, spread
-from bench.servers import ServerProcess, free_port, start_server_process, stop_server_process
+from bench.servers import (
+    BareSpeechServicer,
+    ServerProcess,
+    free_port,
+    lifecycle_response,
+    start_server_process,
+    stop_server_process,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 SAMPLE_RATE_HZ = 16000
@@ -69,7 +76,7 @@ def _requests(chars: int) -> list[speech_pb2.StreamRequest]:
 # The bare server.
 
 
-class BareSpeech(speech_pb2_grpc.SpeechServicer):
+class BareSpeech(BareSpeechServicer):
     """The least a gRPC server can do to send the same messages as voxrelay.
 
     For each text request it yields TURN_STARTED, as many 640-byte audio
@@ -93,7 +100,7 @@ class BareSpeech(speech_pb2_grpc.SpeechServicer):
             if kind != "text":
                 continue
             turn += 1
-            yield _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, turn)
+            yield lifecycle_response(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, turn)
             # The tone engine's length for this text, cut into chunk_ms messages.
             total = round(len(request.text) * TONE_MS_PER_CHAR * SAMPLE_RATE_HZ / 1000)
             step = SAMPLE_RATE_HZ * chunk_ms // 1000
@@ -109,29 +116,8 @@ class BareSpeech(speech_pb2_grpc.SpeechServicer):
                         offset_samples=offset,
                     )
                 )
-            yield _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, turn)
-        yield _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
-
-    async def Synthesize(
-        self,
-        request: speech_pb2.SynthesizeRequest,
-        context: grpc.aio.ServicerContext[speech_pb2.SynthesizeRequest, speech_pb2.StreamResponse],
-    ) -> AsyncIterator[speech_pb2.StreamResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server streams only")
-        yield speech_pb2.StreamResponse()  # pragma: no cover (abort raises)
-
-    async def ListVoices(
-        self,
-        request: speech_pb2.ListVoicesRequest,
-        context: grpc.aio.ServicerContext[
-            speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse
-        ],
-    ) -> speech_pb2.ListVoicesResponse:
-        return speech_pb2.ListVoicesResponse()
-
-
-def _lifecycle(event: speech_pb2.LifecycleEvent.ValueType, turn: int) -> speech_pb2.StreamResponse:
-    return speech_pb2.StreamResponse(lifecycle=speech_pb2.Lifecycle(event=event, turn=turn))
+            yield lifecycle_response(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, turn)
+        yield lifecycle_response(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
 
 
 async def serve_bare(listen: str) -> None:

@@ -114,3 +114,31 @@ def stop_server_process(server: ServerProcess) -> None:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+class BareSpeechServicer(speech_pb2_grpc.SpeechServicer):
+    """Base of the bare-grpcio baselines: the same service, only `Stream` implemented."""
+
+    async def Synthesize(
+        self,
+        request: speech_pb2.SynthesizeRequest,
+        context: grpc.aio.ServicerContext[speech_pb2.SynthesizeRequest, speech_pb2.StreamResponse],
+    ) -> AsyncIterator[speech_pb2.StreamResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare baseline serves Stream only")
+        yield speech_pb2.StreamResponse()  # unreachable: makes this an async generator
+
+    async def ListVoices(
+        self,
+        request: speech_pb2.ListVoicesRequest,
+        context: grpc.aio.ServicerContext[
+            speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse
+        ],
+    ) -> speech_pb2.ListVoicesResponse:
+        return speech_pb2.ListVoicesResponse()
+
+
+def lifecycle_response(
+    event: speech_pb2.LifecycleEvent.ValueType, turn: int
+) -> speech_pb2.StreamResponse:
+    """A lifecycle message, as the baselines send it."""
+    return speech_pb2.StreamResponse(lifecycle=speech_pb2.Lifecycle(event=event, turn=turn))

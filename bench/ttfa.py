@@ -42,7 +42,7 @@ from agents.voice import (
 
 from bench.reference import LatencyTTSModel, reference_result
 from bench.report import PLOTS, Goal, Section, median, percentile, spread
-from bench.servers import in_process_server
+from bench.servers import BareSpeechServicer, in_process_server, lifecycle_response
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.app import server_options
 from voxrelay_server.config import ServerSettings
@@ -268,7 +268,7 @@ class ReferenceConsumer:
 # The transport floor: a bare servicer of the same rpc, same messages, same server options.
 
 
-class BareSpeech(speech_pb2_grpc.SpeechServicer):
+class BareSpeech(BareSpeechServicer):
     """Answers `Stream` with no dispatcher at all: the gRPC floor under voxrelay's figures.
 
     TURN_STARTED on a turn's first text; on the completing chunk it sleeps L (its
@@ -319,28 +319,6 @@ class BareSpeech(speech_pb2_grpc.SpeechServicer):
             elif kind == "turn_done" and in_turn:
                 in_turn = False
                 yield lifecycle_response(TURN_ENDED, turn)
-
-    async def Synthesize(
-        self,
-        request: speech_pb2.SynthesizeRequest,
-        context: grpc.aio.ServicerContext[speech_pb2.SynthesizeRequest, Response],
-    ) -> AsyncIterator[Response]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare floor serves Stream only")
-        yield Response()  # unreachable: makes this an async generator, as the rpc wants
-
-    async def ListVoices(
-        self,
-        request: speech_pb2.ListVoicesRequest,
-        context: grpc.aio.ServicerContext[
-            speech_pb2.ListVoicesRequest, speech_pb2.ListVoicesResponse
-        ],
-    ) -> speech_pb2.ListVoicesResponse:
-        return speech_pb2.ListVoicesResponse()
-
-
-def lifecycle_response(event: speech_pb2.LifecycleEvent.ValueType, turn: int) -> Response:
-    """A lifecycle message."""
-    return Response(lifecycle=speech_pb2.Lifecycle(event=event, turn=turn))
 
 
 @asynccontextmanager
