@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from voxrelay_server.dispatcher import SessionDispatcher
+from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
 from voxrelay_server.engines.base import SynthesisOptions
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
@@ -27,7 +27,12 @@ from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 
 def make_dispatcher(
-    tone: ToneEngine, *, max_inflight: int = 4, min_chars: int = 1, chunk_ms: int = 0
+    tone: ToneEngine,
+    *,
+    max_inflight: int = 4,
+    min_chars: int = 1,
+    chunk_ms: int = 0,
+    limits: SessionLimits | None = None,
 ) -> SessionDispatcher:
     voice = tone.voices()[0]
     return SessionDispatcher(
@@ -36,6 +41,7 @@ def make_dispatcher(
         output=OutputFormat(AudioEncoding.PCM_S16LE, SAMPLE_RATE_HZ, chunk_ms),
         min_sentence_chars=min_chars,
         max_inflight_segments=max_inflight,
+        limits=limits,
     )
 
 
@@ -311,7 +317,7 @@ class RecordingObserver(SessionObserver):
         self.calls.append(("started", turn, segment))
 
     def audio_sent(self, turn: int, segment: int, *, samples: int, first: bool) -> None:
-        self.calls.append(("audio", turn, segment, first))
+        self.calls.append(("audio", turn, segment, first, samples))
 
     def turn_ended(self, turn: int, *, cancelled: bool) -> None:
         self.calls.append(("turn_ended", turn, cancelled))
@@ -335,11 +341,19 @@ async def test_the_observer_sees_each_step_once_and_first_audio_once_per_segment
     dispatcher.send_text("First segment here. ")
     dispatcher.send_text("Second segment here.")
     dispatcher.close()
-    await drain(dispatcher.events())
+    events = await drain(dispatcher.events())
     await dispatcher.aclose()
     audio = [call for call in observer.calls if call[0] == "audio"]
-    assert len(audio) > 4  # several messages per segment at 20 ms each
-    assert [call for call in audio if call[3]] == [("audio", 1, 1, True), ("audio", 1, 2, True)]
+    messages = [event for event in events if isinstance(event, AudioOut)]
+    # The first message of each segment is reported alone, the same instant it is sent.
+    first_messages = [next(m for m in messages if m.segment == n) for n in (1, 2)]
+    assert [call for call in audio if call[3]] == [
+        ("audio", 1, m.segment, True, len(m.data) // 2) for m in first_messages
+    ]
+    # Later messages may be reported together; every sample is reported once.
+    for segment in (1, 2):
+        sent = sum(len(m.data) // 2 for m in messages if m.segment == segment)
+        assert sum(call[4] for call in audio if call[2] == segment) == sent
     kinds = [call[0] for call in observer.calls]
     assert kinds.count("released") == 2 and kinds.count("started") == 2
     assert observer.calls[0] == ("released", 1, 1)
@@ -365,3 +379,23 @@ async def test_a_session_abandoned_by_its_consumer_ends_as_cancelled() -> None:
     ended = observer.calls[-1]
     assert ended[0] == "session_ended"
     assert isinstance(ended[1], SpeechError) and ended[1].code is ErrorCode.CANCELLED
+
+
+async def test_requests_keep_a_session_from_going_idle_and_silence_ends_it() -> None:
+    timeout_s = 0.3
+    dispatcher = make_dispatcher(ToneEngine(), limits=SessionLimits(idle_timeout_s=timeout_s))
+    events = dispatcher.events()
+    consumer = asyncio.create_task(drain(events))
+    started = time.monotonic()
+    # Text without a sentence end: nothing to speak, but each chunk is a request.
+    while time.monotonic() - started < 3 * timeout_s:
+        dispatcher.send_text("still typing ")
+        quiet_since = time.monotonic()
+        await asyncio.sleep(timeout_s / 3)  # pacing the input, not waiting for the server
+        assert not consumer.done()
+    with pytest.raises(SpeechError) as ended:
+        await asyncio.wait_for(consumer, 10 * timeout_s)
+    quiet_for = time.monotonic() - quiet_since
+    await dispatcher.aclose()
+    assert ended.value.code is ErrorCode.DEADLINE_EXCEEDED
+    assert timeout_s * 0.9 <= quiet_for < timeout_s * 4

@@ -33,7 +33,12 @@ class SessionObserver:
         """The engine finished the segment, failed on it, or was stopped."""
 
     def audio_sent(self, turn: int, segment: int, *, samples: int, first: bool) -> None:
-        """An audio message was sent; `first` for the segment's first one."""
+        """Audio messages of the segment were sent, `samples` in all.
+
+        `first` marks the call made right after the segment's first message, which
+        is reported alone so that the time of the call is its first audio's. Later
+        messages are reported together, once per chunk of engine audio delivered.
+        """
 
     def turn_ended(self, turn: int, *, cancelled: bool) -> None:
         """TURN_ENDED of `turn` was sent."""
@@ -46,7 +51,7 @@ class CompositeObserver(SessionObserver):
     """Forwards every call to several observers, in order.
 
     Nested composites are flattened, and each hook calls only the observers that
-    override it: `audio_sent` runs once per audio message, so no-op calls count.
+    override it: `audio_sent` runs for every batch of audio messages, so no-op calls count.
     """
 
     def __init__(self, observers: list[SessionObserver]) -> None:
