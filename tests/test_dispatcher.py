@@ -306,6 +306,7 @@ class RecordingObserver(SessionObserver):
 
     def __init__(self) -> None:
         self.calls: list[tuple[object, ...]] = []
+        self.samples_reported: list[tuple[int, int]] = []
 
     def turn_started(self, turn: int) -> None:
         self.calls.append(("turn_started", turn))
@@ -318,6 +319,7 @@ class RecordingObserver(SessionObserver):
 
     def audio_sent(self, turn: int, segment: int, *, samples: int, first: bool) -> None:
         self.calls.append(("audio", turn, segment, first, samples))
+        self.samples_reported.append((segment, samples))
 
     def turn_ended(self, turn: int, *, cancelled: bool) -> None:
         self.calls.append(("turn_ended", turn, cancelled))
@@ -353,7 +355,7 @@ async def test_the_observer_sees_each_step_once_and_first_audio_once_per_segment
     # Later messages may be reported together; every sample is reported once.
     for segment in (1, 2):
         sent = sum(len(m.data) // 2 for m in messages if m.segment == segment)
-        assert sum(call[4] for call in audio if call[2] == segment) == sent
+        assert sum(n for seg, n in observer.samples_reported if seg == segment) == sent
     kinds = [call[0] for call in observer.calls]
     assert kinds.count("released") == 2 and kinds.count("started") == 2
     assert observer.calls[0] == ("released", 1, 1)
