@@ -55,3 +55,11 @@ def test_secrets_stay_out_of_help_and_repr() -> None:
     assert "s3cret-token" not in parser.format_help()
     settings = config.from_env({"VOXRELAY_AUTH_TOKENS": "s3cret-token"})
     assert "s3cret-token" not in repr(settings)
+
+
+def test_counts_below_their_minimum_are_refused_with_the_flag_named() -> None:
+    with pytest.raises(ValueError, match=r"--espeak-workers \(VOXRELAY_ESPEAK_WORKERS\) must be"):
+        config.ServerSettings(espeak_workers=0)
+    with pytest.raises(ValueError, match=r"--idle-timeout .* at least 0, not -1"):
+        config.from_env({"VOXRELAY_IDLE_TIMEOUT": "-1"})
+    assert config.ServerSettings(idle_timeout_s=0).idle_timeout_s == 0

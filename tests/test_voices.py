@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncGenerator, Sequence
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from tests.conftest import StartServer, audio_of, collect, config, lifecycle_of, text, turn_done
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine
+from voxrelay_server.errors import EngineError, ErrorCode
 
 PIPER_VOICE = "piper/en_US-joe-medium"
 HELLO = "Hello there. How are you today?"
@@ -292,3 +295,54 @@ async def test_stream_without_a_voice_speaks_with_piper(
     samples = np.frombuffer(b"".join(chunk.data for chunk in chunks), dtype="<i2")
     assert_speech(samples, HELLO)
     assert server.tone.stats.started == 0  # the server's other engine was not asked
+
+
+async def test_espeak_closing_a_synthesis_early_stops_its_worker(
+    espeak_engine: EspeakEngine,
+) -> None:
+    """aclose() stops the worker process within a chunk: the next segment is not held up."""
+    voice = voice_named(espeak_engine, "espeak/en-us")
+    long_text = " ".join(
+        f"Sentence number {n} is a little longer than it needs to be." for n in range(300)
+    )
+    started = time.monotonic()
+    await synthesize(espeak_engine, voice, long_text)
+    whole_long_text_s = time.monotonic() - started
+    hello_alone = await synthesize(espeak_engine, voice, HELLO)
+
+    stream = espeak_engine.synthesize(voice, long_text, SynthesisOptions())
+    assert len(await anext(stream)) > 0
+    assert isinstance(stream, AsyncGenerator)
+    await stream.aclose()
+    started = time.monotonic()
+    after = await synthesize(espeak_engine, voice, HELLO)
+    after_s = time.monotonic() - started
+
+    assert same_speech(after, hello_alone)  # its own audio, nothing left of the long text
+    assert after_s < whole_long_text_s / 2, (
+        f"the segment after a stopped one took {after_s:.3f} s; the stopped one takes "
+        f"{whole_long_text_s:.3f} s whole"
+    )
+
+
+async def test_a_killed_espeak_worker_fails_its_segment_and_is_replaced() -> None:
+    engine = EspeakEngine(workers=1)
+    try:
+        voice = voice_named(engine, "espeak/en-us")
+        long_text = " ".join(f"Sentence number {n} goes on and on." for n in range(400))
+        (pid,) = engine.worker_pids
+        assert pid is not None
+        stream = engine.synthesize(voice, long_text, SynthesisOptions())
+        received = len(await anext(stream))
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError) as failure:
+            async for chunk in stream:
+                received += len(chunk)
+        assert failure.value.code is ErrorCode.UNAVAILABLE
+        assert "worker process exited" in failure.value.message
+        assert received < len(await synthesize(engine, voice, long_text)) * 2
+
+        assert_speech(await synthesize(engine, voice, HELLO), HELLO)  # a new worker speaks
+        assert engine.worker_pids[0] not in (None, pid)
+    finally:
+        await engine.aclose()

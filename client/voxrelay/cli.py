@@ -99,7 +99,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _serve(args: argparse.Namespace) -> int:
     from voxrelay_server import app, config, security
 
-    settings = config.from_arguments(args)
+    try:
+        settings = config.from_arguments(args)
+    except ValueError as error:
+        raise _OptionError(str(error)) from None
     app.configure_logging(settings)
     try:
         security.check(settings)

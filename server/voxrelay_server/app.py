@@ -57,7 +57,7 @@ def build_engines(
         if name == "piper":
             engines.append(PiperEngine([bundled_joe_voice()], workers=settings.workers))
         elif name == "espeak":
-            engines.append(EspeakEngine())
+            engines.append(EspeakEngine(workers=settings.espeak_workers))
         elif name == "tone":
             engines.append(
                 ToneEngine(

@@ -30,8 +30,15 @@ def _setting(
     name: str = "",
     choices: tuple[str, ...] = (),
     secret: bool = False,
+    minimum: float | None = None,
 ) -> Any:
-    metadata = {"help": help, "name": name, "choices": choices, "secret": secret}
+    metadata = {
+        "help": help,
+        "name": name,
+        "choices": choices,
+        "secret": secret,
+        "minimum": minimum,
+    }
     # Secrets stay out of repr(), so logging the settings never leaks them.
     if callable(default):
         return field(default_factory=default, metadata=metadata, repr=not secret)
@@ -49,48 +56,67 @@ class ServerSettings:
     workers: int = _setting(
         lambda: os.cpu_count() or 1,
         "piper segments synthesized at once server-wide, one core each (default: cores)",
+        minimum=1,
+    )
+    espeak_workers: int = _setting(
+        1,
+        "espeak-ng worker processes, one segment at a time each (one speaks for hundreds of "
+        "real-time sessions)",
+        minimum=1,
     )
     max_inflight_segments: int = _setting(
-        4, "default look-ahead of synthesis over delivery, per session"
+        4, "default look-ahead of synthesis over delivery, per session", minimum=1
     )
     # Bounds
-    max_sessions: int = _setting(256, "concurrent sessions; the next one gets RESOURCE_EXHAUSTED")
+    max_sessions: int = _setting(
+        256, "concurrent sessions; the next one gets RESOURCE_EXHAUSTED", minimum=1
+    )
     max_buffered_text_chars: int = _setting(
         65536,
         "characters a session may have waiting to be spoken; more gets RESOURCE_EXHAUSTED",
+        minimum=1,
     )
     session_audio_buffer_bytes: int = _setting(
         1 << 20,
         "undelivered audio per session at which new synthesis pauses until the client reads",
+        minimum=1,
     )
     idle_timeout_s: float = _setting(
         300.0,
         "seconds a session may go with no request and nothing to speak; 0 = never",
         name="idle-timeout",
+        minimum=0,
     )
     shutdown_grace_s: float = _setting(
         10.0,
         "seconds calls in flight may take to finish after SIGTERM or SIGINT",
         name="shutdown-grace",
+        minimum=0,
     )
     # Connections
     keepalive_time_s: float = _setting(
         60.0,
         "seconds between keepalive pings on idle connections; 0 = off",
         name="keepalive-time",
+        minimum=0,
     )
     keepalive_timeout_s: float = _setting(
-        20.0, "seconds to wait for a keepalive ping's answer", name="keepalive-timeout"
+        20.0,
+        "seconds to wait for a keepalive ping's answer",
+        name="keepalive-timeout",
+        minimum=0,
     )
     max_connection_age_s: float = _setting(
         0.0,
         "close connections after this many seconds so load balancers can rebalance; 0 = never",
         name="max-connection-age",
+        minimum=0,
     )
     max_connection_age_grace_s: float = _setting(
         60.0,
         "seconds calls on an aged connection may take to finish",
         name="max-connection-age-grace",
+        minimum=0,
     )
     # Security
     tls_cert: str = _setting("", "PEM certificate chain file; enables TLS with --tls-key")
@@ -125,12 +151,16 @@ class ServerSettings:
         "", "OTLP/gRPC endpoint for OpenTelemetry traces, e.g. http://127.0.0.1:4317; empty = off"
     )
     # Engines
-    tone_first_audio_ms: float = _setting(0.0, "tone engine: latency before a segment's audio")
-    tone_ms_per_char: float = _setting(10.0, "tone engine: audio per character of text")
-    tone_realtime_factor: float = _setting(
-        0.0, "tone engine: seconds of work per second of audio, 0 = instant"
+    tone_first_audio_ms: float = _setting(
+        0.0, "tone engine: latency before a segment's audio", minimum=0
     )
-    tone_concurrency: int = _setting(64, "tone engine: segments synthesized at once server-wide")
+    tone_ms_per_char: float = _setting(10.0, "tone engine: audio per character of text", minimum=0)
+    tone_realtime_factor: float = _setting(
+        0.0, "tone engine: seconds of work per second of audio, 0 = instant", minimum=0
+    )
+    tone_concurrency: int = _setting(
+        64, "tone engine: segments synthesized at once server-wide", minimum=1
+    )
     openai_base_url: str = _setting(
         "", "OpenAI-compatible API base URL (enables the openai engine)"
     )
@@ -142,7 +172,19 @@ class ServerSettings:
         OPENAI_DEFAULT_VOICES,
         "voices the openai engine offers",
     )
-    openai_concurrency: int = _setting(32, "openai engine: requests in flight server-wide")
+    openai_concurrency: int = _setting(
+        32, "openai engine: requests in flight server-wide", minimum=1
+    )
+
+    def __post_init__(self) -> None:
+        for settings_field in dataclasses.fields(self):
+            minimum = settings_field.metadata["minimum"]
+            value = getattr(self, settings_field.name)
+            if minimum is not None and value < minimum:
+                raise ValueError(
+                    f"--{option_name(settings_field)} ({env_name(settings_field)}) must be at "
+                    f"least {minimum:g}, not {value:g}"
+                )
 
 
 def option_name(settings_field: dataclasses.Field[Any]) -> str:

@@ -1,174 +1,219 @@
-"""espeak-ng voices through the shared library shipped by `espeakng-loader`.
+"""espeak-ng voices, synthesized in worker processes.
 
-espeak-ng keeps global state (the current voice, parameters and the synthesis
-callback), so every call runs on one dedicated worker thread and under a lock.
 Its many languages become voices named `espeak/<language>`, e.g. `espeak/en-us`.
+Each worker process (`espeak_worker`) holds one espeak-ng and speaks one segment
+at a time; the engine keeps one more segment queued at each worker, so a worker
+goes from one segment to the next without waiting for the server. A worker that
+dies fails the segments it held and is started again for the next one.
 """
 
 from __future__ import annotations
 
-import ctypes
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import espeakng_loader
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
-from voxrelay_server.engines.threaded import Emit, stream_from_thread
+from voxrelay_server.engines.espeak_worker import AUDIO, DONE, FAILED, FRAME_HEADER, READY
 from voxrelay_server.errors import EngineError, ErrorCode
 
 ENGINE_NAME = "espeak"
 NORMAL_WORDS_PER_MINUTE = 175
 MIN_WORDS_PER_MINUTE = 80
 MAX_WORDS_PER_MINUTE = 450
-
-# Constants of speak_lib.h.
-_AUDIO_OUTPUT_SYNCHRONOUS = 0x02
-_POS_CHARACTER = 1
-_ESPEAK_CHARS_UTF8 = 1
-_ESPEAK_RATE = 1
-_EE_OK = 0
-# Audio per callback: each one crosses into Python and wakes the event loop, so fewer,
-# larger ones synthesize faster (espeak-ng makes 500 ms in about a millisecond).
-_BUFFER_MS = 500
-
-_SynthCallback = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-)
+QUEUED_PER_WORKER = 1
+"""Segments waiting at each worker behind the one it speaks."""
+_PIPE_BYTES = 1 << 20
+"""Pipe buffers of a worker: a segment's text always fits, and audio never waits on the
+server's reader thread."""
+_START_TIMEOUT_S = 30.0
 
 
-class _EspeakVoice(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_char_p),
-        ("languages", ctypes.c_char_p),
-        ("identifier", ctypes.c_char_p),
-        ("gender", ctypes.c_ubyte),
-        ("age", ctypes.c_ubyte),
-        ("variant", ctypes.c_ubyte),
-        ("xx1", ctypes.c_ubyte),
-        ("score", ctypes.c_int),
-        ("spare", ctypes.c_void_p),
-    ]
+@dataclass(eq=False)
+class _Job:
+    """One segment given to a worker: its audio arrives on `queue`, then None or an error."""
+
+    number: int
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[bytes | EngineError | None] = field(default_factory=asyncio.Queue)
+    over: bool = False
+
+    def put(self, item: bytes | EngineError | None) -> None:
+        """From the reader thread: hand `item` to the job's consumer on its loop."""
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
-class _EspeakLibrary:
-    """The ctypes binding: one initialised library, used by one thread at a time."""
+class _Worker:
+    """One worker process, its jobs, and the thread that reads its frames."""
 
-    def __init__(self) -> None:
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
-        lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
-        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
-        self._data_path = Path(espeakng_loader.get_data_path())
-        sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(self._data_path).encode(), 0
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self._process: subprocess.Popen[bytes] | None = None
+        self._jobs: dict[int, _Job] = {}
+        self._lock = threading.Lock()  # `_jobs` is shared with the reader thread
+        self.ready: dict[str, Any] = {}
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the process and wait until espeak-ng is loaded in it."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "voxrelay_server.engines.espeak_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
-        if sample_rate <= 0:
-            raise EngineError(ErrorCode.FAILED_PRECONDITION, "espeak-ng failed to initialise")
-        self.sample_rate_hz: int = sample_rate
-        self._lib = lib
-        self._lock = threading.Lock()
-        self._emit: Emit | None = None
-        self._stop: threading.Event | None = None
-        # Kept referenced for the library's lifetime: espeak-ng calls it from C.
-        self._callback = _SynthCallback(self._on_audio)
-        lib.espeak_SetSynthCallback(self._callback)
+        assert process.stdin is not None and process.stdout is not None
+        for pipe in (process.stdin, process.stdout):
+            with contextlib.suppress(OSError, AttributeError):  # Linux only; a speed-up
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        kind, _, payload = _read_frame(process.stdout)
+        if kind != READY:
+            process.kill()
+            raise EngineError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"the espeak-ng worker did not start (exit code {process.wait()}); "
+                "its error is in the server's log",
+            )
+        self.ready = json.loads(payload)
+        self._process = process
+        threading.Thread(
+            target=self._read_frames,
+            args=(process,),
+            name=f"espeak-reader-{self.index}",
+            daemon=True,
+        ).start()
 
-    def languages(self) -> dict[str, str]:
-        """The language of every installed voice, as espeak-ng names it, to its identifier.
-
-        The identifier (the voice file, e.g. `roa/fr` for `fr-fr`) is what selects the
-        voice: `espeak_SetVoiceByName` does not know every language name.
-        """
-        voices = self._lib.espeak_ListVoices(None)
-        found: dict[str, str] = {}
-        index = 0
-        while voices[index]:
-            # `languages` is a list of (priority byte, name, NUL); the first is the main one.
-            language = ctypes.string_at(voices[index].contents.languages)[1:].decode()
-            identifier = voices[index].contents.identifier.decode()
-            if self._has_dictionary(language, identifier):
-                found.setdefault(language, identifier)
-            index += 1
-        return found
-
-    def _has_dictionary(self, language: str, identifier: str) -> bool:
-        """Whether the voice's pronunciation dictionary is installed.
-
-        Some packaged voice files name a dictionary the data does not ship; those
-        voices would speak near-silence, so they are not offered.
-        """
-        dictionary = language.split("-")[0]
-        voice_file = self._data_path / "lang" / identifier
-        if voice_file.is_file():
-            for line in voice_file.read_text(encoding="utf-8", errors="replace").splitlines():
-                words = line.split()
-                if len(words) >= 2 and words[0] == "dictionary":
-                    dictionary = words[1]
-        return (self._data_path / f"{dictionary}_dict").is_file()
-
-    def synthesize(
-        self,
-        language: str,
-        identifier: str,
-        text: str,
-        words_per_minute: int,
-        emit: Emit,
-        stop: threading.Event,
-    ) -> None:
-        encoded = text.encode("utf-8") + b"\0"
+    def submit(self, job: _Job, identifier: str, text: str, words_per_minute: int) -> None:
+        """Queue `job` at the worker; its frames go to `job` from now on."""
+        request = {
+            "op": "speak",
+            "job": job.number,
+            "voice": identifier,
+            "text": text,
+            "wpm": words_per_minute,
+        }
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(identifier.encode()) != _EE_OK:
-                raise EngineError(ErrorCode.INVALID_ARGUMENT, f"espeak-ng has no voice {language}")
-            self._lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
-            self._emit, self._stop = emit, stop
-            try:
-                status = self._lib.espeak_Synth(
-                    encoded, len(encoded), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
-                )
-            finally:
-                self._emit = self._stop = None
-        if status != _EE_OK and not stop.is_set():
-            raise EngineError(ErrorCode.INTERNAL, f"espeak-ng synthesis failed (status {status})")
+            self._jobs[job.number] = job
+        self._send(request)
 
-    def _on_audio(
-        self, samples: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None
-    ) -> int:
-        if self._stop is not None and self._stop.is_set():
-            return 1  # tells espeak-ng to abort this synthesis
-        if count > 0 and self._emit is not None:
-            self._emit(ctypes.string_at(samples, count * 2))
-        return 0
+    def stop(self, job: _Job) -> None:
+        """Ask the worker to stop `job`; its audio is dropped from now on."""
+        with self._lock:
+            self._jobs.pop(job.number, None)
+        self._send({"op": "stop", "job": job.number})
+
+    def close(self) -> None:
+        """End the process: it exits when its input closes; killed if it does not."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            assert process.stdin is not None
+            process.stdin.close()
+        try:
+            process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _send(self, request: dict[str, Any]) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        try:
+            # The pipe holds a megabyte and the worker reads between chunks: this
+            # never waits for long.
+            process.stdin.write(json.dumps(request).encode() + b"\n")
+            process.stdin.flush()
+        except OSError:
+            pass  # the worker died: the reader thread fails its jobs
+
+    def _read_frames(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        while True:
+            try:
+                kind, number, payload = _read_frame(process.stdout)
+            except (EOFError, OSError, ValueError):
+                break
+            with self._lock:
+                job = self._jobs.get(number)
+                if job is not None and kind in (DONE, FAILED):
+                    del self._jobs[number]
+            if job is None:
+                continue  # stopped: its last frames are dropped
+            if kind == AUDIO:
+                job.put(payload)
+            elif kind == DONE:
+                job.put(None)
+            elif kind == FAILED:
+                failure = json.loads(payload)
+                job.put(EngineError(ErrorCode(failure["code"]), failure["message"]))
+        code = process.wait()
+        with self._lock:
+            orphans, self._jobs = list(self._jobs.values()), {}
+        for job in orphans:
+            job.put(
+                EngineError(
+                    ErrorCode.UNAVAILABLE,
+                    f"the espeak-ng worker process exited (code {code}) during synthesis",
+                )
+            )
+
+
+def _read_frame(stream: IO[bytes]) -> tuple[bytes, int, bytes]:
+    header = stream.read(FRAME_HEADER.size)
+    if len(header) < FRAME_HEADER.size:
+        raise EOFError("the espeak-ng worker closed its output")
+    kind, number, length = FRAME_HEADER.unpack(header)
+    payload = stream.read(length) if length else b""
+    if len(payload) < length:
+        raise EOFError("the espeak-ng worker closed its output mid-frame")
+    return kind, number, payload
 
 
 class EspeakEngine(SpeechEngine):
-    """espeak-ng's languages as voices, synthesized one at a time on a dedicated thread."""
+    """espeak-ng's languages as voices, synthesized in `workers` worker processes."""
 
     name = ENGINE_NAME
-    max_concurrency = 1  # one library, one thread
 
-    def __init__(self) -> None:
-        self._library = _EspeakLibrary()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
-        rate = self._library.sample_rate_hz
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"espeak needs at least one worker process, not {workers}")
+        self._workers = [_Worker(index) for index in range(workers)]
+        self._job_numbers = itertools.count(1)
+        self._restart_lock = threading.Lock()
+        try:
+            for worker in self._workers:
+                worker.start()
+        except BaseException:
+            for worker in self._workers:
+                worker.close()
+            raise
+        self.max_concurrency = workers * (1 + QUEUED_PER_WORKER)
+        ready = self._workers[0].ready
+        rate = int(ready["sample_rate_hz"])
+        languages: dict[str, str] = ready["languages"]
         self._identifiers = {
-            f"{ENGINE_NAME}/{language}": identifier
-            for language, identifier in self._library.languages().items()
+            f"{ENGINE_NAME}/{language}": identifier for language, identifier in languages.items()
         }
         self._voices = {
             name: VoiceInfo(
@@ -183,21 +228,39 @@ class EspeakEngine(SpeechEngine):
     def voices(self) -> Sequence[VoiceInfo]:
         return list(self._voices.values())
 
-    def synthesize(
+    @property
+    def worker_pids(self) -> list[int | None]:
+        """The process id of each worker; None for one not running."""
+        return [worker.pid for worker in self._workers]
+
+    async def synthesize(
         self, voice: VoiceInfo, text: str, options: SynthesisOptions
     ) -> AsyncIterator[bytes]:
         words_per_minute = round(NORMAL_WORDS_PER_MINUTE * options.speed)
         words_per_minute = max(MIN_WORDS_PER_MINUTE, min(MAX_WORDS_PER_MINUTE, words_per_minute))
+        worker = min(self._workers, key=lambda w: w.outstanding)
+        if not worker.running:
+            await asyncio.to_thread(self._restart, worker)
+        job = _Job(next(self._job_numbers), asyncio.get_running_loop())
+        worker.submit(job, self._identifiers[voice.name], text, words_per_minute)
+        try:
+            while (item := await job.queue.get()) is not None:
+                if isinstance(item, EngineError):
+                    raise item
+                yield item
+            job.over = True
+        finally:
+            if not job.over:
+                worker.stop(job)
 
-        def run(emit: Emit, stop: threading.Event) -> None:
-            self._library.synthesize(
-                voice.voice_id, self._identifiers[voice.name], text, words_per_minute, emit, stop
-            )
-
-        return stream_from_thread(self._executor, run, describe=f"espeak voice {voice.name}")
+    def _restart(self, worker: _Worker) -> None:
+        with self._restart_lock:
+            if not worker.running:
+                worker.close()
+                worker.start()
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.gather(*(asyncio.to_thread(w.close) for w in self._workers))
 
 
 def _bcp47(language: str) -> str:

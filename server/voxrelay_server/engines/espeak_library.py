@@ -1,0 +1,168 @@
+"""The ctypes binding of espeak-ng's shared library, as shipped by `espeakng-loader`.
+
+espeak-ng keeps global state (the current voice, parameters and the synthesis
+callback), so one `EspeakLibrary` serves one thread. The server runs it in
+worker processes (`espeak_worker`), never in its own process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from pathlib import Path
+
+import espeakng_loader
+
+from voxrelay_server.errors import EngineError, ErrorCode
+
+# Constants of speak_lib.h.
+_AUDIO_OUTPUT_SYNCHRONOUS = 0x02
+_POS_CHARACTER = 1
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_RATE = 1
+_EE_OK = 0
+BUFFER_MS = 500
+"""Audio per callback: fewer, larger callbacks synthesize faster (espeak-ng makes
+500 ms in about a millisecond), and each one is a message to the server."""
+
+OnAudio = Callable[[bytes], bool]
+"""Receives each chunk of int16 PCM; returns False to stop the synthesis."""
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+class _EspeakVoice(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_char_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+class EspeakLibrary:
+    """One initialised espeak-ng, used from one thread."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
+        self._data_path = Path(espeakng_loader.get_data_path())
+        sample_rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, str(self._data_path).encode(), 0
+        )
+        if sample_rate <= 0:
+            raise EngineError(ErrorCode.FAILED_PRECONDITION, "espeak-ng failed to initialise")
+        self.sample_rate_hz: int = sample_rate
+        self._lib = lib
+        self._on_audio: OnAudio | None = None
+        self._voice: str | None = None
+        self._words_per_minute: int | None = None
+        # Kept referenced for the library's lifetime: espeak-ng calls it from C.
+        self._callback = _SynthCallback(self._audio_callback)
+        lib.espeak_SetSynthCallback(self._callback)
+
+    def languages(self) -> dict[str, str]:
+        """The language of every installed voice, as espeak-ng names it, to its identifier.
+
+        The identifier (the voice file, e.g. `roa/fr` for `fr-fr`) is what selects the
+        voice: `espeak_SetVoiceByName` does not know every language name.
+        """
+        voices = self._lib.espeak_ListVoices(None)
+        found: dict[str, str] = {}
+        index = 0
+        while voices[index]:
+            # `languages` is a list of (priority byte, name, NUL); the first is the main one.
+            language = ctypes.string_at(voices[index].contents.languages)[1:].decode()
+            identifier = voices[index].contents.identifier.decode()
+            if self._has_dictionary(language, identifier):
+                found.setdefault(language, identifier)
+            index += 1
+        return found
+
+    def _has_dictionary(self, language: str, identifier: str) -> bool:
+        """Whether the voice's pronunciation dictionary is installed.
+
+        Some packaged voice files name a dictionary the data does not ship; those
+        voices would speak near-silence, so they are not offered.
+        """
+        dictionary = language.split("-")[0]
+        voice_file = self._data_path / "lang" / identifier
+        if voice_file.is_file():
+            for line in voice_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                words = line.split()
+                if len(words) >= 2 and words[0] == "dictionary":
+                    dictionary = words[1]
+        return (self._data_path / f"{dictionary}_dict").is_file()
+
+    def synthesize(
+        self, identifier: str, text: str, words_per_minute: int, on_audio: OnAudio
+    ) -> bool:
+        """Speak `text` with the voice file `identifier`, chunk by chunk to `on_audio`.
+
+        Returns False when `on_audio` stopped it. Raises `EngineError` when the
+        voice cannot be selected or the synthesis fails.
+        """
+        if identifier != self._voice:
+            # Loading a voice reads its files and dictionary: a tenth of the time of
+            # a sentence, so it happens only when the voice changes.
+            self._voice = self._words_per_minute = None
+            if self._lib.espeak_SetVoiceByName(identifier.encode()) != _EE_OK:
+                raise EngineError(
+                    ErrorCode.INVALID_ARGUMENT, f"espeak-ng has no voice {identifier}"
+                )
+            self._voice = identifier
+        if words_per_minute != self._words_per_minute:
+            self._lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
+            self._words_per_minute = words_per_minute
+        encoded = text.encode("utf-8") + b"\0"
+        stopped = False
+
+        def deliver(pcm: bytes) -> bool:
+            nonlocal stopped
+            stopped = stopped or not on_audio(pcm)
+            return not stopped
+
+        self._on_audio = deliver
+        try:
+            status = self._lib.espeak_Synth(
+                encoded, len(encoded), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
+            )
+        finally:
+            self._on_audio = None
+        if stopped:
+            return False
+        if status != _EE_OK:
+            raise EngineError(ErrorCode.INTERNAL, f"espeak-ng synthesis failed (status {status})")
+        return True
+
+    def _audio_callback(
+        self, samples: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None
+    ) -> int:
+        on_audio = self._on_audio
+        if on_audio is None:
+            return 1  # nobody listens: abort
+        if count > 0 and not on_audio(ctypes.string_at(samples, count * 2)):
+            return 1  # tells espeak-ng to abort this synthesis
+        return 0
