@@ -57,7 +57,7 @@ Response = speech_pb2.StreamResponse
 Call = grpc.aio.StreamStreamCall[Request, Response]
 
 LATENCIES_MS = (0, 50, 200)
-TURNS_FULL = {0: 200, 50: 130, 200: 35}
+TURNS_FULL = {0: 200, 50: 130, 200: 80}
 """Measured turns per latency in full mode (at L=200 ms a turn of all three sides takes 0.6 s)."""
 TURNS_QUICK = {0: 30, 50: 16, 200: 8}
 WARMUP_TURNS = 2

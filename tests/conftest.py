@@ -21,7 +21,7 @@ from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 from voxrelay_server.engines.tone import ToneEngine
-from voxrelay_server.service import SpeechService
+from voxrelay_server.service import ObserverFactory, SpeechService
 from voxrelay_server.voices import VoiceCatalog
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ async def start_server() -> AsyncIterator[StartServer]:
         unconfigured: dict[str, str] | None = None,
         max_sessions: int = 256,
         limits: SessionLimits | None = None,
+        observer_factory: ObserverFactory | None = None,
         **tone_settings: float,
     ) -> RunningServer:
         tone = ToneEngine(**tone_settings)  # type: ignore[arg-type]
@@ -80,6 +81,7 @@ async def start_server() -> AsyncIterator[StartServer]:
             default_max_inflight_segments=max_inflight_segments,
             max_sessions=max_sessions,
             limits=limits,
+            observer_factory=observer_factory,
         )
         server, port = create_server(service, ServerSettings(listen="127.0.0.1:0"))
         await server.start()

@@ -24,6 +24,7 @@ from tests.conftest import (
 )
 from voxrelay.v1 import speech_pb2
 from voxrelay_server.dispatcher import SessionLimits
+from voxrelay_server.observer import SessionObserver
 
 
 async def first_audio_after(server: RunningServer, requests: list[Request]) -> float:
@@ -42,13 +43,27 @@ async def first_audio_after(server: RunningServer, requests: list[Request]) -> f
 
 async def test_a_long_session_does_not_starve_short_ones(start_server: StartServer) -> None:
     latency_s, slots, novel_segments, novel_lookahead = 0.1, 2, 40, 32
-    server = await start_server(first_audio_ms=latency_s * 1000, ms_per_char=1, concurrency=slots)
+    novel_released = asyncio.Event()
+
+    class NovelReleased(SessionObserver):
+        def segment_released(self, turn: int, segment: int, text: str) -> None:
+            if segment == novel_segments:  # the short sessions have one segment each
+                novel_released.set()
+
+    server = await start_server(
+        first_audio_ms=latency_s * 1000,
+        ms_per_char=1,
+        concurrency=slots,
+        observer_factory=lambda _id, _settings: NovelReleased(),
+    )
     async with grpc.aio.insecure_channel(server.target) as channel:
         novel = server.stub(channel).Stream()
         await novel.write(config(min_sentence_chars=1, max_inflight_segments=novel_lookahead))
         for index in range(novel_segments):
             await novel.write(text(f"Chapter sentence number {index}. "))
-        await read_one(novel)  # TURN_STARTED: the novel's segments are all queued by now
+        # Set as the last segment is released; the segments started before it have
+        # taken a slot or queued for one by the time this wakes.
+        await novel_released.wait()
         queued_ahead = server.service.schedulers["tone"].queued
         assert queued_ahead >= novel_lookahead // 2
 

@@ -495,7 +495,8 @@ class SessionDispatcher:
         error: SpeechError | None = None
         started = False
         try:
-            await self._wait_for_audio_room(job)
+            if self._buffered_audio_bytes >= self._limits.audio_buffer_bytes:
+                await self._wait_for_audio_room(job)
             async with self._synthesis_slot():
                 started = True
                 self._observer.segment_started(job.turn.number, job.number)
@@ -503,11 +504,15 @@ class SessionDispatcher:
                 async for chunk in self._synthesize(job.text):
                     if not chunk:
                         continue
+                    self._buffered_audio_bytes += len(chunk)
+                    job.audio.put(chunk)
                     if first:
                         first = False
                         self._observer.segment_engine_first_audio(job.turn.number, job.number)
-                    self._buffered_audio_bytes += len(chunk)
-                    job.audio.put(chunk)
+                        if job is self._delivering:
+                            # The merger waits for exactly this: let it send the first audio
+                            # now, not once the engine next pauses (it may not for a while).
+                            await asyncio.sleep(0)
         except asyncio.CancelledError:
             if started:
                 self._observer.segment_synthesized(

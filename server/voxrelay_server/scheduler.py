@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 
 class FairScheduler:
@@ -35,19 +34,11 @@ class FairScheduler:
         """Segments waiting for a slot, over all sessions."""
         return sum(len(waiters) for waiters in self._waiting.values())
 
-    @asynccontextmanager
-    async def slot(self, session: object) -> AsyncIterator[None]:
+    def slot(self, session: object) -> AbstractAsyncContextManager[None]:
         """Hold one slot for `session` for the duration of the block."""
-        await self._acquire(session)
-        try:
-            yield
-        finally:
-            self._release()
+        return _Slot(self, session)
 
     async def _acquire(self, session: object) -> None:
-        if self._free and not self._waiting:
-            self._free -= 1
-            return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(session, collections.deque()).append(granted)
         try:
@@ -58,6 +49,13 @@ class FairScheduler:
             else:
                 self._forget(session, granted)
             raise
+
+    def _try_acquire(self) -> bool:
+        """Take a free slot if nobody waits for one."""
+        if self._free and not self._waiting:
+            self._free -= 1
+            return True
+        return False
 
     def _release(self) -> None:
         while self._waiting:
@@ -78,3 +76,21 @@ class FairScheduler:
         waiters.remove(granted)
         if not waiters:
             del self._waiting[session]
+
+
+class _Slot(AbstractAsyncContextManager[None]):
+    """One slot held for a block. A class, not a generator: a segment's start is on
+    the path to its first audio, and a free slot is then taken without any await."""
+
+    __slots__ = ("_scheduler", "_session")
+
+    def __init__(self, scheduler: FairScheduler, session: object) -> None:
+        self._scheduler = scheduler
+        self._session = session
+
+    async def __aenter__(self) -> None:
+        if not self._scheduler._try_acquire():
+            await self._scheduler._acquire(self._session)
+
+    async def __aexit__(self, *_: object) -> None:
+        self._scheduler._release()
