@@ -6,10 +6,11 @@ For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one ru
   used fully. *Direct*: the engine object called in this process, with as many
   synthesis lanes as its worker pool runs at once (`engine.max_concurrency`:
   piper's `workers`, one onnxruntime thread each, default one per core; espeak
-  one), each lane synthesizing one sentence per `synthesize()` call, as the
-  server's segments do, from a shared queue of the same texts. *Through voxrelay*:
-  a `voxrelay serve` process on loopback; the same texts, one session each, all
-  opened at once from this process, their audio read as fast as it arrives.
+  two: one speaking and one queued at its one worker process), each lane
+  synthesizing one sentence per `synthesize()` call, as the server's segments do,
+  from a shared queue of the same texts. *Through voxrelay*: a `voxrelay serve`
+  process on loopback; the same texts, one session each, all opened at once from
+  this process, their audio read as fast as it arrives.
 - **First audio and real-time factor** of one text on an idle server: direct is
   one `synthesize()` call on the whole text; through voxrelay is one session
   sending it in one message (the server splits it and runs its sentences in parallel).
@@ -106,7 +107,7 @@ class Config:
 
 
 FULL = Config(
-    SENTENCES, repeats=5, throughput_work_s=0.8, session_sentences=3, max_trials=5, resolution=0.1
+    SENTENCES, repeats=5, throughput_work_s=2.5, session_sentences=3, max_trials=5, resolution=0.1
 )
 QUICK = Config(
     SHORT_SENTENCES,
@@ -492,10 +493,12 @@ async def search_sessions(
     while len(trials) < config.max_trials:
         result = await trial(count)
         trials.append(result)
+        errors = [listener.error for listener in result.listeners if listener.error]
         print(
             f"   {count} sessions: {'ok' if result.ok else 'UNDERRUN'}, worst slack "
             f"{result.worst_slack_s * 1000:.0f} ms, {result.wall_s:.1f} s, other processes "
-            f"{result.cpu.other:.1f} cores",
+            f"{result.cpu.other:.1f} cores"
+            + (f", {len(errors)} failed, the first: {errors[0]}" if errors else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -782,8 +785,9 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
     )
     notes += [
         f"Direct throughput: `engine.max_concurrency` lanes (piper: `workers` = {cores}, the "
-        "server default of one per core, one onnxruntime thread each; espeak: 1, its one "
-        "thread) take sentences from one queue, one `synthesize()` call per sentence.",
+        "server default of one per core, one onnxruntime thread each; espeak: 2, one speaking "
+        "and one queued at its one worker process, as in the server) take sentences from one "
+        "queue, one `synthesize()` call per sentence.",
         f"Through voxrelay: a `voxrelay serve --engines piper,espeak` process (default "
         f"`--workers`, `--max-inflight-segments`); the same texts of "
         f"{config.session_sentences} sentences, one session each, all opened at once from "
@@ -805,7 +809,9 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
     return Section(
         title="Real voices: throughput, first audio and real-time sessions",
         method=(
-            f"piper and espeak called directly in-process (the ceiling) against the same work "
+            f"piper and espeak called directly through their engine objects in the benchmark "
+            "process (the ceiling; espeak-ng itself runs in the engine's worker process "
+            "either way) against the same work "
             f"through a voxrelay server process on loopback, {config.repeats} interleaved "
             "repeats (median ± spread); then the most concurrent real-time listeners without "
             "a single underrun, searched by doubling and bisecting."

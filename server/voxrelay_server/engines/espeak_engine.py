@@ -60,6 +60,8 @@ class _Worker:
         self._process: subprocess.Popen[bytes] | None = None
         self._jobs: dict[int, _Job] = {}
         self._lock = threading.Lock()  # `_jobs` is shared with the reader thread
+        self._reading = False
+        """The reader thread runs: jobs submitted now will get their frames or an error."""
         self.ready: dict[str, Any] = {}
 
     @property
@@ -95,6 +97,7 @@ class _Worker:
             )
         self.ready = json.loads(payload)
         self._process = process
+        self._reading = True
         threading.Thread(
             target=self._read_frames,
             args=(process,),
@@ -112,7 +115,12 @@ class _Worker:
             "wpm": words_per_minute,
         }
         with self._lock:
-            self._jobs[job.number] = job
+            reading = self._reading
+            if reading:
+                self._jobs[job.number] = job
+        if not reading:  # the process died after the caller checked: nobody would answer
+            job.put(_worker_exited(self._process))
+            return
         self._send(request)
 
     def stop(self, job: _Job) -> None:
@@ -167,16 +175,20 @@ class _Worker:
             elif kind == FAILED:
                 failure = json.loads(payload)
                 job.put(EngineError(ErrorCode(failure["code"]), failure["message"]))
-        code = process.wait()
+        process.wait()
         with self._lock:
+            self._reading = False
             orphans, self._jobs = list(self._jobs.values()), {}
         for job in orphans:
-            job.put(
-                EngineError(
-                    ErrorCode.UNAVAILABLE,
-                    f"the espeak-ng worker process exited (code {code}) during synthesis",
-                )
-            )
+            job.put(_worker_exited(process))
+
+
+def _worker_exited(process: subprocess.Popen[bytes] | None) -> EngineError:
+    code = process.poll() if process is not None else None
+    return EngineError(
+        ErrorCode.UNAVAILABLE,
+        f"the espeak-ng worker process exited (code {code}) during synthesis",
+    )
 
 
 def _read_frame(stream: IO[bytes]) -> tuple[bytes, int, bytes]:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import struct
 import sys
 from typing import Any, BinaryIO
@@ -130,6 +131,9 @@ def serve(requests_fd: int, out: BinaryIO) -> None:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group: the server shuts down gracefully and
+    # still needs this worker meanwhile; it ends the worker by closing its input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Frames go to the real stdout; anything the C library prints goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 16)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
