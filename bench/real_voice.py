@@ -154,8 +154,10 @@ class CpuMeter:
     def _sample(self) -> tuple[float, float, float, float]:
         machine = psutil.cpu_times()
         busy = float(sum(machine)) - float(machine.idle) - float(getattr(machine, "iowait", 0.0))
-        server = cpu_seconds(self._server) if self._server is not None else 0.0
-        return time.perf_counter(), busy, server, cpu_seconds(self._client)
+        # Each side with its worker processes (espeak's); the server is itself a child
+        # of this (the client) process, so it is taken out of the client's tree.
+        server = tree_cpu_seconds(self._server) if self._server is not None else 0.0
+        return time.perf_counter(), busy, server, tree_cpu_seconds(self._client) - server
 
     def stop(self) -> Cpu:
         """Cores used since the meter was created."""
@@ -168,6 +170,15 @@ def cpu_seconds(process: psutil.Process) -> float:
     """User + system CPU time of `process` so far."""
     times = process.cpu_times()
     return float(times.user + times.system)
+
+
+def tree_cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of `process` and its live descendants so far."""
+    total = cpu_seconds(process)
+    for child in process.children(recursive=True):
+        with suppress(psutil.NoSuchProcess):
+            total += cpu_seconds(child)
+    return total
 
 
 @dataclass
