@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -42,26 +43,25 @@ class _Job:
     """One segment given to a worker: its audio arrives on `queue`, then None or an error."""
 
     number: int
-    loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[bytes | EngineError | None] = field(default_factory=asyncio.Queue)
     over: bool = False
 
-    def put(self, item: bytes | EngineError | None) -> None:
-        """From the reader thread: hand `item` to the job's consumer on its loop."""
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
 
 class _Worker:
-    """One worker process, its jobs, and the thread that reads its frames."""
+    """One worker process and its jobs; its frames are read on the event loop.
+
+    Reading on the loop (`add_reader`) rather than in a thread of its own: no
+    thread hand-off and no GIL wait per chunk, and frames that arrived together
+    are handled in one go.
+    """
 
     def __init__(self, index: int) -> None:
         self.index = index
         self._process: subprocess.Popen[bytes] | None = None
         self._jobs: dict[int, _Job] = {}
-        self._lock = threading.Lock()  # `_jobs` is shared with the reader thread
-        self._reading = False
-        """The reader thread runs: jobs submitted now will get their frames or an error."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop reading the worker's output; None until a job is submitted."""
+        self._buffer = bytearray()
         self.ready: dict[str, Any] = {}
 
     @property
@@ -77,7 +77,7 @@ class _Worker:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start the process and wait until espeak-ng is loaded in it."""
+        """Start the process and wait until espeak-ng is loaded in it (blocking)."""
         process = subprocess.Popen(
             [sys.executable, "-m", "voxrelay_server.engines.espeak_worker"],
             stdin=subprocess.PIPE,
@@ -87,50 +87,58 @@ class _Worker:
         for pipe in (process.stdin, process.stdout):
             with contextlib.suppress(OSError, AttributeError):  # Linux only; a speed-up
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        kind, _, payload = _read_frame(process.stdout)
-        if kind != READY:
+        ready = _read_ready_frame(process.stdout)
+        if ready is None:
             process.kill()
             raise EngineError(
                 ErrorCode.FAILED_PRECONDITION,
                 f"the espeak-ng worker did not start (exit code {process.wait()}); "
                 "its error is in the server's log",
             )
-        self.ready = json.loads(payload)
+        self.ready = ready
+        self._buffer.clear()
         self._process = process
-        self._reading = True
-        threading.Thread(
-            target=self._read_frames,
-            args=(process,),
-            name=f"espeak-reader-{self.index}",
-            daemon=True,
-        ).start()
 
     def submit(self, job: _Job, identifier: str, text: str, words_per_minute: int) -> None:
-        """Queue `job` at the worker; its frames go to `job` from now on."""
-        request = {
-            "op": "speak",
-            "job": job.number,
-            "voice": identifier,
-            "text": text,
-            "wpm": words_per_minute,
-        }
-        with self._lock:
-            reading = self._reading
-            if reading:
-                self._jobs[job.number] = job
-        if not reading:  # the process died after the caller checked: nobody would answer
-            job.put(_worker_exited(self._process))
+        """Queue `job` at the worker; its frames go to `job` from now on (on this loop)."""
+        process = self._process
+        if process is None or process.stdout is None or not self.running:
+            job.queue.put_nowait(_worker_exited(process))
             return
-        self._send(request)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.detach()
+            os.set_blocking(process.stdout.fileno(), False)
+            loop.add_reader(process.stdout.fileno(), self._on_readable, process)
+            self._loop = loop
+        self._jobs[job.number] = job
+        self._send(
+            {
+                "op": "speak",
+                "job": job.number,
+                "voice": identifier,
+                "text": text,
+                "wpm": words_per_minute,
+            }
+        )
 
     def stop(self, job: _Job) -> None:
         """Ask the worker to stop `job`; its audio is dropped from now on."""
-        with self._lock:
-            self._jobs.pop(job.number, None)
-        self._send({"op": "stop", "job": job.number})
+        if self._jobs.pop(job.number, None) is not None:
+            self._send({"op": "stop", "job": job.number})
+
+    def detach(self) -> None:
+        """Stop reading the worker's output on the loop (call it on that loop)."""
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed() and self._process is not None:
+            assert self._process.stdout is not None
+            loop.remove_reader(self._process.stdout.fileno())
 
     def close(self) -> None:
-        """End the process: it exits when its input closes; killed if it does not."""
+        """End the process: it exits when its input closes; killed if it does not.
+
+        Blocking; `detach()` first, on the loop.
+        """
         process, self._process = self._process, None
         if process is None:
             return
@@ -153,34 +161,55 @@ class _Worker:
             process.stdin.write(json.dumps(request).encode() + b"\n")
             process.stdin.flush()
         except OSError:
-            pass  # the worker died: the reader thread fails its jobs
+            pass  # the worker died: reading its output ends and fails its jobs
 
-    def _read_frames(self, process: subprocess.Popen[bytes]) -> None:
+    def _on_readable(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
-        while True:
-            try:
-                kind, number, payload = _read_frame(process.stdout)
-            except (EOFError, OSError, ValueError):
-                break
-            with self._lock:
-                job = self._jobs.get(number)
-                if job is not None and kind in (DONE, FAILED):
-                    del self._jobs[number]
-            if job is None:
-                continue  # stopped: its last frames are dropped
-            if kind == AUDIO:
-                job.put(payload)
-            elif kind == DONE:
-                job.put(None)
-            elif kind == FAILED:
-                failure = json.loads(payload)
-                job.put(EngineError(ErrorCode(failure["code"]), failure["message"]))
-        process.wait()
-        with self._lock:
-            self._reading = False
-            orphans, self._jobs = list(self._jobs.values()), {}
+        try:
+            data = os.read(process.stdout.fileno(), _PIPE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._on_exit(process)
+            return
+        buffer = self._buffer
+        buffer += data
+        offset, size = 0, len(buffer)
+        with memoryview(buffer) as view:
+            while size - offset >= FRAME_HEADER.size:
+                kind, number, length = FRAME_HEADER.unpack_from(view, offset)
+                end = offset + FRAME_HEADER.size + length
+                if end > size:
+                    break
+                self._dispatch(kind, number, bytes(view[offset + FRAME_HEADER.size : end]))
+                offset = end
+        del buffer[:offset]
+
+    def _dispatch(self, kind: bytes, number: int, payload: bytes) -> None:
+        job = self._jobs.get(number)
+        if job is None:
+            return  # stopped: its last frames are dropped
+        if kind == AUDIO:
+            job.queue.put_nowait(payload)
+            return
+        del self._jobs[number]
+        if kind == DONE:
+            job.queue.put_nowait(None)
+        elif kind == FAILED:
+            failure = json.loads(payload)
+            job.queue.put_nowait(EngineError(ErrorCode(failure["code"]), failure["message"]))
+        else:
+            message = f"the espeak-ng worker sent an unknown frame {kind!r}"
+            job.queue.put_nowait(EngineError(ErrorCode.INTERNAL, message))
+
+    def _on_exit(self, process: subprocess.Popen[bytes]) -> None:
+        """The worker closed its output: it is gone, and so are its jobs."""
+        self.detach()
+        orphans, self._jobs = list(self._jobs.values()), {}
         for job in orphans:
-            job.put(_worker_exited(process))
+            job.queue.put_nowait(_worker_exited(process))
 
 
 def _worker_exited(process: subprocess.Popen[bytes] | None) -> EngineError:
@@ -191,15 +220,17 @@ def _worker_exited(process: subprocess.Popen[bytes] | None) -> EngineError:
     )
 
 
-def _read_frame(stream: IO[bytes]) -> tuple[bytes, int, bytes]:
+def _read_ready_frame(stream: IO[bytes]) -> dict[str, Any] | None:
+    """The worker's first frame, READY, read blocking; None if it ended instead."""
     header = stream.read(FRAME_HEADER.size)
     if len(header) < FRAME_HEADER.size:
-        raise EOFError("the espeak-ng worker closed its output")
-    kind, number, length = FRAME_HEADER.unpack(header)
-    payload = stream.read(length) if length else b""
-    if len(payload) < length:
-        raise EOFError("the espeak-ng worker closed its output mid-frame")
-    return kind, number, payload
+        return None
+    kind, _, length = FRAME_HEADER.unpack(header)
+    payload = stream.read(length)
+    if kind != READY or len(payload) < length:
+        return None
+    ready: dict[str, Any] = json.loads(payload)
+    return ready
 
 
 class EspeakEngine(SpeechEngine):
@@ -252,8 +283,9 @@ class EspeakEngine(SpeechEngine):
         words_per_minute = max(MIN_WORDS_PER_MINUTE, min(MAX_WORDS_PER_MINUTE, words_per_minute))
         worker = min(self._workers, key=lambda w: w.outstanding)
         if not worker.running:
+            worker.detach()
             await asyncio.to_thread(self._restart, worker)
-        job = _Job(next(self._job_numbers), asyncio.get_running_loop())
+        job = _Job(next(self._job_numbers))
         worker.submit(job, self._identifiers[voice.name], text, words_per_minute)
         try:
             while (item := await job.queue.get()) is not None:
@@ -272,6 +304,8 @@ class EspeakEngine(SpeechEngine):
                 worker.start()
 
     async def aclose(self) -> None:
+        for worker in self._workers:
+            worker.detach()
         await asyncio.gather(*(asyncio.to_thread(w.close) for w in self._workers))
 
 
