@@ -21,9 +21,11 @@ _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
 _EE_OK = 0
-BUFFER_MS = 500
-"""Audio per callback: fewer, larger callbacks synthesize faster (espeak-ng makes
-500 ms in about a millisecond), and each one is a message to the server."""
+BUFFER_MS = 2000
+"""Audio per callback, and so per message to the caller. espeak-ng makes 2 s of
+speech in about 2 ms, so larger chunks cost little first-audio time (0.9 ms at
+500 ms, 2.2 ms at 2 s) and save much delivery: the server and client CPU per second
+of espeak audio fell from 1.22 ms to 0.72 ms (see bench/optimisations.md)."""
 
 OnAudio = Callable[[bytes], bool]
 """Receives each chunk of int16 PCM; returns False to stop the synthesis."""
