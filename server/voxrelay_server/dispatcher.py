@@ -495,7 +495,7 @@ class SessionDispatcher:
         error: SpeechError | None = None
         started = False
         try:
-            if self._buffered_audio_bytes >= self._limits.audio_buffer_bytes:
+            if self._audio_buffer_full:  # checked here too: most segments need not wait
                 await self._wait_for_audio_room(job)
             async with self._synthesis_slot():
                 started = True
@@ -535,13 +535,14 @@ class SessionDispatcher:
 
         The head job never waits: the merger needs it to make progress at all.
         """
-        while (
-            self._buffered_audio_bytes >= self._limits.audio_buffer_bytes
-            and job is not self._head_job()
-        ):
+        while self._audio_buffer_full and job is not self._head_job():
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._audio_waiters.append(waiter)
             await waiter
+
+    @property
+    def _audio_buffer_full(self) -> bool:
+        return self._buffered_audio_bytes >= self._limits.audio_buffer_bytes
 
     def _wake_audio_waiters(self) -> None:
         waiters, self._audio_waiters = self._audio_waiters, []
