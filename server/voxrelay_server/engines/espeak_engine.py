@@ -172,7 +172,7 @@ class _Worker:
         except OSError:
             data = b""
         if not data:
-            self._on_exit(process)
+            self.abandon()
             return
         buffer = self._buffer
         buffer += data
@@ -204,12 +204,12 @@ class _Worker:
             message = f"the espeak-ng worker sent an unknown frame {kind!r}"
             job.queue.put_nowait(EngineError(ErrorCode.INTERNAL, message))
 
-    def _on_exit(self, process: subprocess.Popen[bytes]) -> None:
-        """The worker closed its output: it is gone, and so are its jobs."""
+    def abandon(self) -> None:
+        """The worker is gone (its output closed, or it exited): fail the jobs it held."""
         self.detach()
         orphans, self._jobs = list(self._jobs.values()), {}
         for job in orphans:
-            job.queue.put_nowait(_worker_exited(process))
+            job.queue.put_nowait(_worker_exited(self._process))
 
 
 def _worker_exited(process: subprocess.Popen[bytes] | None) -> EngineError:
@@ -283,7 +283,7 @@ class EspeakEngine(SpeechEngine):
         words_per_minute = max(MIN_WORDS_PER_MINUTE, min(MAX_WORDS_PER_MINUTE, words_per_minute))
         worker = min(self._workers, key=lambda w: w.outstanding)
         if not worker.running:
-            worker.detach()
+            worker.abandon()  # its output may not have reported the end yet
             await asyncio.to_thread(self._restart, worker)
         job = _Job(next(self._job_numbers))
         worker.submit(job, self._identifiers[voice.name], text, words_per_minute)
