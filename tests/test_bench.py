@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,37 @@ def test_bench_quick_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert plots, "no plot was written"
     for name in plots:
         assert (tmp_path / "plots" / name).stat().st_size > 10_000  # a real picture
+
+
+def run_module(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_the_pipeline_figure_is_measured() -> None:
+    result = run_module("bench.pipeline", "--sessions", "5", "--batches", "2", "--repeats", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"pipeline CPU per message: median ([\d.]+) µs", result.stdout)
+    assert match is not None, result.stdout
+    assert 0.0 < float(match.group(1)) < 1000.0
+
+
+def test_compare_measures_a_base_revision_against_this_tree() -> None:
+    result = run_module(
+        "bench.compare", "--base", "HEAD", "--sessions", "1", "--repeats", "1", "--window", "0.2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    for name in ("base", "this tree", "bare grpcio"):
+        assert re.search(rf"{name} [\d,]+ msgs/s \([\d.]+ µs/msg\)", line), line
+    assert re.search(r"this tree / bare: rate [\d.]+", line), line
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "voxrelay-base-" not in worktrees.stdout  # removed again

@@ -72,9 +72,10 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
     )
 
 
-def _response(
+def response_for(
     event: SessionEvent, encoding: speech_pb2.AudioEncoding.ValueType, sample_rate_hz: int
 ) -> speech_pb2.StreamResponse:
+    """The `StreamResponse` that carries a session event (audio in `encoding` at that rate)."""
     if isinstance(event, AudioOut):
         # Fields set on the response's own AudioChunk: building a separate AudioChunk
         # and passing it in copies it, which more than doubles the cost per message.
@@ -205,7 +206,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         sample_rate_hz = session.output.sample_rate_hz
         try:
             async for event in session.events():
-                yield _response(event, encoding, sample_rate_hz)
+                yield response_for(event, encoding, sample_rate_hz)
                 if type(event) is SegmentFailed:
                     _LOG.warning(
                         "turn %d segment %d failed: %s", event.turn, event.segment, event.error
