@@ -33,9 +33,8 @@ MAX_WORDS_PER_MINUTE = 450
 QUEUED_PER_WORKER = 1
 """Segments waiting at each worker behind the one it speaks."""
 _PIPE_BYTES = 1 << 20
-"""Pipe buffers of a worker: a segment's text always fits, and audio never waits on the
-server's reader thread."""
-_START_TIMEOUT_S = 30.0
+"""Pipe buffers of a worker: a segment's text always fits, and the worker's audio does
+not wait while the server's event loop is busy."""
 
 
 @dataclass(eq=False)
@@ -55,8 +54,7 @@ class _Worker:
     are handled in one go.
     """
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._jobs: dict[int, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -241,7 +239,7 @@ class EspeakEngine(SpeechEngine):
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"espeak needs at least one worker process, not {workers}")
-        self._workers = [_Worker(index) for index in range(workers)]
+        self._workers = [_Worker() for _ in range(workers)]
         self._job_numbers = itertools.count(1)
         self._restart_lock = threading.Lock()
         try:
