@@ -55,16 +55,9 @@ def start_revision(tree: Path | None) -> ServerProcess:
     """`voxrelay serve` from `tree` (None: this working tree), as the messages section runs it."""
     if tree is None:
         return start_server_process(VOXRELAY_ARGS)
+    # On PYTHONPATH, the base's packages come before the editable install of this tree.
     path = os.pathsep.join([str(tree / "server"), str(tree / "client")])
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = path  # ahead of the editable install of this tree
-    try:
-        return start_server_process(VOXRELAY_ARGS)
-    finally:
-        if previous is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = previous
+    return start_server_process(VOXRELAY_ARGS, extra_env={"PYTHONPATH": path})
 
 
 async def compare(

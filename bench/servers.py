@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +74,17 @@ class ServerProcess:
         return self.process.pid
 
 
-def start_server_process(arguments: Sequence[str], timeout_s: float = 60.0) -> ServerProcess:
-    """`voxrelay serve` as its own process (so its CPU and memory can be measured alone)."""
+def start_server_process(
+    arguments: Sequence[str], timeout_s: float = 60.0, extra_env: Mapping[str, str] | None = None
+) -> ServerProcess:
+    """`voxrelay serve` as its own process (so its CPU and memory can be measured alone).
+
+    `extra_env` adds to (or overrides) this process's environment for the server.
+    """
     port = free_port()
     binary = Path(sys.executable).parent / "voxrelay"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXRELAY_")}
+    env.update(extra_env or {})
     process = subprocess.Popen(
         [
             str(binary),
