@@ -281,3 +281,41 @@ def test_serve_listens_where_voxrelay_listen_says(tmp_path: Path) -> None:
         assert DEFAULT_VOICE in result.stdout
 
     assert f"listening on {target} " in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--engines", "espeak", "--default-voice", "piper/en_US-joe-medium"],
+            "needs the piper engine, which --engines espeak leaves out",
+        ),
+        (["--engines", "espeak,banana"], "unknown engine 'banana'; choose from piper"),
+        (
+            ["--engines", "espeak", "--default-voice", "espeak/zz-nowhere"],
+            "espeak voices include espeak/",
+        ),
+    ],
+)
+def test_serve_with_voices_it_cannot_set_up_says_what_to_change(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = voxrelay("serve", "--listen", f"127.0.0.1:{free_port()}", *args, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert "voxrelay: error:" in result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_one_engine_defaults_to_its_standard_voice(tmp_path: Path) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+
+    with serving(["--listen", target, "--engines", "espeak"], target, log, user_env()) as running:
+        result = voxrelay("voices", "--server", running.target, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()[1:]
+    assert rows[0].split()[0] == "espeak/en-us" and rows[0].split()[-1] == "(default)"
+    assert all(row.startswith("espeak/") for row in rows)

@@ -63,3 +63,24 @@ def test_counts_below_their_minimum_are_refused_with_the_flag_named() -> None:
     with pytest.raises(ValueError, match=r"--idle-timeout .* at least 0, not -1"):
         config.from_env({"VOXRELAY_IDLE_TIMEOUT": "-1"})
     assert config.ServerSettings(idle_timeout_s=0).idle_timeout_s == 0
+
+
+def test_the_default_voice_is_the_first_loaded_engines_standard_voice() -> None:
+    assert config.ServerSettings().default_voice == "piper/en_US-joe-medium"
+    assert config.ServerSettings(engines=("tone", "espeak")).default_voice == "espeak/en-us"
+    assert config.ServerSettings(engines=("tone",)).default_voice == "tone/square"
+    settings = config.from_env(
+        {"VOXRELAY_ENGINES": "espeak,tone", "VOXRELAY_DEFAULT_VOICE": "tone/square"}
+    )
+    assert settings.default_voice == "tone/square"
+
+
+def test_engines_that_cannot_serve_the_default_voice_are_refused_with_a_fix() -> None:
+    with pytest.raises(
+        ValueError, match=r"'piper/en_US-joe-medium' needs the piper engine.* e\.g\. espeak/en-us"
+    ):
+        config.ServerSettings(engines=("espeak",), default_voice="piper/en_US-joe-medium")
+    with pytest.raises(ValueError, match=r"unknown engine 'banana'"):
+        config.ServerSettings(engines=("tone", "banana"))
+    with pytest.raises(ValueError, match=r"names no engine"):
+        config.from_env({"VOXRELAY_ENGINES": ""})

@@ -98,6 +98,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _serve(args: argparse.Namespace) -> int:
     from voxrelay_server import app, config, security
+    from voxrelay_server.errors import SpeechError
 
     try:
         settings = config.from_arguments(args)
@@ -108,7 +109,10 @@ def _serve(args: argparse.Namespace) -> int:
         security.check(settings)
     except (OSError, ValueError) as error:
         raise _OptionError(str(error)) from None
-    asyncio.run(app.serve(settings))
+    try:
+        asyncio.run(app.serve(settings))
+    except SpeechError as error:  # the voices could not be set up as configured
+        raise _OptionError(error.message) from None
     return 0
 
 

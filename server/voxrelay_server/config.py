@@ -16,9 +16,17 @@ from typing import Any
 
 from voxrelay_server.engines.openai_engine import DEFAULT_MODEL as OPENAI_DEFAULT_MODEL
 from voxrelay_server.engines.openai_engine import DEFAULT_VOICES as OPENAI_DEFAULT_VOICES
+from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE_NAME
 
 ENV_PREFIX = "VOXRELAY_"
 ALL_ENGINES = ("piper", "espeak", "tone", "openai")
+STANDARD_VOICES = {
+    "piper": "piper/en_US-joe-medium",
+    "espeak": "espeak/en-us",
+    "tone": TONE_VOICE_NAME,
+    "openai": f"openai/{OPENAI_DEFAULT_VOICES[0]}",
+}
+"""Each engine's standard voice: the default voice is the first loaded of these."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -51,7 +59,11 @@ class ServerSettings:
 
     # Serving
     listen: str = _setting("127.0.0.1:50051", "host:port to listen on")
-    default_voice: str = _setting("piper/en_US-joe-medium", "voice for sessions that name none")
+    default_voice: str = _setting(
+        "",
+        "voice for sessions that name none; empty: the first loaded of "
+        + ", ".join(STANDARD_VOICES.values()),
+    )
     engines: tuple[str, ...] = _setting(ALL_ENGINES, "comma-separated engines to load")
     workers: int = _setting(
         lambda: os.cpu_count() or 1,
@@ -185,6 +197,27 @@ class ServerSettings:
                     f"--{option_name(settings_field)} ({env_name(settings_field)}) must be at "
                     f"least {minimum:g}, not {value:g}"
                 )
+        unknown = [name for name in self.engines if name not in ALL_ENGINES]
+        if unknown:
+            raise ValueError(
+                f"--engines (VOXRELAY_ENGINES): unknown engine {unknown[0]!r}; "
+                f"choose from {', '.join(ALL_ENGINES)}"
+            )
+        if not self.engines:
+            raise ValueError(
+                f"--engines (VOXRELAY_ENGINES) names no engine; choose from {', '.join(ALL_ENGINES)}"
+            )
+        if not self.default_voice:
+            standard = next(STANDARD_VOICES[e] for e in ALL_ENGINES if e in self.engines)
+            object.__setattr__(self, "default_voice", standard)  # frozen: set once, here
+        engine = self.default_voice.partition("/")[0]
+        if engine not in self.engines:
+            raise ValueError(
+                f"--default-voice (VOXRELAY_DEFAULT_VOICE) {self.default_voice!r} needs the "
+                f"{engine} engine, which --engines {','.join(self.engines)} leaves out: add "
+                "it, or choose a voice of those engines (`voxrelay voices` lists them), e.g. "
+                f"{STANDARD_VOICES[self.engines[0]]}"
+            )
 
 
 def option_name(settings_field: dataclasses.Field[Any]) -> str:

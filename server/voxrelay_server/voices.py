@@ -26,8 +26,7 @@ class VoiceCatalog:
         if default_voice not in self._by_name:
             raise SpeechError(
                 ErrorCode.FAILED_PRECONDITION,
-                f"default voice {default_voice!r} is not offered; choose one of "
-                f"{', '.join(sorted(self._by_name)[:8])}, ...",
+                f"the default voice {default_voice!r} is not offered: {self._hint(default_voice)}",
             )
         self.default_voice = default_voice
 
@@ -48,12 +47,16 @@ class VoiceCatalog:
         engine_name = name.partition("/")[0]
         if engine_name in self._unconfigured:
             raise SpeechError(ErrorCode.FAILED_PRECONDITION, self._unconfigured[engine_name])
+        raise InvalidInput(
+            f"unknown voice {name!r}: {self._hint(name)}; ListVoices (`voxrelay voices`) "
+            "lists them all"
+        )
+
+    def _hint(self, name: str) -> str:
+        """Voices like `name` that this server offers."""
+        engine_name = name.partition("/")[0]
         engine_voices = sorted(v for v in self._by_name if v.startswith(f"{engine_name}/"))
         if engine_voices:
-            hint = f"this server's {engine_name} voices include {', '.join(engine_voices[:6])}"
-        else:
-            engines = ", ".join(sorted({e.name for e in self.engines}))
-            hint = f"voices are named <engine>/<voice> with engine one of: {engines}"
-        raise InvalidInput(
-            f"unknown voice {name!r}: {hint}; ListVoices (`voxrelay voices`) lists them all"
-        )
+            return f"this server's {engine_name} voices include {', '.join(engine_voices[:6])}"
+        engines = ", ".join(sorted({e.name for e in self.engines}))
+        return f"voices are named <engine>/<voice> with engine one of: {engines}"
