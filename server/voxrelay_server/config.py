@@ -205,7 +205,8 @@ class ServerSettings:
             )
         if not self.engines:
             raise ValueError(
-                f"--engines (VOXRELAY_ENGINES) names no engine; choose from {', '.join(ALL_ENGINES)}"
+                "--engines (VOXRELAY_ENGINES) names no engine; choose from "
+                f"{', '.join(ALL_ENGINES)}"
             )
         if not self.default_voice:
             standard = next(STANDARD_VOICES[e] for e in ALL_ENGINES if e in self.engines)
