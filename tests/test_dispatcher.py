@@ -6,11 +6,12 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import numpy as np
 import pytest
 
-from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
+from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits, SlotFactory
 from voxrelay_server.engines.base import SynthesisOptions
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
@@ -23,6 +24,7 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
+from voxrelay_server.scheduler import DeadlineScheduler, PlaybackClock
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 
@@ -33,6 +35,7 @@ def make_dispatcher(
     min_chars: int = 1,
     chunk_ms: int = 0,
     limits: SessionLimits | None = None,
+    synthesis_slot: SlotFactory | None = None,
 ) -> SessionDispatcher:
     voice = tone.voices()[0]
     return SessionDispatcher(
@@ -42,6 +45,7 @@ def make_dispatcher(
         min_sentence_chars=min_chars,
         max_inflight_segments=max_inflight,
         limits=limits,
+        synthesis_slot=synthesis_slot,
     )
 
 
@@ -401,3 +405,24 @@ async def test_requests_keep_a_session_from_going_idle_and_silence_ends_it() -> 
     await dispatcher.aclose()
     assert ended.value.code is ErrorCode.DEADLINE_EXCEEDED
     assert timeout_s * 0.9 <= quiet_for < timeout_s * 4
+
+
+async def test_the_audio_sent_moves_the_sessions_playback_clock() -> None:
+    scheduler = DeadlineScheduler(1)
+    clocks: list[PlaybackClock] = []
+
+    def slot(clock: PlaybackClock) -> AbstractAsyncContextManager[None]:
+        clocks.append(clock)
+        return scheduler.slot(clock)
+
+    dispatcher = make_dispatcher(ToneEngine(ms_per_char=20), synthesis_slot=slot)
+    started = time.monotonic()
+    dispatcher.send_text("The first sentence. And a second one.")
+    dispatcher.close()
+    events = await drain(dispatcher.events())
+
+    audio_s = sum(len(e.data) // 2 for e in events if isinstance(e, AudioOut)) / SAMPLE_RATE_HZ
+    assert audio_s > 0.5
+    assert len(clocks) == 2 and clocks[0] is clocks[1]  # one clock per session
+    # Sent faster than real time, so it plays back to back from the first audio.
+    assert started + audio_s <= clocks[0].runs_out_at <= time.monotonic() + audio_s

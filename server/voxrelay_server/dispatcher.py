@@ -6,7 +6,8 @@ A short pipeline, each stage with one job and explicit state:
                                       │
                scheduler: starts up to `max_inflight_segments` jobs, in order;
                each waits for room in the audio buffer and for a server-wide
-               synthesis slot (`FairScheduler`) before its engine runs
+               synthesis slot (`DeadlineScheduler`, which serves first the session
+               whose audio runs out first) before its engine runs
                                       │
     events() <── merger: walks the timeline in order, streaming the head job's
                  audio through a SegmentEncoder as it is produced
@@ -38,13 +39,18 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
+from voxrelay_server.scheduler import PlaybackClock
 from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, OutputFormat
 from voxrelay_server.splitter import SentenceSplitter
 
 Synthesize = Callable[[str], AsyncIterator[bytes]]
 """Speaks one segment's text: int16 LE PCM chunks at the voice's native rate."""
-SlotFactory = Callable[[], AbstractAsyncContextManager[None]]
-"""A server-wide synthesis slot, held while a segment's engine runs."""
+TYPICAL_SECONDS_PER_CHAR = 0.06
+"""Speech per character of English text at normal speed (about 16 characters a
+second): a session's first estimate, until its own segments show its pace."""
+SlotFactory = Callable[[PlaybackClock], AbstractAsyncContextManager[None]]
+"""A server-wide synthesis slot for a segment of the session with this playback clock,
+held while the segment's engine runs."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,9 @@ class _SegmentJob:
     task: asyncio.Task[None] | None = None
     holds_slot: bool = False
     """Counts against the in-flight limit: started and not yet delivered or dropped."""
+    ahead_s: float = 0.0
+    """Its estimated audio not yet sent, counted in the session's playback clock from
+    when it got a synthesis slot until it is delivered or dropped."""
     text_settled: bool = False
     """Its text no longer counts as buffered (synthesized, failed or dropped)."""
     cancelled: bool = False
@@ -152,7 +161,7 @@ class _SegmentFailure(Exception):
         self.error = error
 
 
-def _unlimited_slot() -> AbstractAsyncContextManager[None]:
+def _unlimited_slot(_: PlaybackClock) -> AbstractAsyncContextManager[None]:
     return _NoSlot()
 
 
@@ -173,7 +182,7 @@ class SessionDispatcher:
         min_sentence_chars: int,
         max_inflight_segments: int,
         limits: SessionLimits | None = None,
-        synthesis_slot: SlotFactory = _unlimited_slot,
+        synthesis_slot: SlotFactory | None = None,
         observer: SessionObserver | None = None,
     ) -> None:
         self._synthesize = synthesize
@@ -182,7 +191,11 @@ class SessionDispatcher:
         self._bytes_per_sample = output.encoding.bytes_per_sample
         self._max_inflight = max_inflight_segments
         self._limits = limits or SessionLimits()
-        self._synthesis_slot = synthesis_slot
+        self._synthesis_slot = synthesis_slot or _unlimited_slot
+        self._playback = PlaybackClock()
+        """When this session's audio is due: the scheduler serves the most urgent first."""
+        self._spoken_s = 0.0  # audio and text of the segments delivered whole
+        self._spoken_chars = 0
         self._observer = observer or SessionObserver()
         self._splitter = SentenceSplitter(min_sentence_chars)
         self._timeline: collections.deque[_Entry] = collections.deque()
@@ -360,6 +373,9 @@ class SessionDispatcher:
                 encoder = SegmentEncoder(self._native_rate_hz, self._output)
                 turn, segment = job.turn.number, job.number
                 report = self._observer.audio_sent
+                played = self._played
+                rate = self._output.sample_rate_hz
+                segment_start = turn_offset
                 first = True
                 unreported = 0  # samples sent and not yet told to the observer
                 try:
@@ -372,12 +388,15 @@ class SessionDispatcher:
                             if first:  # on its own: its time is the segment's first audio
                                 first = False
                                 report(turn, segment, samples=samples, first=True)
+                                played(job, samples / rate)
                             else:
                                 unreported += samples
                         if unreported:
                             report(turn, segment, samples=unreported, first=False)
+                            played(job, unreported / rate)
                             unreported = 0
                         if pcm is None:
+                            self._learn_pace(job.text, (turn_offset - segment_start) / rate)
                             break
                 except _JobDropped:
                     pass  # cancelled, or the session failed: `_next_entry` raises that
@@ -392,6 +411,7 @@ class SessionDispatcher:
                     # Also reached when the consumer stops early: the job must not run on.
                     if unreported:
                         report(turn, segment, samples=unreported, first=False)
+                        played(job, unreported / rate)
                     self._delivering = None
                     self._drop(job)
 
@@ -497,8 +517,10 @@ class SessionDispatcher:
         try:
             if self._audio_buffer_full:  # checked here too: most segments need not wait
                 await self._wait_for_audio_room(job)
-            async with self._synthesis_slot():
+            async with self._synthesis_slot(self._playback):
                 started = True
+                job.ahead_s = self._estimated_audio_s(job.text)
+                self._playback.started(job.ahead_s)
                 self._observer.segment_started(job.turn.number, job.number)
                 first = True
                 async for chunk in self._synthesize(job.text):
@@ -529,6 +551,23 @@ class SessionDispatcher:
             job.turn.number, job.number, error=error, cancelled=False
         )
         job.audio.put(error if error is not None else _END_OF_AUDIO)
+
+    # The playback clock: how urgent this session's next segment is.
+
+    def _estimated_audio_s(self, text: str) -> float:
+        """Audio `text` should make, at this session's pace so far (or a typical one)."""
+        if self._spoken_chars:
+            return len(text) * self._spoken_s / self._spoken_chars
+        return len(text) * TYPICAL_SECONDS_PER_CHAR
+
+    def _learn_pace(self, text: str, audio_s: float) -> None:
+        self._spoken_s += audio_s
+        self._spoken_chars += len(text)
+
+    def _played(self, job: _SegmentJob, audio_s: float) -> None:
+        estimated = min(audio_s, job.ahead_s)
+        job.ahead_s -= estimated
+        self._playback.sent(audio_s, estimated)
 
     async def _wait_for_audio_room(self, job: _SegmentJob) -> None:
         """Pause before synthesis while the client is behind on reading.
@@ -572,6 +611,9 @@ class SessionDispatcher:
                     waiter.set_result(None)
 
     def _drop(self, job: _SegmentJob) -> None:
+        if job.ahead_s:
+            self._playback.finished(job.ahead_s)
+            job.ahead_s = 0.0
         if not job.cancelled:
             # Audio it produced but nobody will deliver no longer counts as buffered.
             for item in job.audio.items:

@@ -1,29 +1,92 @@
-"""A server-wide pool of synthesis slots, shared fairly between sessions.
+"""A server-wide pool of synthesis slots, granted to the segment whose audio is due first.
 
 Each engine has a fixed number of segments it can synthesize at once (its cores,
-or requests in flight). Sessions take turns for free slots: when a slot frees
-up it goes to the next session in round-robin order, not to whichever asked
-first, so one session queueing a novel cannot starve ten sessions that each
-want one sentence.
+or requests in flight). When a slot frees up it goes to the waiting segment with
+the earliest deadline: when its audio must start playing, were the client playing
+its session's audio at real-time pace from when it was sent (`PlaybackClock`).
+That is when the audio sent so far runs out (or when the segment asked, if that
+is later: a new turn), plus the audio of the session's earlier segments still
+being synthesized or sent, estimated from their text. So a listener about to run
+dry goes before one with seconds of audio in hand, new turns are served in the
+order they came, and a session queueing a novel cannot starve ten sessions that
+each want one sentence: its later segments are due far in the future.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
+import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 
-class FairScheduler:
-    """`slots` concurrent synthesis slots, granted round-robin across sessions."""
+class PlaybackClock:
+    """One session's playback, as the scheduler sees it (times are `time.monotonic()`).
+
+    Each piece of audio plays from when it is sent or when the audio before it
+    ends, whichever is later. The dispatcher reports the audio it sends and the
+    segments it starts and finishes; the scheduler reads `deadline()`.
+    """
+
+    __slots__ = ("ahead_s", "on_sooner", "runs_out_at")
+
+    def __init__(self) -> None:
+        self.runs_out_at = 0.0
+        """When the audio sent so far has played."""
+        self.ahead_s = 0.0
+        """Estimated audio, not yet sent, of the segments that got a synthesis slot."""
+        self.on_sooner: Callable[[PlaybackClock], None] | None = None
+        """Told when the deadline may have moved earlier (set by the scheduler)."""
+
+    def deadline(self, asked: float) -> float:
+        """When the audio of the session's next segment, asked for at `asked`, is due."""
+        return max(self.runs_out_at, asked) + self.ahead_s
+
+    def started(self, estimate_s: float) -> None:
+        """A segment whose audio should last about `estimate_s` got a synthesis slot."""
+        self.ahead_s += estimate_s
+
+    def sent(self, duration_s: float, estimated_s: float = 0.0) -> None:
+        """Audio lasting `duration_s` went to the client just now; `estimated_s` of it
+        was counted in `ahead_s`."""
+        self.runs_out_at = max(self.runs_out_at, time.monotonic()) + duration_s
+        self.ahead_s -= estimated_s
+
+    def finished(self, unsent_estimate_s: float) -> None:
+        """A started segment was delivered or dropped; `unsent_estimate_s` of its
+        estimate was never sent (its audio came out shorter, or was dropped)."""
+        self.ahead_s -= unsent_estimate_s
+        if self.on_sooner is not None:
+            self.on_sooner(self)
+
+
+_Waiter = tuple[asyncio.Future[None], float]
+"""A segment waiting for a slot: its grant, and when it asked (monotonic)."""
+_Entry = list[Any]
+"""[deadline, sequence number, session]: a heap entry; live while `_entries` holds it."""
+
+
+class DeadlineScheduler:
+    """`slots` concurrent synthesis slots, granted earliest deadline first."""
 
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"a scheduler needs at least one slot, not {slots}")
         self.slots = slots
         self._free = slots
-        # Sessions with waiters, in the order they will be served; dicts keep insertion order.
-        self._waiting: dict[object, collections.deque[asyncio.Future[None]]] = {}
+        # Each session's waiting segments in its own order, and its one live entry in
+        # the heap. A deadline moves later as audio is sent or a later segment comes to
+        # the head, so an entry's key may be stale low: it is brought up to date when it
+        # reaches the top. It moves earlier only when a segment finishes shorter than
+        # estimated (`PlaybackClock.finished`): the session then gets a fresh entry.
+        self._waiting: dict[PlaybackClock, collections.deque[_Waiter]] = {}
+        self._entries: dict[PlaybackClock, _Entry] = {}
+        self._heap: list[_Entry] = []
+        self._sequence = itertools.count()  # ties go to whoever was queued first
 
     @property
     def in_use(self) -> int:
@@ -34,13 +97,20 @@ class FairScheduler:
         """Segments waiting for a slot, over all sessions."""
         return sum(len(waiters) for waiters in self._waiting.values())
 
-    def slot(self, session: object) -> AbstractAsyncContextManager[None]:
-        """Hold one slot for `session` for the duration of the block."""
+    def slot(self, session: PlaybackClock) -> AbstractAsyncContextManager[None]:
+        """Hold one slot for a segment of `session` for the duration of the block."""
         return _Slot(self, session)
 
-    async def _acquire(self, session: object) -> None:
+    async def _acquire(self, session: PlaybackClock) -> None:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(session, collections.deque()).append(granted)
+        asked = time.monotonic()
+        waiters = self._waiting.get(session)
+        if waiters is None:
+            self._waiting[session] = collections.deque([(granted, asked)])
+            heapq.heappush(self._heap, self._entry(session, session.deadline(asked)))
+            session.on_sooner = self._reconsider
+        else:
+            waiters.append((granted, asked))
         try:
             await granted
         except asyncio.CancelledError:
@@ -58,24 +128,52 @@ class FairScheduler:
         return False
 
     def _release(self) -> None:
-        while self._waiting:
-            session = next(iter(self._waiting))
-            waiters = self._waiting.pop(session)
-            granted = waiters.popleft()
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            session: PlaybackClock = entry[2]
+            if self._entries.get(session) is not entry:  # replaced, or no longer waiting
+                heapq.heappop(heap)
+                continue
+            waiters = self._waiting[session]
+            granted, asked = waiters[0]
+            deadline = session.deadline(asked)
+            if deadline > entry[0]:  # audio went out since it was keyed: not so urgent
+                heapq.heapreplace(heap, self._entry(session, deadline))
+                continue
+            waiters.popleft()
             if waiters:
-                self._waiting[session] = waiters  # to the back of the round
+                later = session.deadline(waiters[0][1])
+                heapq.heapreplace(heap, self._entry(session, later))
+            else:
+                heapq.heappop(heap)
+                del self._waiting[session], self._entries[session]
             if not granted.done():
                 granted.set_result(None)
                 return
         self._free += 1
 
-    def _forget(self, session: object, granted: asyncio.Future[None]) -> None:
+    def _reconsider(self, session: PlaybackClock) -> None:
+        """`session`'s deadline may be earlier than its entry says: give it a fresh one."""
+        waiters = self._waiting.get(session)
+        if waiters:
+            heapq.heappush(self._heap, self._entry(session, session.deadline(waiters[0][1])))
+
+    def _entry(self, session: PlaybackClock, deadline: float) -> _Entry:
+        entry: _Entry = [deadline, next(self._sequence), session]
+        self._entries[session] = entry
+        return entry
+
+    def _forget(self, session: PlaybackClock, granted: asyncio.Future[None]) -> None:
         waiters = self._waiting.get(session)
         if waiters is None:
             return
-        waiters.remove(granted)
+        for waiter in waiters:
+            if waiter[0] is granted:
+                waiters.remove(waiter)
+                break
         if not waiters:
-            del self._waiting[session]
+            del self._waiting[session], self._entries[session]  # its entry is dropped later
 
 
 class _Slot(AbstractAsyncContextManager[None]):
@@ -84,7 +182,7 @@ class _Slot(AbstractAsyncContextManager[None]):
 
     __slots__ = ("_scheduler", "_session")
 
-    def __init__(self, scheduler: FairScheduler, session: object) -> None:
+    def __init__(self, scheduler: DeadlineScheduler, session: PlaybackClock) -> None:
         self._scheduler = scheduler
         self._session = session
 

@@ -10,7 +10,7 @@ from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
 from voxrelay_server.engines.base import SynthesisOptions, VoiceInfo
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.observer import CompositeObserver, SessionObserver
-from voxrelay_server.scheduler import FairScheduler
+from voxrelay_server.scheduler import DeadlineScheduler
 from voxrelay_server.settings import SessionRequest, SessionSettings, validate_request
 from voxrelay_server.voices import VoiceCatalog
 
@@ -41,7 +41,7 @@ class SpeechService:
         self._on_rejected = on_rejected
         # One pool per engine, shared by every session of the server.
         self.schedulers = {
-            engine.name: FairScheduler(engine.max_concurrency) for engine in catalog.engines
+            engine.name: DeadlineScheduler(engine.max_concurrency) for engine in catalog.engines
         }
         self._sessions: dict[str, SessionDispatcher] = {}
 
@@ -100,7 +100,7 @@ class SpeechService:
             min_sentence_chars=settings.min_sentence_chars,
             max_inflight_segments=settings.max_inflight_segments,
             limits=self.limits,
-            synthesis_slot=lambda: scheduler.slot(session_id),
+            synthesis_slot=scheduler.slot,
             observer=CompositeObserver(observers),
         )
         self._sessions[session_id] = session

@@ -1,0 +1,191 @@
+"""The synthesis-slot scheduler on its own: who gets a freed slot, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from voxrelay_server.scheduler import DeadlineScheduler, PlaybackClock
+
+
+class Holder:
+    """A task that takes a slot for `session`, records when it got it, holds it until let go."""
+
+    def __init__(
+        self, scheduler: DeadlineScheduler, session: PlaybackClock, name: str, log: list[str]
+    ):
+        self.release = asyncio.Event()
+        self.task = asyncio.create_task(self._hold(scheduler, session, name, log))
+
+    async def _hold(
+        self, scheduler: DeadlineScheduler, session: PlaybackClock, name: str, log: list[str]
+    ) -> None:
+        async with scheduler.slot(session):
+            log.append(name)
+            await self.release.wait()
+
+    async def done(self) -> None:
+        self.release.set()
+        await self.task
+
+
+async def queued(scheduler: DeadlineScheduler, count: int) -> None:
+    """Let the tasks just created run until `count` segments wait (no time passes)."""
+    for _ in range(100):
+        if scheduler.queued == count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{scheduler.queued} waiting, expected {count}")
+
+
+async def run_out(holder: Holder, waiting: list[Holder]) -> None:
+    """Let every waiter go as soon as it gets the slot, then free the held one."""
+    for waiter in waiting:
+        waiter.release.set()
+    await holder.done()
+    await asyncio.wait_for(asyncio.gather(*(waiter.task for waiter in waiting)), timeout=5)
+
+
+async def test_free_slots_are_taken_at_once_up_to_the_limit() -> None:
+    scheduler = DeadlineScheduler(2)
+    log: list[str] = []
+    first = Holder(scheduler, PlaybackClock(), "a", log)
+    second = Holder(scheduler, PlaybackClock(), "b", log)
+    third = Holder(scheduler, PlaybackClock(), "c", log)
+    await queued(scheduler, 1)
+
+    assert log == ["a", "b"] and scheduler.in_use == 2
+    await first.done()
+    await queued(scheduler, 0)
+    assert log == ["a", "b", "c"]
+    await run_out(second, [third])
+    assert scheduler.in_use == 0
+
+
+async def test_the_session_whose_audio_runs_out_first_goes_first() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    ahead, behind, idle = PlaybackClock(), PlaybackClock(), PlaybackClock()
+    ahead.sent(10.0)  # ten seconds of audio in hand
+    behind.sent(2.0)
+    waiting = [Holder(scheduler, ahead, "ahead", log)]
+    await queued(scheduler, 1)
+    waiting.append(Holder(scheduler, behind, "behind", log))
+    await queued(scheduler, 2)
+    waiting.append(Holder(scheduler, idle, "new turn", log))  # nothing to play: due now
+    await queued(scheduler, 3)
+
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "new turn", "behind", "ahead"]
+
+
+async def test_new_turns_are_served_in_the_order_they_asked() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    waiting: list[Holder] = []
+    for index in range(4):
+        waiting.append(Holder(scheduler, PlaybackClock(), f"turn {index}", log))
+        await queued(scheduler, index + 1)
+
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "turn 0", "turn 1", "turn 2", "turn 3"]
+
+
+async def test_audio_sent_while_waiting_makes_a_session_less_urgent() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    early, late = PlaybackClock(), PlaybackClock()
+    waiting = [Holder(scheduler, early, "early", log)]
+    await queued(scheduler, 1)
+    waiting.append(Holder(scheduler, late, "late", log))
+    await queued(scheduler, 2)
+
+    early.sent(5.0)  # its other segment delivered 5 s of audio meanwhile
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "late", "early"]
+
+
+async def test_a_segment_waits_behind_new_turns_while_the_audio_before_it_is_made() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    speaking, newcomer = PlaybackClock(), PlaybackClock()
+    speaking.started(2.8)  # its first sentence, about 2.8 s of audio, is being synthesized
+    waiting = [Holder(scheduler, speaking, "second sentence", log)]
+    await queued(scheduler, 1)
+    waiting.append(Holder(scheduler, newcomer, "new turn", log))
+    await queued(scheduler, 2)
+
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "new turn", "second sentence"]
+
+
+async def test_a_segment_that_ends_short_brings_its_sessions_deadline_forward() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    estimated, playing = PlaybackClock(), PlaybackClock()
+    estimated.started(5.0)
+    playing.sent(2.0)
+    waiting = [Holder(scheduler, estimated, "after the estimate", log)]
+    await queued(scheduler, 1)
+    waiting.append(Holder(scheduler, playing, "two seconds in hand", log))
+    await queued(scheduler, 2)
+
+    estimated.finished(5.0)  # that segment was dropped: none of its estimate will play
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "after the estimate", "two seconds in hand"]
+
+
+async def test_a_sessions_own_segments_keep_their_order() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    session = PlaybackClock()
+    waiting: list[Holder] = []
+    for index in range(3):
+        waiting.append(Holder(scheduler, session, f"segment {index}", log))
+        await queued(scheduler, index + 1)
+
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "segment 0", "segment 1", "segment 2"]
+
+
+async def test_a_waiter_that_gives_up_passes_its_turn_on() -> None:
+    scheduler = DeadlineScheduler(1)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    quitter = Holder(scheduler, PlaybackClock(), "quitter", log)
+    await queued(scheduler, 1)
+    stayer = Holder(scheduler, PlaybackClock(), "stayer", log)
+    await queued(scheduler, 2)
+
+    quitter.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await quitter.task
+    assert scheduler.queued == 1
+    await run_out(holder, [stayer])
+
+    assert log == ["holder", "stayer"]
+    assert scheduler.in_use == 0 and scheduler.queued == 0
+
+
+def test_the_playback_clock_plays_audio_back_to_back_from_when_it_is_sent() -> None:
+    clock = PlaybackClock()
+    before = time.monotonic()
+    clock.sent(1.5)
+    clock.sent(0.5)  # queued behind the first: ends 2 s after the first was sent
+    after = time.monotonic()
+
+    assert before + 2.0 <= clock.runs_out_at <= after + 2.0
