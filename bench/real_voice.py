@@ -18,9 +18,12 @@ For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one ru
   multi-sentence text sentence by sentence (as an LLM would), starts a playback
   clock at its first audio plus a fixed jitter buffer, and from then on needs
   sample n by `first audio + buffer + n / rate`. An underrun is an audio message
-  arriving after the moment its first sample must play. N is searched (doubling,
-  then bisecting) for the largest count without a single underrun, and compared
-  with what the direct throughput allows (throughput / 1.0 real time, less a margin).
+  arriving after the moment its first sample must play. Each trial is paired with
+  the direct throughput measured just before and just after it: what that
+  throughput allows (throughput / 1.0 real time, less a margin) is the trial's
+  yardstick, so a machine that speeds up or slows down between the phases of a
+  run moves both sides. Trials start at the goal's share of what is allowed and
+  grow, or bisect down, to the largest share without a single underrun.
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ CAPACITY_MARGIN = 0.10
 """Real-time sessions the throughput allows: floor(throughput x (1 - margin))."""
 SESSIONS_GOAL = 0.9
 THROUGHPUT_GOAL = 0.9
+SHARE_GROWTH = 1.25
+"""While trials pass, the next asks for this many times the share of the last."""
+MAX_SHARE = 2.0
+"""No trial asks for more than this many times what the direct throughput allows."""
 CHANNELS = 4
 """Client connections the sessions are spread over (separate TCP connections)."""
 
@@ -103,11 +110,19 @@ class Config:
     max_trials: int
     """Real-time session counts tried per voice, at most."""
     resolution: float
-    """The search stops once the failing count is within this fraction of the passing one."""
+    """The search stops once the failing share is within this fraction of the passing one."""
+    first_share: float
+    """The first trial's sessions, as a share of what the direct throughput allows."""
 
 
 FULL = Config(
-    SENTENCES, repeats=5, throughput_work_s=2.5, session_sentences=3, max_trials=5, resolution=0.1
+    SENTENCES,
+    repeats=5,
+    throughput_work_s=2.5,
+    session_sentences=3,
+    max_trials=5,
+    resolution=0.05,
+    first_share=SESSIONS_GOAL,
 )
 QUICK = Config(
     SHORT_SENTENCES,
@@ -116,6 +131,7 @@ QUICK = Config(
     session_sentences=2,
     max_trials=2,
     resolution=1.0,
+    first_share=SESSIONS_GOAL / 2,
 )
 
 
@@ -219,6 +235,18 @@ class Trial:
     stopped_early: bool
     """Stopped at the first underrun: listeners hold what they had received by then."""
     cpu: Cpu = field(default_factory=Cpu)
+    beside: list[Throughput] = field(default_factory=list)
+    """The direct throughput measured just before and just after the trial."""
+
+    @property
+    def allowed(self) -> int:
+        """Real-time sessions the direct throughput beside the trial allows."""
+        return allowed_by(median([t.rate for t in self.beside]))
+
+    @property
+    def share(self) -> float:
+        """Sessions as a share of what was allowed beside the trial."""
+        return self.sessions / self.allowed
 
     @property
     def underrun_sessions(self) -> int:
@@ -276,13 +304,23 @@ class VoiceResult:
 
     @property
     def allowed_sessions(self) -> int:
-        """Real-time sessions the engine's direct throughput allows, less the margin."""
-        return max(1, math.floor(self.direct_rate * (1 - CAPACITY_MARGIN)))
+        """Real-time sessions the throughput phase's direct throughput allows."""
+        return allowed_by(self.direct_rate)
 
     @property
-    def max_sessions(self) -> int:
-        """Most sessions that ran without an underrun (0 if even the smallest failed)."""
-        return max((t.sessions for t in self.trials if t.ok), default=0)
+    def allowed_beside_trials(self) -> int:
+        """The median of what the direct throughput beside each trial allowed."""
+        return round(median([t.allowed for t in self.trials])) if self.trials else 0
+
+    @property
+    def best_trial(self) -> Trial | None:
+        """The passing trial with the largest share of what was allowed beside it."""
+        return max((t for t in self.trials if t.ok), key=lambda t: t.share, default=None)
+
+
+def allowed_by(rate: float) -> int:
+    """Real-time sessions a throughput of `rate` audio s/s allows, less the margin."""
+    return max(1, math.floor(rate * (1 - CAPACITY_MARGIN)))
 
 
 # The direct path.
@@ -484,6 +522,20 @@ async def realtime_trial(
     )
 
 
+async def settle(server: ServerProcess, quiet_cores: float = 0.05, most_s: float = 5.0) -> None:
+    """Wait until the server (with its workers) is nearly idle, at most `most_s`.
+
+    A trial stopped at an underrun leaves sessions for the server to tear down;
+    the direct measurement after it should not compete with that.
+    """
+    deadline = time.perf_counter() + most_s
+    while time.perf_counter() < deadline:
+        meter = CpuMeter(server)
+        await asyncio.sleep(0.1)
+        if meter.stop().server < quiet_cores:
+            return
+
+
 def rotate(items: Sequence[str], by: int) -> list[str]:
     """`items` starting at index `by`, wrapping around."""
     by %= len(items)
@@ -491,22 +543,25 @@ def rotate(items: Sequence[str], by: int) -> list[str]:
 
 
 async def search_sessions(
-    trial: Callable[[int], Awaitable[Trial]], start: int, cap: int, config: Config
+    trial: Callable[[float], Awaitable[Trial]], config: Config
 ) -> list[Trial]:
-    """The trials of a search for the most sessions without an underrun.
+    """The trials of a search for the largest share of allowed sessions without an underrun.
 
-    Doubles from `start` while trials pass (up to `cap`), then bisects between the
+    `trial(share)` runs one with that share of what the direct throughput measured
+    just before it allows. The search starts at `config.first_share`, grows by
+    `SHARE_GROWTH` while trials pass (up to `MAX_SHARE`), then bisects between the
     last pass and the first failure until they are within `config.resolution`.
     """
     trials: list[Trial] = []
-    good = bad = 0
-    count = max(1, start)
+    good = bad = 0.0
+    share = config.first_share
     while len(trials) < config.max_trials:
-        result = await trial(count)
+        result = await trial(share)
         trials.append(result)
         errors = [listener.error for listener in result.listeners if listener.error]
         print(
-            f"   {count} sessions: {'ok' if result.ok else 'UNDERRUN'}, worst slack "
+            f"   {result.sessions} sessions ({result.share:.2f} of {result.allowed} allowed "
+            f"beside it): {'ok' if result.ok else 'UNDERRUN'}, worst slack "
             f"{result.worst_slack_s * 1000:.0f} ms, {result.wall_s:.1f} s, other processes "
             f"{result.cpu.other:.1f} cores"
             + (f", {len(errors)} failed, the first: {errors[0]}" if errors else ""),
@@ -514,19 +569,17 @@ async def search_sessions(
             flush=True,
         )
         if result.ok:
-            good = count
+            good = max(good, share)
         else:
-            bad = count
+            bad = share if not bad else min(bad, share)
         if not bad:
-            if count >= cap:
+            if share >= MAX_SHARE:
                 break
-            count = min(cap, count * 2)
+            share = min(MAX_SHARE, share * SHARE_GROWTH)
             continue
-        if bad - good <= max(1, good * config.resolution):
+        if bad - good <= max(good, bad / 2) * config.resolution:
             break
-        count = (good + bad) // 2 if good else max(1, bad // 2)
-        if count == good:
-            break
+        share = (good + bad) / 2 if good else bad / 2
     return trials
 
 
@@ -574,18 +627,22 @@ async def measure_voice(
         file=sys.stderr,
         flush=True,
     )
-    allowed = result.allowed_sessions
-    if config.max_trials <= 2:
-        start = max(1, allowed // 2)
-        cap = allowed
-    else:
-        # Start below what voxrelay's own throughput allows, and go past what the direct
-        # throughput allows, so the search sees a failure unless the machine got faster.
-        start = max(1, math.floor(min(result.voxrelay_rate, result.direct_rate) * 0.45))
-        cap = 2 * allowed
-    result.trials = await search_sessions(
-        lambda n: realtime_trial(clients, name, texts_for(config, n), server), start, cap, config
-    )
+    # Each trial between two direct measurements of half a throughput run's work; the
+    # one after a trial is the one before the next.
+    beside_segments = segments[: max(engine.max_concurrency, len(segments) // 2)]
+    before = await direct_throughput(engine, voice, beside_segments)
+
+    async def paired_trial(share: float) -> Trial:
+        nonlocal before
+        sessions = max(1, round(share * allowed_by(before.rate)))
+        trial = await realtime_trial(clients, name, texts_for(config, sessions), server)
+        await settle(server)
+        after = await direct_throughput(engine, voice, beside_segments)
+        trial.beside = [before, after]
+        before = after
+        return trial
+
+    result.trials = await search_sessions(paired_trial, config)
     return result
 
 
@@ -627,7 +684,8 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
             linestyle="--",
             label=f"voxrelay throughput {result.voxrelay_rate:.0f}",
         )
-        most = max([*counts, result.allowed_sessions, 1])
+        allowed = result.allowed_beside_trials
+        most = max([*counts, allowed, 1])
         top.plot(
             [0, most * 1.1],
             [0, most * 1.1],
@@ -636,10 +694,10 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
             label="demand: 1 audio s/s per session",
         )
         top.axvline(
-            result.allowed_sessions,
+            allowed,
             color="black",
             linestyle=":",
-            label=f"allowed by direct throughput: {result.allowed_sessions}",
+            label=f"allowed by direct throughput beside the trials (median): {allowed}",
         )
         top.set_ylabel("audio delivered during the trial\n(audio s per wall s)")
         highest = max(
@@ -667,7 +725,7 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
                     fontsize=7,
                 )
         bottom.axhline(0, color="black", linewidth=0.8)
-        bottom.axvline(result.allowed_sessions, color="black", linestyle=":")
+        bottom.axvline(allowed, color="black", linestyle=":")
         bottom.set_xlabel("concurrent real-time sessions")
         bottom.set_ylabel(
             f"worst slack of audio after the first (ms)\n(jitter buffer "
@@ -697,9 +755,12 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
     notes: list[str] = []
     for result in results:
         ratio = median(result.ratios)
-        allowed = result.allowed_sessions
-        best = result.max_sessions
-        tried_above = any(not t.ok for t in result.trials)
+        best_trial = result.best_trial
+        if best_trial is None:
+            best, allowed, share = 0, result.allowed_beside_trials, 0.0
+        else:
+            best, allowed, share = best_trial.sessions, best_trial.allowed, best_trial.share
+        tried_above = any(not t.ok and t.share > share for t in result.trials)
         best_text = str(best) if tried_above else f">= {best}"
         rows.append(
             (
@@ -715,7 +776,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
                 + with_spread([s.rtf for s in result.voxrelay_single], 3),
                 best_text,
                 str(allowed),
-                f"{best / allowed:.2f}",
+                f"{share:.2f}",
             )
         )
         goals.append(
@@ -729,9 +790,9 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         goals.append(
             Goal(
                 f"{result.voice}: real-time sessions without underrun >= {SESSIONS_GOAL} x "
-                "what the direct throughput allows",
-                f"{best_text} / {allowed} = {best / allowed:.2f}",
-                best >= SESSIONS_GOAL * allowed,
+                "what the direct throughput (measured beside the trial) allows",
+                f"{best_text} / {allowed} = {share:.2f}",
+                share >= SESSIONS_GOAL,
             )
         )
         server_cores = median([t.cpu.server for t in result.voxrelay])
@@ -739,29 +800,29 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         direct_cores = median([t.cpu.client for t in result.direct])
         other = median([t.cpu.other for t in [*result.direct, *result.voxrelay]])
         trials = ", ".join(
-            f"{t.sessions} {'ok' if t.ok else 'underrun'} (other {t.cpu.other:.1f})"
-            for t in sorted(result.trials, key=lambda t: t.sessions)
+            f"{t.sessions} of {t.allowed} allowed {'ok' if t.ok else 'underrun'} "
+            f"(other {t.cpu.other:.1f})"
+            for t in result.trials
         )
-        at_best = [t for t in result.trials if t.ok and t.sessions == best]
         first_audio = ""
-        if at_best and at_best[0].first_audio:
-            values = at_best[0].first_audio
+        if best_trial is not None and best_trial.first_audio:
+            values = best_trial.first_audio
             first_audio = (
                 f"; at {best} sessions first audio p50 {percentile(values, 50) * 1000:.0f} ms,"
                 f" p95 {percentile(values, 95) * 1000:.0f} ms, worst slack "
-                f"{at_best[0].worst_slack_s * 1000:.0f} ms"
+                f"{best_trial.worst_slack_s * 1000:.0f} ms"
             )
-        failed = sorted((t for t in result.trials if not t.ok), key=lambda t: t.sessions)
+        failed = sorted((t for t in result.trials if not t.ok), key=lambda t: t.share)
         if failed:
             cpu = failed[0].cpu
             first_audio += (
                 f"; at {failed[0].sessions} sessions (first underrun) CPU: server "
                 f"{cpu.server:.2f}, client {cpu.client:.2f}, other processes {cpu.other:.2f} cores"
             )
-        by_voxrelay = max(1, math.floor(result.voxrelay_rate * (1 - CAPACITY_MARGIN)))
+        by_voxrelay = allowed_by(result.voxrelay_rate)
         first_audio += (
-            f"; voxrelay's own throughput allows {by_voxrelay} sessions "
-            f"(ratio {best / by_voxrelay:.2f})"
+            f"; the throughput phase's figures allow {result.allowed_sessions} (direct) and "
+            f"{by_voxrelay} (voxrelay) sessions"
         )
         # Audio per CPU second: a cross-check that other processes' load barely moves.
         direct_eff = median([t.audio_s / (t.cpu.client * t.wall_s) for t in result.direct])
@@ -777,7 +838,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             f"per throughput run; CPU during it: direct {direct_cores:.2f} cores, "
             f"through voxrelay server {server_cores:.2f} "
             f"+ client {client_cores:.2f} cores, other processes {other:.2f} cores; "
-            f"real-time trials: {trials}{first_audio}."
+            f"real-time trials, in the order run: {trials}{first_audio}."
         )
     cores = os.cpu_count() or 1
     sentence_s = results[0].direct[0].audio_s / (results[0].texts * config.session_sentences)
@@ -815,7 +876,9 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         "an underrun is an audio message arriving after its first sample must play. A trial "
         "stops at its first underrun. Allowed = floor(direct throughput x "
         f"{1 - CAPACITY_MARGIN:.1f}) (each session needs 1.0 audio s/s; "
-        f"{CAPACITY_MARGIN:.0%} margin).",
+        f"{CAPACITY_MARGIN:.0%} margin), with the direct throughput measured just before and "
+        "just after the trial (the median of the two; half a throughput run's work each), "
+        "so the trial and its yardstick see the same machine.",
     ]
     return Section(
         title="Real voices: throughput, first audio and real-time sessions",
@@ -825,7 +888,9 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             "either way) against the same work "
             f"through a voxrelay server process on loopback, {config.repeats} interleaved "
             "repeats (median ± spread); then the most concurrent real-time listeners without "
-            "a single underrun, searched by doubling and bisecting."
+            "a single underrun, as a share of what the direct throughput measured beside each "
+            f"trial allows: trials start at {config.first_share:g} of it, grow "
+            f"{SHARE_GROWTH:g}x while they pass, then bisect."
         ),
         header=(
             "voice",
