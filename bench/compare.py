@@ -51,13 +51,14 @@ def worktree(revision: str) -> Iterator[Path]:
             )
 
 
-def start_revision(tree: Path | None) -> ServerProcess:
-    """`voxrelay serve` from `tree` (None: this working tree), as the messages section runs it."""
+def start_revision(tree: Path | None, arguments: Sequence[str] = VOXRELAY_ARGS) -> ServerProcess:
+    """`voxrelay serve ARGUMENTS` from `tree` (None: this working tree); by default as
+    the messages section runs it."""
     if tree is None:
-        return start_server_process(VOXRELAY_ARGS)
+        return start_server_process(arguments)
     # On PYTHONPATH, the base's packages come before the editable install of this tree.
     path = os.pathsep.join([str(tree / "server"), str(tree / "client")])
-    return start_server_process(VOXRELAY_ARGS, extra_env={"PYTHONPATH": path})
+    return start_server_process(arguments, extra_env={"PYTHONPATH": path})
 
 
 async def compare(

@@ -76,3 +76,28 @@ def test_compare_measures_a_base_revision_against_this_tree() -> None:
         ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "voxrelay-base-" not in worktrees.stdout  # removed again
+
+
+def test_realtime_compare_measures_a_base_revision_against_this_tree() -> None:
+    inside = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, check=False
+    )
+    if inside.returncode != 0:
+        pytest.skip("not a git checkout: there is no base revision to compare with")
+    result = run_module(
+        "bench.realtime_compare",
+        "--base",
+        "HEAD",
+        "--voice",
+        "espeak/en-us",
+        "--sessions",
+        "3",
+        "--repeats",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["base", "this tree"]
+    for line in lines:
+        assert re.search(r"3 sessions, 1 trials: worst listener's slack median -?\d+ ms", line)
+        assert re.search(r"throughput [\d.]+ audio s/s, trials with an underrun [01]$", line)
