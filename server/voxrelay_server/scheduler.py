@@ -9,7 +9,9 @@ is later: a new turn), plus the audio of the session's earlier segments still
 being synthesized or sent, estimated from their text. So a listener about to run
 dry goes before one with seconds of audio in hand, new turns are served in the
 order they came, and a session queueing a novel cannot starve ten sessions that
-each want one sentence: its later segments are due far in the future.
+each want one sentence: its later segments are due far in the future. Beyond
+what the engine can keep up with, lateness is shared out: every listener runs a
+little late rather than a few running very late.
 """
 
 from __future__ import annotations
