@@ -209,6 +209,9 @@ class Throughput:
     audio_s: float
     wall_s: float
     cpu: Cpu = field(default_factory=Cpu)
+    first_audio_s: float = 0.0
+    """Through voxrelay: from the start to the first audio of any session (the time
+    it takes to open the sessions and start the first synthesis)."""
 
     @property
     def rate(self) -> float:
@@ -499,7 +502,8 @@ async def voxrelay_throughput(
     errors = [listener.error for listener in listeners if listener.error]
     if errors:
         raise RuntimeError(f"{len(errors)} {voice} sessions failed, the first: {errors[0]}")
-    return Throughput(sum(listener.audio_s for listener in listeners), wall, meter.stop())
+    first = min(lis.first_audio_s for lis in listeners if lis.first_audio_s is not None)
+    return Throughput(sum(lis.audio_s for lis in listeners), wall, meter.stop(), first)
 
 
 async def realtime_trial(
@@ -875,9 +879,13 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             f"; audio s per CPU s: direct {direct_eff:.0f}, through voxrelay (server + client) "
             f"{voxrelay_eff:.0f} (ratio {voxrelay_eff / direct_eff:.2f})"
         )
+        ramp = [t.first_audio_s / t.wall_s for t in result.voxrelay]
         notes.append(
             f"{result.voice}: {result.texts} texts ({result.direct[0].audio_s:.0f} s of audio) "
-            f"per throughput run; CPU during it: direct {direct_cores:.2f} cores, "
+            f"per throughput run; through voxrelay the first audio of a run came "
+            f"{median([t.first_audio_s for t in result.voxrelay]) * 1000:.0f} ms after its "
+            f"start ({median(ramp):.1%} of the run: opening the sessions at once); "
+            f"CPU during it: direct {direct_cores:.2f} cores, "
             f"through voxrelay server {server_cores:.2f} "
             f"+ client {client_cores:.2f} cores, other processes {other:.2f} cores; "
             f"real-time trials, in the order run: {trials}{first_audio}."
