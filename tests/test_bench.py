@@ -50,6 +50,15 @@ def run_module(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def skip_outside_a_git_checkout() -> None:
+    """The compare tools check out a base revision: there is none outside git."""
+    inside = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, check=False
+    )
+    if inside.returncode != 0:
+        pytest.skip("not a git checkout: there is no base revision to compare with")
+
+
 def test_the_pipeline_figure_is_measured() -> None:
     result = run_module("bench.pipeline", "--sessions", "5", "--batches", "2", "--repeats", "2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -59,11 +68,7 @@ def test_the_pipeline_figure_is_measured() -> None:
 
 
 def test_compare_measures_a_base_revision_against_this_tree() -> None:
-    inside = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, check=False
-    )
-    if inside.returncode != 0:
-        pytest.skip("not a git checkout: there is no base revision to compare with")
+    skip_outside_a_git_checkout()
     result = run_module(
         "bench.compare", "--base", "HEAD", "--sessions", "1", "--repeats", "1", "--window", "0.2"
     )
@@ -79,11 +84,7 @@ def test_compare_measures_a_base_revision_against_this_tree() -> None:
 
 
 def test_realtime_compare_measures_a_base_revision_against_this_tree() -> None:
-    inside = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, check=False
-    )
-    if inside.returncode != 0:
-        pytest.skip("not a git checkout: there is no base revision to compare with")
+    skip_outside_a_git_checkout()
     result = run_module(
         "bench.realtime_compare",
         "--base",
