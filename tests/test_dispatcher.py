@@ -411,9 +411,9 @@ async def test_the_audio_sent_moves_the_sessions_playback_clock() -> None:
     scheduler = DeadlineScheduler(1)
     clocks: list[PlaybackClock] = []
 
-    def slot(clock: PlaybackClock) -> AbstractAsyncContextManager[None]:
+    def slot(clock: PlaybackClock, estimate_s: float) -> AbstractAsyncContextManager[None]:
         clocks.append(clock)
-        return scheduler.slot(clock)
+        return scheduler.slot(clock, estimate_s)
 
     dispatcher = make_dispatcher(ToneEngine(ms_per_char=20), synthesis_slot=slot)
     started = time.monotonic()

@@ -14,15 +14,25 @@ class Holder:
     """A task that takes a slot for `session`, records when it got it, holds it until let go."""
 
     def __init__(
-        self, scheduler: DeadlineScheduler, session: PlaybackClock, name: str, log: list[str]
+        self,
+        scheduler: DeadlineScheduler,
+        session: PlaybackClock,
+        name: str,
+        log: list[str],
+        estimate_s: float = 0.0,
     ):
         self.release = asyncio.Event()
-        self.task = asyncio.create_task(self._hold(scheduler, session, name, log))
+        self.task = asyncio.create_task(self._hold(scheduler, session, name, log, estimate_s))
 
     async def _hold(
-        self, scheduler: DeadlineScheduler, session: PlaybackClock, name: str, log: list[str]
+        self,
+        scheduler: DeadlineScheduler,
+        session: PlaybackClock,
+        name: str,
+        log: list[str],
+        estimate_s: float,
     ) -> None:
-        async with scheduler.slot(session):
+        async with scheduler.slot(session, estimate_s):
             log.append(name)
             await self.release.wait()
 
@@ -118,7 +128,7 @@ async def test_a_segment_waits_behind_new_turns_while_the_audio_before_it_is_mad
     log: list[str] = []
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     speaking, newcomer = PlaybackClock(), PlaybackClock()
-    speaking.started(2.8)  # its first sentence, about 2.8 s of audio, is being synthesized
+    speaking.granted(2.8)  # its first sentence, about 2.8 s of audio, is being synthesized
     waiting = [Holder(scheduler, speaking, "second sentence", log)]
     await queued(scheduler, 1)
     waiting.append(Holder(scheduler, newcomer, "new turn", log))
@@ -134,7 +144,7 @@ async def test_a_segment_that_ends_short_brings_its_sessions_deadline_forward() 
     log: list[str] = []
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     estimated, playing = PlaybackClock(), PlaybackClock()
-    estimated.started(5.0)
+    estimated.granted(5.0)
     playing.sent(2.0)
     waiting = [Holder(scheduler, estimated, "after the estimate", log)]
     await queued(scheduler, 1)
@@ -145,6 +155,30 @@ async def test_a_segment_that_ends_short_brings_its_sessions_deadline_forward() 
     await run_out(holder, waiting)
 
     assert log == ["holder", "after the estimate", "two seconds in hand"]
+
+
+async def test_a_granted_segment_counts_at_once_before_its_task_runs() -> None:
+    scheduler = DeadlineScheduler(2)
+    log: list[str] = []
+    holders = [Holder(scheduler, PlaybackClock(), f"holder {i}", log) for i in (1, 2)]
+    speaking, newcomer = PlaybackClock(), PlaybackClock()
+    waiting = [
+        Holder(scheduler, speaking, "first sentence", log, estimate_s=2.8),
+        Holder(scheduler, speaking, "second sentence", log, estimate_s=2.8),
+    ]
+    await queued(scheduler, 2)
+    waiting.append(Holder(scheduler, newcomer, "new turn", log, estimate_s=2.8))
+    await queued(scheduler, 3)
+    for waiter in waiting:
+        waiter.release.set()
+
+    # Both slots free up before the first sentence's task next runs: the second
+    # slot must already see that sentence's audio ahead of the second.
+    for holder in holders:
+        holder.release.set()
+    await asyncio.wait_for(asyncio.gather(*(h.task for h in holders + waiting)), timeout=5)
+
+    assert log[2:] == ["first sentence", "new turn", "second sentence"]
 
 
 async def test_a_sessions_own_segments_keep_their_order() -> None:

@@ -48,9 +48,10 @@ Synthesize = Callable[[str], AsyncIterator[bytes]]
 TYPICAL_SECONDS_PER_CHAR = 0.06
 """Speech per character of English text at normal speed (about 16 characters a
 second): a session's first estimate, until its own segments show its pace."""
-SlotFactory = Callable[[PlaybackClock], AbstractAsyncContextManager[None]]
-"""A server-wide synthesis slot for a segment of the session with this playback clock,
-held while the segment's engine runs."""
+SlotFactory = Callable[[PlaybackClock, float], AbstractAsyncContextManager[None]]
+"""A server-wide synthesis slot for a segment of the session with this playback clock
+and of about this many seconds of audio, held while the segment's engine runs; it
+counts the estimate in the clock when it grants the slot."""
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,18 @@ class _SegmentFailure(Exception):
         self.error = error
 
 
-def _unlimited_slot(_: PlaybackClock) -> AbstractAsyncContextManager[None]:
-    return _NoSlot()
+def _unlimited_slot(clock: PlaybackClock, estimate_s: float) -> AbstractAsyncContextManager[None]:
+    return _NoSlot(clock, estimate_s)
 
 
 class _NoSlot(AbstractAsyncContextManager[None]):
+    def __init__(self, clock: PlaybackClock, estimate_s: float) -> None:
+        self._clock = clock
+        self._estimate_s = estimate_s
+
+    async def __aenter__(self) -> None:
+        self._clock.granted(self._estimate_s)
+
     async def __aexit__(self, *_: object) -> None:
         return None
 
@@ -517,10 +525,10 @@ class SessionDispatcher:
         try:
             if self._audio_buffer_full:  # checked here too: most segments need not wait
                 await self._wait_for_audio_room(job)
-            async with self._synthesis_slot(self._playback):
+            estimate_s = self._estimated_audio_s(job.text)
+            async with self._synthesis_slot(self._playback, estimate_s):
                 started = True
-                job.ahead_s = self._estimated_audio_s(job.text)
-                self._playback.started(job.ahead_s)
+                job.ahead_s = estimate_s  # counted in the clock by the slot's grant
                 self._observer.segment_started(job.turn.number, job.number)
                 first = True
                 async for chunk in self._synthesize(job.text):

@@ -30,8 +30,9 @@ class PlaybackClock:
     """One session's playback, as the scheduler sees it (times are `time.monotonic()`).
 
     Each piece of audio plays from when it is sent or when the audio before it
-    ends, whichever is later. The dispatcher reports the audio it sends and the
-    segments it starts and finishes; the scheduler reads `deadline()`.
+    ends, whichever is later. The scheduler counts a segment's estimated audio
+    in when it grants the segment a slot; the dispatcher reports the audio it
+    sends and the segments it finishes; the scheduler reads `deadline()`.
     """
 
     __slots__ = ("ahead_s", "on_sooner", "runs_out_at")
@@ -48,7 +49,7 @@ class PlaybackClock:
         """When the audio of the session's next segment, asked for at `asked`, is due."""
         return max(self.runs_out_at, asked) + self.ahead_s
 
-    def started(self, estimate_s: float) -> None:
+    def granted(self, estimate_s: float) -> None:
         """A segment whose audio should last about `estimate_s` got a synthesis slot."""
         self.ahead_s += estimate_s
 
@@ -66,8 +67,8 @@ class PlaybackClock:
             self.on_sooner(self)
 
 
-_Waiter = tuple[asyncio.Future[None], float]
-"""A segment waiting for a slot: its grant, and when it asked (monotonic)."""
+_Waiter = tuple[asyncio.Future[None], float, float]
+"""A segment waiting for a slot: its grant, when it asked (monotonic), its estimated audio."""
 _Entry = list[Any]
 """[deadline, sequence number, session]: a heap entry; live while `_entries` holds it."""
 
@@ -99,33 +100,39 @@ class DeadlineScheduler:
         """Segments waiting for a slot, over all sessions."""
         return sum(len(waiters) for waiters in self._waiting.values())
 
-    def slot(self, session: PlaybackClock) -> AbstractAsyncContextManager[None]:
-        """Hold one slot for a segment of `session` for the duration of the block."""
-        return _Slot(self, session)
+    def slot(
+        self, session: PlaybackClock, estimate_s: float = 0.0
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold one slot for a segment of `session`, whose audio should last about
+        `estimate_s`, for the duration of the block."""
+        return _Slot(self, session, estimate_s)
 
-    async def _acquire(self, session: PlaybackClock) -> None:
+    async def _acquire(self, session: PlaybackClock, estimate_s: float) -> None:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         asked = time.monotonic()
         waiters = self._waiting.get(session)
         if waiters is None:
-            self._waiting[session] = collections.deque([(granted, asked)])
+            self._waiting[session] = collections.deque([(granted, asked, estimate_s)])
             heapq.heappush(self._heap, self._entry(session, session.deadline(asked)))
             session.on_sooner = self._reconsider
         else:
-            waiters.append((granted, asked))
+            waiters.append((granted, asked, estimate_s))
         try:
             await granted
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
-                self._release()  # granted just as we were cancelled: pass it on
+                # Granted just as we were cancelled: pass it on, and its estimate off.
+                session.finished(estimate_s)
+                self._release()
             else:
                 self._forget(session, granted)
             raise
 
-    def _try_acquire(self) -> bool:
+    def _try_acquire(self, session: PlaybackClock, estimate_s: float) -> bool:
         """Take a free slot if nobody waits for one."""
         if self._free and not self._waiting:
             self._free -= 1
+            session.granted(estimate_s)
             return True
         return False
 
@@ -138,19 +145,24 @@ class DeadlineScheduler:
                 heapq.heappop(heap)
                 continue
             waiters = self._waiting[session]
-            granted, asked = waiters[0]
+            granted, asked, estimate_s = waiters[0]
             deadline = session.deadline(asked)
             if deadline > entry[0]:  # audio went out since it was keyed: not so urgent
                 heapq.heapreplace(heap, self._entry(session, deadline))
                 continue
             waiters.popleft()
+            live = not granted.done()
+            if live:
+                # Counted now, not when the segment's task next runs: the session's
+                # next segment is due after this one's audio from this moment on.
+                session.granted(estimate_s)
             if waiters:
                 later = session.deadline(waiters[0][1])
                 heapq.heapreplace(heap, self._entry(session, later))
             else:
                 heapq.heappop(heap)
                 del self._waiting[session], self._entries[session]
-            if not granted.done():
+            if live:
                 granted.set_result(None)
                 return
         self._free += 1
@@ -182,15 +194,18 @@ class _Slot(AbstractAsyncContextManager[None]):
     """One slot held for a block. A class, not a generator: a segment's start is on
     the path to its first audio, and a free slot is then taken without any await."""
 
-    __slots__ = ("_scheduler", "_session")
+    __slots__ = ("_estimate_s", "_scheduler", "_session")
 
-    def __init__(self, scheduler: DeadlineScheduler, session: PlaybackClock) -> None:
+    def __init__(
+        self, scheduler: DeadlineScheduler, session: PlaybackClock, estimate_s: float
+    ) -> None:
         self._scheduler = scheduler
         self._session = session
+        self._estimate_s = estimate_s
 
     async def __aenter__(self) -> None:
-        if not self._scheduler._try_acquire():
-            await self._scheduler._acquire(self._session)
+        if not self._scheduler._try_acquire(self._session, self._estimate_s):
+            await self._scheduler._acquire(self._session, self._estimate_s)
 
     async def __aexit__(self, *_: object) -> None:
         self._scheduler._release()
