@@ -10,7 +10,8 @@ For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one ru
   synthesizing one sentence per `synthesize()` call, as the server's segments do,
   from a shared queue of the same texts. *Through voxrelay*: a `voxrelay serve`
   process on loopback; the same texts, one session each, all opened at once from
-  this process, their audio read as fast as it arrives.
+  this process, their audio read as fast as it arrives. The two alternate, each
+  going first in turn, and each voxrelay run is paired with the direct run beside it.
 - **First audio and real-time factor** of one text on an idle server: direct is
   one `synthesize()` call on the whole text; through voxrelay is one session
   sending it in one message (the server splits it and runs its sentences in parallel).
@@ -22,8 +23,9 @@ For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one ru
   the direct throughput measured just before and just after it: what that
   throughput allows (throughput / 1.0 real time, less a margin) is the trial's
   yardstick, so a machine that speeds up or slows down between the phases of a
-  run moves both sides. Trials start at the goal's share of what is allowed and
-  grow, or bisect down, to the largest share without a single underrun.
+  run moves both sides. Three trials at the goal's share of what is allowed
+  decide the goal (it is met if most pass); then trials grow, or bisect down,
+  to the largest share without a single underrun.
 """
 
 from __future__ import annotations
