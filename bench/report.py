@@ -88,6 +88,14 @@ def spread(values: Sequence[float]) -> float:
     return (percentile(values, 90) - percentile(values, 10)) / 2
 
 
+def at_least(value: float, goal: float, digits: int = 2) -> str:
+    """`value` to `digits` places, or more where that would round a miss of an
+    at-least `goal` up to the goal itself (0.797 against 0.8, not 0.80)."""
+    while value < goal and round(value, digits) >= goal and digits < 6:
+        digits += 1
+    return f"{value:.{digits}f}"
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import SECTIONS
+from bench.report import at_least
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +103,12 @@ def test_realtime_compare_measures_a_base_revision_against_this_tree() -> None:
     for line in lines:
         assert re.search(r"3 sessions, 1 trials: worst listener's slack median -?\d+ ms", line)
         assert re.search(r"throughput [\d.]+ audio s/s, trials with an underrun [01]$", line)
+
+
+def test_a_figure_just_below_its_goal_never_reads_as_the_goal() -> None:
+    assert at_least(0.797, 0.8) == "0.797"  # not "0.80", which reads as met
+    assert at_least(0.7999, 0.8) == "0.7999"
+    assert at_least(0.85, 0.8) == "0.85"
+    assert at_least(0.8, 0.8) == "0.80"
+    assert at_least(0.804, 0.8) == "0.80"  # met, and rounds to the goal: fine
+    assert at_least(0.5, 0.8) == "0.50"
