@@ -247,6 +247,33 @@ async def test_metrics_count_turns_segments_audio_and_latency(
     assert metrics.value("voxrelay_synthesis_queue_depth", engine="tone") == 0
 
 
+async def test_metrics_show_a_mid_turn_silence_a_listener_would_hear(
+    observed_server: ObservedFactory,
+) -> None:
+    observed = await observed_server()
+    # 10 ms of tone per character: the first sentence plays for about 0.4 s, and the
+    # second's engine only starts to speak after 1.2 s. Then a turn that keeps up.
+    late_turn = [
+        text("This first sentence plays for a short while. "),
+        text("[[latency_ms=1200]]The second one comes too late."),
+        turn_done(),
+    ]
+    in_time_turn = [
+        text("This first sentence plays for a short while. "),
+        text("The second one is ready long before that."),
+        turn_done(),
+    ]
+    await run_session(observed, [config(voice=TONE_VOICE), *late_turn, *in_time_turn])
+
+    metrics = await observed.scrape_async()
+    gap = "voxrelay_playback_gap_seconds"
+    # One observation per segment after its turn's first.
+    assert metrics.value(f"{gap}_count", engine="tone") == 2
+    assert metrics.value(f"{gap}_bucket", engine="tone", le="0.0") == 1  # the one in time
+    # The listener ran dry for about 1.2 s less the first sentence's 0.45 s.
+    assert 0.5 < metrics.value(f"{gap}_sum", engine="tone") < 1.2
+
+
 async def test_metrics_count_errors_by_status_code(observed_server: ObservedFactory) -> None:
     observed = await observed_server()
     # The engine fails half-way through the second segment.

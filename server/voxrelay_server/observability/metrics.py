@@ -38,6 +38,8 @@ LATENCY_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
 )  # fmt: skip
 """Histogram buckets from 5 ms (an instant engine) to 5 s (a stalled one)."""
+GAP_BUCKETS_S = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Playback gaps: the first bucket (0) counts segments whose audio was in time."""
 
 
 class ServerMetrics:
@@ -84,6 +86,14 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.playback_gap = Histogram(
+            "voxrelay_playback_gap_seconds",
+            "Per segment after a turn's first: how long a listener playing at real-time "
+            "pace had nothing to play before its first audio (0: in time)",
+            ["engine"],
+            buckets=GAP_BUCKETS_S,
+            registry=self.registry,
+        )
         self.engine_latency = Histogram(
             "voxrelay_engine_latency_seconds",
             "From a segment getting a synthesis slot to its engine's first audio",
@@ -125,6 +135,8 @@ class MetricsObserver(TimelineObserver):
             self._metrics.time_to_first_audio.labels(self.engine).observe(
                 segment.time_to_first_audio_s
             )
+        if segment.playback_gap_s is not None:
+            self._metrics.playback_gap.labels(self.engine).observe(segment.playback_gap_s)
 
     def on_audio_sent(self, segment: SegmentRecord, samples: int) -> None:
         self._metrics.audio_seconds.inc(samples / self.settings.output.sample_rate_hz)

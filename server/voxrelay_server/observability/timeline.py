@@ -42,6 +42,10 @@ class SegmentRecord:
     engine_first_audio_at: float | None = None
     first_audio_at: float | None = None
     """When its first audio message was handed to gRPC."""
+    playback_gap_s: float | None = None
+    """How long a listener playing its turn at real-time pace from the turn's first
+    audio had nothing left to play when this segment's first audio went out (0: it
+    was in time); None for the turn's first segment."""
     samples_sent: int = 0
     outcome: SegmentOutcome | None = None
     error: SpeechError | None = None
@@ -74,6 +78,9 @@ class TurnRecord:
     text_chars: int = 0
     samples_sent: int = 0
     first_audio_at: float | None = None
+    plays_until: float = 0.0
+    """When a listener playing the turn's audio at real-time pace, each message from
+    when it was sent or the one before it ends, has played all of it."""
     cancelled: bool = False
     completed: bool = False
     """TURN_ENDED was sent; False for a turn cut short by the end of its session."""
@@ -197,17 +204,23 @@ class TimelineObserver(SessionObserver):
             self._delivering.delivery_over = True
             self._finish_if_over(self._delivering)
         self._delivering = record
+        now = time.monotonic()
+        turn_record = self._turn(turn)
         # `first` is not relied on: the first message of a segment is the one
         # that finds no earlier audio recorded for it.
         if record.first_audio_at is None:
-            record.first_audio_at = time.monotonic()
-            turn_record = self._turn(turn)
+            record.first_audio_at = now
             first_of_turn = turn_record.first_audio_at is None
             if first_of_turn:
-                turn_record.first_audio_at = record.first_audio_at
+                turn_record.first_audio_at = now
+            else:
+                record.playback_gap_s = max(0.0, now - turn_record.plays_until)
             self.on_first_audio(record, first_of_turn=first_of_turn)
+        turn_record.plays_until = (
+            max(turn_record.plays_until, now) + samples / self.settings.output.sample_rate_hz
+        )
         record.samples_sent += samples
-        self._turn(turn).samples_sent += samples
+        turn_record.samples_sent += samples
         self.samples_sent += samples
         self.on_audio_sent(record, samples)
 
