@@ -24,7 +24,8 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
-from voxrelay_server.scheduler import DeadlineScheduler, PlaybackClock
+from voxrelay_server.playback import PlaybackClock
+from voxrelay_server.scheduler import DeadlineScheduler
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from voxrelay_server.scheduler import DeadlineScheduler, PlaybackClock
+from voxrelay_server.playback import PlaybackClock
+from voxrelay_server.scheduler import DeadlineScheduler
 
 
 class Holder:

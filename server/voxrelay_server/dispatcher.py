@@ -39,7 +39,7 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
-from voxrelay_server.scheduler import PlaybackClock
+from voxrelay_server.playback import PlaybackClock
 from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, OutputFormat
 from voxrelay_server.splitter import SentenceSplitter
 

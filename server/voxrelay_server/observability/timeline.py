@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from voxrelay_server.errors import SpeechError
 from voxrelay_server.observer import SessionObserver
+from voxrelay_server.playback import PlaybackClock
 from voxrelay_server.settings import SessionSettings
 
 
@@ -78,9 +79,8 @@ class TurnRecord:
     text_chars: int = 0
     samples_sent: int = 0
     first_audio_at: float | None = None
-    plays_until: float = 0.0
-    """When a listener playing the turn's audio at real-time pace, each message from
-    when it was sent or the one before it ends, has played all of it."""
+    playback: PlaybackClock = field(default_factory=PlaybackClock)
+    """A listener's playback of the turn's audio, at real-time pace from when it is sent."""
     cancelled: bool = False
     completed: bool = False
     """TURN_ENDED was sent; False for a turn cut short by the end of its session."""
@@ -214,11 +214,9 @@ class TimelineObserver(SessionObserver):
             if first_of_turn:
                 turn_record.first_audio_at = now
             else:
-                record.playback_gap_s = max(0.0, now - turn_record.plays_until)
+                record.playback_gap_s = max(0.0, now - turn_record.playback.runs_out_at)
             self.on_first_audio(record, first_of_turn=first_of_turn)
-        turn_record.plays_until = (
-            max(turn_record.plays_until, now) + samples / self.settings.output.sample_rate_hz
-        )
+        turn_record.playback.sent(samples / self.settings.output.sample_rate_hz)
         record.samples_sent += samples
         turn_record.samples_sent += samples
         self.samples_sent += samples

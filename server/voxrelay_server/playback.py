@@ -1,0 +1,52 @@
+"""When a listener runs out of audio, were it playing what it was sent at real-time pace.
+
+The scheduler keys each session's next segment by it; the observability
+timeline measures the silences a listener would hear with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class PlaybackClock:
+    """A listener's playback of one stream of audio (times are `time.monotonic()`).
+
+    Each piece of audio plays from when it is sent or when the audio before it
+    ends, whichever is later. For the scheduler, one per session: it counts a
+    segment's estimated audio in when it grants the segment a slot, the
+    dispatcher reports the audio it sends and the segments it finishes, and the
+    scheduler reads `deadline()`.
+    """
+
+    __slots__ = ("ahead_s", "on_sooner", "runs_out_at")
+
+    def __init__(self) -> None:
+        self.runs_out_at = 0.0
+        """When the audio sent so far has played."""
+        self.ahead_s = 0.0
+        """Estimated audio, not yet sent, of the segments that got a synthesis slot."""
+        self.on_sooner: Callable[[PlaybackClock], None] | None = None
+        """Told when the deadline may have moved earlier (set by the scheduler)."""
+
+    def deadline(self, asked: float) -> float:
+        """When the audio of the session's next segment, asked for at `asked`, is due."""
+        return max(self.runs_out_at, asked) + self.ahead_s
+
+    def granted(self, estimate_s: float) -> None:
+        """A segment whose audio should last about `estimate_s` got a synthesis slot."""
+        self.ahead_s += estimate_s
+
+    def sent(self, duration_s: float, estimated_s: float = 0.0) -> None:
+        """Audio lasting `duration_s` went to the client just now; `estimated_s` of it
+        was counted in `ahead_s`."""
+        self.runs_out_at = max(self.runs_out_at, time.monotonic()) + duration_s
+        self.ahead_s -= estimated_s
+
+    def finished(self, unsent_estimate_s: float) -> None:
+        """A started segment was delivered or dropped; `unsent_estimate_s` of its
+        estimate was never sent (its audio came out shorter, or was dropped)."""
+        self.ahead_s -= unsent_estimate_s
+        if self.on_sooner is not None:
+            self.on_sooner(self)
