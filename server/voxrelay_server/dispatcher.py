@@ -6,8 +6,8 @@ A short pipeline, each stage with one job and explicit state:
                                       │
                scheduler: starts up to `max_inflight_segments` jobs, in order;
                each waits for room in the audio buffer and for a server-wide
-               synthesis slot (`DeadlineScheduler`, which serves first the session
-               whose audio runs out first) before its engine runs
+               synthesis slot (`DeadlineScheduler`, which serves first the
+               segment whose audio is due first) before its engine runs
                                       │
     events() <── merger: walks the timeline in order, streaming the head job's
                  audio through a SegmentEncoder as it is produced

@@ -204,11 +204,11 @@ class TimelineObserver(SessionObserver):
             self._delivering.delivery_over = True
             self._finish_if_over(self._delivering)
         self._delivering = record
-        now = time.monotonic()
         turn_record = self._turn(turn)
         # `first` is not relied on: the first message of a segment is the one
         # that finds no earlier audio recorded for it.
         if record.first_audio_at is None:
+            now = time.monotonic()
             record.first_audio_at = now
             first_of_turn = turn_record.first_audio_at is None
             if first_of_turn:
