@@ -12,6 +12,9 @@ For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one ru
   process on loopback; the same texts, one session each, all opened at once from
   this process, their audio read as fast as it arrives. The two alternate, each
   going first in turn, and each voxrelay run is paired with the direct run beside it.
+  A run's throughput is its steady rate: the slope of the audio received against
+  time between 10 % and 90 % of the run's audio, so opening hundreds of sessions at
+  once (a burst a server sees rarely) and the run's last segments do not count.
 - **First audio and real-time factor** of one text on an idle server: direct is
   one `synthesize()` call on the whole text; through voxrelay is one session
   sending it in one message (the server splits it and runs its sentences in parallel).
@@ -31,8 +34,10 @@ For `piper/en_US-joe-medium` and `espeak/en-us` this section measures, in one ru
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -95,6 +100,10 @@ MAX_SHARE = 2.0
 """No trial asks for more than this many times what the direct throughput allows."""
 CHANNELS = 4
 """Client connections the sessions are spread over (separate TCP connections)."""
+STEADY_FROM, STEADY_TO = 0.1, 0.9
+"""A run's throughput counts the audio between these shares of it: the start (opening
+all the sessions at once) and the end (the last segments, with lanes running dry) are
+not the rate a loaded server sustains, and would make the figure depend on run length."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,8 @@ class Config:
 
 FULL = Config(
     SENTENCES,
-    repeats=5,
-    throughput_work_s=4.0,
+    repeats=10,
+    throughput_work_s=2.0,
     session_sentences=3,
     max_trials=6,
     resolution=0.05,
@@ -204,12 +213,47 @@ def tree_cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
+class Arrivals:
+    """When each piece of a run's audio arrived, for the run's steady rate."""
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+        self._audio_s: list[float] = []
+
+    def add(self, audio_s: float, when: float | None = None) -> None:
+        """`audio_s` seconds of audio arrived at `when` (`time.perf_counter()`; default now)."""
+        self._times.append(time.perf_counter() if when is None else when)
+        self._audio_s.append(audio_s)
+
+    def steady_rate(self, low: float = STEADY_FROM, high: float = STEADY_TO) -> float:
+        """Audio s per s while the run was between `low` and `high` of its audio.
+
+        The slope of the least-squares line through (arrival time, audio received so
+        far) over those arrivals: an engine that delivers a sentence at a time (piper)
+        makes a staircase, and a line through all of its steps is not moved by where
+        the first and last step fall as two points would be. 0.0 with under two points.
+        """
+        total = sum(self._audio_s)
+        times: list[float] = []
+        received: list[float] = []
+        for when, so_far in zip(self._times, itertools.accumulate(self._audio_s), strict=True):
+            if low * total <= so_far <= high * total:
+                times.append(when)
+                received.append(so_far)
+        try:
+            return statistics.linear_regression(times, received).slope
+        except statistics.StatisticsError:  # under two points, or all at one time
+            return 0.0
+
+
 @dataclass
 class Throughput:
-    """Audio produced over a wall-clock interval, and the CPU busy meanwhile."""
+    """Audio produced over a run, and the CPU busy meanwhile."""
 
     audio_s: float
     wall_s: float
+    steady_rate: float
+    """Seconds of audio per wall second between 10 % and 90 % of the run's audio."""
     cpu: Cpu = field(default_factory=Cpu)
     first_audio_s: float = 0.0
     """Through voxrelay: from the start to the first audio of any session (the time
@@ -217,7 +261,12 @@ class Throughput:
 
     @property
     def rate(self) -> float:
-        """Seconds of audio per wall second."""
+        """The throughput: the steady rate, without the run's start and end."""
+        return self.steady_rate
+
+    @property
+    def run_rate(self) -> float:
+        """Seconds of audio per wall second over the whole run, start and end included."""
         return self.audio_s / self.wall_s
 
 
@@ -369,6 +418,7 @@ async def direct_throughput(
     for segment in segments:
         queue.put_nowait(segment)
     samples = 0
+    arrivals = Arrivals()
 
     async def lane() -> None:
         nonlocal samples
@@ -376,12 +426,14 @@ async def direct_throughput(
             text = queue.get_nowait()
             async for chunk in engine.synthesize(voice, text, SynthesisOptions()):
                 samples += len(chunk) // 2
+                arrivals.add(len(chunk) // 2 / voice.native_sample_rate_hz)
 
     meter = CpuMeter(None)
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(engine.max_concurrency)))
     wall = time.perf_counter() - started
-    return Throughput(samples / voice.native_sample_rate_hz, wall, meter.stop())
+    audio_s = samples / voice.native_sample_rate_hz
+    return Throughput(audio_s, wall, arrivals.steady_rate(), meter.stop())
 
 
 # Through voxrelay.
@@ -437,13 +489,14 @@ async def listen(
     *,
     gap_s: float = SEND_GAP_S,
     underrun: asyncio.Event | None = None,
+    arrivals: Arrivals | None = None,
 ) -> None:
     """One listener: stream `sentences`, and play the audio back at real-time pace.
 
     Fills `result` as audio arrives (so a cancelled listener keeps what it saw).
     Playback starts `JITTER_BUFFER_S` after the first audio; each message must
     arrive before its first sample plays, else it counts as an underrun and
-    `underrun` is set.
+    `underrun` is set. Each audio message is also added to `arrivals`, if given.
     """
     try:
         async with clients.session(voice) as session:
@@ -476,6 +529,8 @@ async def listen(
                             if underrun is not None:
                                 underrun.set()
                     result.audio_s += event.duration_s
+                    if arrivals is not None:
+                        arrivals.add(event.duration_s)
                 await sender
             finally:
                 sender.cancel()
@@ -493,10 +548,11 @@ async def voxrelay_throughput(
     """One session per text, all opened at once, audio read as fast as it arrives."""
     meter = CpuMeter(server)
     listeners = [Listener() for _ in texts]
+    arrivals = Arrivals()
     started = time.perf_counter()
     await asyncio.gather(
         *(
-            listen(clients, voice, sentences, listener, gap_s=0.0)
+            listen(clients, voice, sentences, listener, gap_s=0.0, arrivals=arrivals)
             for sentences, listener in zip(texts, listeners, strict=True)
         )
     )
@@ -505,7 +561,8 @@ async def voxrelay_throughput(
     if errors:
         raise RuntimeError(f"{len(errors)} {voice} sessions failed, the first: {errors[0]}")
     first = min(lis.first_audio_s for lis in listeners if lis.first_audio_s is not None)
-    return Throughput(sum(lis.audio_s for lis in listeners), wall, meter.stop(), first)
+    audio_s = sum(lis.audio_s for lis in listeners)
+    return Throughput(audio_s, wall, arrivals.steady_rate(), meter.stop(), first)
 
 
 async def realtime_trial(
@@ -663,17 +720,16 @@ async def measure_voice(
         file=sys.stderr,
         flush=True,
     )
-    # Each trial between two direct measurements of half a throughput run's work; the
-    # one after a trial is the one before the next.
-    beside_segments = segments[: max(engine.max_concurrency, len(segments) // 2)]
-    before = await direct_throughput(engine, voice, beside_segments)
+    # Each trial between two direct measurements of a throughput run's work; the one
+    # after a trial is the one before the next.
+    before = await direct_throughput(engine, voice, segments)
 
     async def paired_trial(share: float) -> Trial:
         nonlocal before
         sessions = max(1, round(share * allowed_by(before.rate)))
         trial = await realtime_trial(clients, name, texts_for(config, sessions), server)
         await settle(server)
-        after = await direct_throughput(engine, voice, beside_segments)
+        after = await direct_throughput(engine, voice, segments)
         trial.beside = [before, after]
         before = after
         return trial
@@ -884,9 +940,15 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             f"{voxrelay_eff:.0f} (ratio {voxrelay_eff / direct_eff:.2f})"
         )
         ramp = [t.first_audio_s / t.wall_s for t in result.voxrelay]
+        whole_ratios = [
+            v.run_rate / d.run_rate for d, v in zip(result.direct, result.voxrelay, strict=True)
+        ]
         notes.append(
             f"{result.voice}: {result.texts} texts ({result.direct[0].audio_s:.0f} s of audio) "
-            f"per throughput run; through voxrelay the first audio of a run came "
+            "per throughput run; whole-run rates, start and end included: direct "
+            f"{median([t.run_rate for t in result.direct]):.1f}, through voxrelay "
+            f"{median([t.run_rate for t in result.voxrelay]):.1f} audio s/s, median of paired "
+            f"ratios {median(whole_ratios):.2f}; through voxrelay the first audio of a run came "
             f"{median([t.first_audio_s for t in result.voxrelay]) * 1000:.0f} ms after its "
             f"start ({median(ramp):.1%} of the run) where one text alone has its first audio "
             f"{median([t.first_audio_s for t in result.direct_single]) * 1000:.0f} ms after "
@@ -920,7 +982,14 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         f"`--workers`, `--max-inflight-segments`); the same texts of "
         f"{config.session_sentences} sentences, one session each, all opened at once from "
         f"the benchmark process over {CHANNELS} connections, each sent sentence by "
-        "sentence, audio read as fast as it arrives. Throughput = all audio / wall time.",
+        "sentence, audio read as fast as it arrives.",
+        f"Throughput is a run's steady rate, on both paths: the slope of a least-squares "
+        "line through the audio received so far against time, over the arrivals between "
+        f"{STEADY_FROM:.0%} and {STEADY_TO:.0%} of the run's audio. Left out: the start "
+        "(through voxrelay, opening every session at once) and the end (the last segments, "
+        "with lanes running dry), which are not what a loaded server sustains and would "
+        "make the figure depend on how long a run is. The whole-run rates are in each "
+        "voice's note above.",
         "First audio and real-time factor (direct / voxrelay): one text alone; direct is one "
         "`synthesize()` call on the whole text (piper speaks its sentences one after "
         "another), voxrelay one session sending it in one message (its sentences run in "
@@ -933,7 +1002,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         "stops at its first underrun. Allowed = floor(direct throughput x "
         f"{1 - CAPACITY_MARGIN:.1f}) (each session needs 1.0 audio s/s; "
         f"{CAPACITY_MARGIN:.0%} margin), with the direct throughput measured just before and "
-        "just after the trial (the median of the two; half a throughput run's work each), "
+        "just after the trial (the median of the two; a throughput run's work each), "
         "so the trial and its yardstick see the same machine.",
     ]
     return Section(
@@ -943,8 +1012,10 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             "process (the ceiling; espeak-ng itself runs in the engine's worker process "
             "either way) against the same work "
             f"through a voxrelay server process on loopback, {config.repeats} interleaved "
-            "repeats (median ± spread); then the most concurrent real-time listeners without "
-            "a single underrun, as a share of what the direct throughput measured beside each "
+            "repeats (median ± spread; throughput is each run's steady rate, between "
+            f"{STEADY_FROM:.0%} and {STEADY_TO:.0%} of its audio); then the most concurrent "
+            "real-time listeners without a single underrun, as a share of what the direct "
+            "throughput measured beside each "
             f"trial allows: {config.first_repeats} trial(s) at {config.first_share:g} of it "
             "(the share passes if most do), then growing "
             f"{SHARE_GROWTH:g}x while trials pass, then bisecting."

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import SECTIONS
+from bench.real_voice import Arrivals
 from bench.report import at_least
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +113,28 @@ def test_a_figure_just_below_its_goal_never_reads_as_the_goal() -> None:
     assert at_least(0.8, 0.8) == "0.80"
     assert at_least(0.804, 0.8) == "0.80"  # met, and rounds to the goal: fine
     assert at_least(0.5, 0.8) == "0.50"
+
+
+def test_a_runs_steady_rate_leaves_out_its_slow_start_and_end() -> None:
+    arrivals = Arrivals()
+    arrivals.add(2.0, when=1.0)  # sessions still opening: 2 s of audio in the first second
+    for step in range(1, 17):  # then 1 s of audio every 0.1 s: 10 audio s/s
+        arrivals.add(1.0, when=1.0 + step * 0.1)
+    arrivals.add(2.0, when=4.0)  # the last segment, a lane long dry
+    assert arrivals.steady_rate() == pytest.approx(10.0)
+
+
+def test_a_staircase_of_sentences_reads_at_its_mean_rate() -> None:
+    # Two lanes that each finish a 2 s sentence every second, almost together:
+    # 4 audio s/s, delivered as pairs of steps.
+    arrivals = Arrivals()
+    for second in range(10):
+        arrivals.add(2.0, when=float(second))
+        arrivals.add(2.0, when=second + 0.01)
+    assert arrivals.steady_rate() == pytest.approx(4.0, rel=0.03)
+
+
+def test_a_run_with_too_few_arrivals_has_no_steady_rate() -> None:
+    arrivals = Arrivals()
+    arrivals.add(5.0, when=1.0)
+    assert arrivals.steady_rate() == 0.0
