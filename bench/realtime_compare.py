@@ -11,8 +11,9 @@ trial runs to the end. Each listener's slack is how early its latest-arriving
 audio message came before it had to play (below 0: an underrun). Prints each
 trial, then per revision the medians over trials of the worst and the median
 listener's slack, of the gap between them (how unevenly lateness is shared; the
-machine's speed moves both, less so their gap) and of the delivered throughput,
-and how many trials had an underrun. The scheduler's before/after in the
+machine's speed moves both, less so their gap), of the listeners' first audio
+(p50 and p95 within a trial) and of the delivered throughput, and how many
+trials had an underrun. The scheduler's before/after in the
 optimisation log was measured this way.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from bench.compare import start_revision, worktree
 from bench.real_voice import FULL, PIPER, Clients, Listener, listen, texts_for
-from bench.report import median
+from bench.report import median, percentile
 from bench.servers import ServerProcess, stop_server_process
 
 
@@ -41,6 +42,9 @@ class Outcome:
     median_slack_s: float
     throughput: float
     """Audio s delivered per wall s."""
+    first_audio_p50_s: float
+    first_audio_p95_s: float
+    """Over the listeners: from a listener's start to its first audio."""
 
 
 async def trial(server: ServerProcess, voice: str, sessions: int) -> Outcome:
@@ -62,7 +66,14 @@ async def trial(server: ServerProcess, voice: str, sessions: int) -> Outcome:
     if errors:
         raise RuntimeError(f"{len(errors)} sessions failed, the first: {errors[0]}")
     slack = [listener.worst_slack_s for listener in listeners]
-    return Outcome(min(slack), median(slack), sum(lis.audio_s for lis in listeners) / wall)
+    first = [lis.first_audio_s for lis in listeners if lis.first_audio_s is not None]
+    return Outcome(
+        min(slack),
+        median(slack),
+        sum(lis.audio_s for lis in listeners) / wall,
+        percentile(first, 50),
+        percentile(first, 95),
+    )
 
 
 async def compare(base: Path, voice: str, sessions: int, repeats: int) -> list[str]:
@@ -94,7 +105,9 @@ async def compare(base: Path, voice: str, sessions: int, repeats: int) -> list[s
             f"median {median([o.worst_slack_s for o in runs]) * 1000:.0f} ms, median "
             f"listener's {median([o.median_slack_s for o in runs]) * 1000:.0f} ms, the gap "
             f"between them {median([o.median_slack_s - o.worst_slack_s for o in runs]) * 1000:.0f}"
-            " ms, "
+            " ms, first audio p50 "
+            f"{median([o.first_audio_p50_s for o in runs]) * 1000:.0f} ms, p95 "
+            f"{median([o.first_audio_p95_s for o in runs]) * 1000:.0f} ms, "
             f"throughput {median([o.throughput for o in runs]):.1f} audio s/s, trials with an "
             f"underrun {sum(o.worst_slack_s < 0 for o in runs)}"
         )

@@ -103,7 +103,8 @@ def test_realtime_compare_measures_a_base_revision_against_this_tree() -> None:
     assert [line.split(":")[0] for line in lines] == ["base", "this tree"]
     for line in lines:
         assert re.search(r"3 sessions, 1 trials: worst listener's slack median -?\d+ ms", line)
-        assert re.search(r"throughput [\d.]+ audio s/s, trials with an underrun [01]$", line)
+        assert re.search(r"first audio p50 \d+ ms, p95 \d+ ms, throughput [\d.]+ audio s/s", line)
+        assert re.search(r"trials with an underrun [01]$", line)
 
 
 def test_a_figure_just_below_its_goal_never_reads_as_the_goal() -> None:

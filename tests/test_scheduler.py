@@ -158,6 +158,52 @@ async def test_a_segment_that_ends_short_brings_its_sessions_deadline_forward() 
     assert log == ["holder", "after the estimate", "two seconds in hand"]
 
 
+async def test_a_listener_about_to_run_dry_goes_before_new_turns_that_asked_earlier() -> None:
+    scheduler = DeadlineScheduler(1, protect_within_s=1.0)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    waiting: list[Holder] = []
+    for index in range(3):  # a burst of new turns, all due already
+        waiting.append(Holder(scheduler, PlaybackClock(), f"new turn {index}", log))
+        await queued(scheduler, index + 1)
+    comfortable, running_dry = PlaybackClock(), PlaybackClock()
+    comfortable.sent(3.0)
+    running_dry.sent(0.5)
+    waiting.append(Holder(scheduler, comfortable, "three seconds in hand", log))
+    await queued(scheduler, 4)
+    waiting.append(Holder(scheduler, running_dry, "half a second in hand", log))
+    await queued(scheduler, 5)
+
+    await run_out(holder, waiting)
+
+    assert log == [
+        "holder",
+        "half a second in hand",
+        "new turn 0",
+        "new turn 1",
+        "new turn 2",
+        "three seconds in hand",
+    ]
+
+
+async def test_a_listener_who_starts_playing_while_its_next_segment_waits_is_protected() -> None:
+    scheduler = DeadlineScheduler(1, protect_within_s=1.0)
+    log: list[str] = []
+    holder = Holder(scheduler, PlaybackClock(), "holder", log)
+    speaking = PlaybackClock()
+    speaking.granted(0.6)  # its first sentence, 0.6 s of audio, is being synthesized
+    waiting = [Holder(scheduler, speaking, "second sentence", log)]
+    await queued(scheduler, 1)
+    for index in range(2):
+        waiting.append(Holder(scheduler, PlaybackClock(), f"new turn {index}", log))
+        await queued(scheduler, index + 2)
+
+    speaking.sent(0.6, estimated_s=0.6)  # the first sentence goes out: 0.6 s to play
+    await run_out(holder, waiting)
+
+    assert log == ["holder", "second sentence", "new turn 0", "new turn 1"]
+
+
 async def test_a_granted_segment_counts_at_once_before_its_task_runs() -> None:
     scheduler = DeadlineScheduler(2)
     log: list[str] = []

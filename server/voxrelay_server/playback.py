@@ -20,19 +20,25 @@ class PlaybackClock:
     scheduler reads `deadline()`.
     """
 
-    __slots__ = ("ahead_s", "on_sooner", "runs_out_at")
+    __slots__ = ("ahead_s", "on_change", "runs_out_at")
 
     def __init__(self) -> None:
         self.runs_out_at = 0.0
         """When the audio sent so far has played."""
         self.ahead_s = 0.0
         """Estimated audio, not yet sent, of the segments that got a synthesis slot."""
-        self.on_sooner: Callable[[PlaybackClock], None] | None = None
-        """Told when the deadline may have moved earlier (set by the scheduler)."""
+        self.on_change: Callable[[PlaybackClock], None] | None = None
+        """Told when the deadline may have moved earlier, or the listener, out of audio
+        until now, starts playing (set by the scheduler)."""
 
     def deadline(self, asked: float) -> float:
         """When the audio of the session's next segment, asked for at `asked`, is due."""
         return max(self.runs_out_at, asked) + self.ahead_s
+
+    def playing_at(self, asked: float) -> bool:
+        """Whether the listener was still playing audio sent before `asked`: a segment
+        asked for then continues what it hears, rather than starting anew."""
+        return self.runs_out_at > asked
 
     def granted(self, estimate_s: float) -> None:
         """A segment whose audio should last about `estimate_s` got a synthesis slot."""
@@ -41,12 +47,16 @@ class PlaybackClock:
     def sent(self, duration_s: float, estimated_s: float = 0.0) -> None:
         """Audio lasting `duration_s` went to the client just now; `estimated_s` of it
         was counted in `ahead_s`."""
-        self.runs_out_at = max(self.runs_out_at, time.monotonic()) + duration_s
+        now = time.monotonic()
+        was_dry = self.runs_out_at < now
+        self.runs_out_at = max(self.runs_out_at, now) + duration_s
         self.ahead_s -= estimated_s
+        if was_dry and self.on_change is not None:
+            self.on_change(self)
 
     def finished(self, unsent_estimate_s: float) -> None:
         """A started segment was delivered or dropped; `unsent_estimate_s` of its
         estimate was never sent (its audio came out shorter, or was dropped)."""
         self.ahead_s -= unsent_estimate_s
-        if self.on_sooner is not None:
-            self.on_sooner(self)
+        if self.on_change is not None:
+            self.on_change(self)

@@ -9,9 +9,14 @@ is later: a new turn), plus the audio of the session's earlier segments still
 being synthesized or sent, estimated from their text. So a listener about to run
 dry goes before one with seconds of audio in hand, new turns are served in the
 order they came, and a session queueing a novel cannot starve ten sessions that
-each want one sentence: its later segments are due far in the future. Beyond
-what the engine can keep up with, lateness is shared out: every listener runs a
-little late rather than a few running very late.
+each want one sentence: its later segments are due far in the future.
+
+One exception to that order: a listener who is playing and will run out of audio
+within `protect_within_s` goes before new turns, even those that asked earlier.
+A new turn's deadline is when it asked, so in a burst of new turns (hundreds of
+sessions opening at once) they are all overdue, and by deadline alone they would
+all go first while the listeners already playing run dry: a gap in the middle of
+a turn is heard, where a new turn starting a little later is not a gap.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import collections
 import heapq
 import itertools
+import math
 import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -31,23 +37,35 @@ _Waiter = tuple[asyncio.Future[None], float, float]
 _Entry = list[Any]
 """[deadline, sequence number, session]: a heap entry; live while `_entries` holds it."""
 
+PROTECT_WITHIN_S = 1.0
+"""A playing listener whose audio runs out within this many seconds goes before new
+turns: time for a segment to be synthesized (piper takes a few hundred milliseconds
+for a sentence) with room to spare, short enough that a new turn waits only for
+segments that are needed soon anyway."""
+
 
 class DeadlineScheduler:
-    """`slots` concurrent synthesis slots, granted earliest deadline first."""
+    """`slots` concurrent synthesis slots, granted earliest deadline first, except that
+    a listener running out of audio within `protect_within_s` goes before new turns."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, protect_within_s: float = PROTECT_WITHIN_S) -> None:
         if slots < 1:
             raise ValueError(f"a scheduler needs at least one slot, not {slots}")
         self.slots = slots
+        self.protect_within_s = protect_within_s
         self._free = slots
         # Each session's waiting segments in its own order, and its one live entry in
-        # the heap. A deadline moves later as audio is sent or a later segment comes to
-        # the head, so an entry's key may be stale low: it is brought up to date when it
-        # reaches the top. It moves earlier only when a segment finishes shorter than
-        # estimated (`PlaybackClock.finished`): the session then gets a fresh entry.
+        # the heaps. A deadline moves later as audio is sent or a later segment comes
+        # to the head, so an entry's key may be stale low: it is brought up to date
+        # when it reaches the top. It moves earlier only when a segment finishes
+        # shorter than estimated (`PlaybackClock.finished`): the session then gets a
+        # fresh entry, as it does when its listener starts playing.
         self._waiting: dict[PlaybackClock, collections.deque[_Waiter]] = {}
         self._entries: dict[PlaybackClock, _Entry] = {}
         self._heap: list[_Entry] = []
+        """Every waiting session's entry."""
+        self._playing: list[_Entry] = []
+        """The entries of sessions whose listener is playing, for `protect_within_s`."""
         self._sequence = itertools.count()  # ties go to whoever was queued first
 
     @property
@@ -72,8 +90,8 @@ class DeadlineScheduler:
         waiters = self._waiting.get(session)
         if waiters is None:
             self._waiting[session] = collections.deque([(granted, asked, estimate_s)])
-            heapq.heappush(self._heap, self._entry(session, session.deadline(asked)))
-            session.on_sooner = self._reconsider
+            self._push(session, asked)
+            session.on_change = self._reconsider
         else:
             waiters.append((granted, asked, estimate_s))
         try:
@@ -96,7 +114,16 @@ class DeadlineScheduler:
         return False
 
     def _release(self) -> None:
-        heap = self._heap
+        protected_until = time.monotonic() + self.protect_within_s
+        if not (
+            self._grant_first(self._playing, protected_until)
+            or self._grant_first(self._heap, math.inf)
+        ):
+            self._free += 1
+
+    def _grant_first(self, heap: list[_Entry], due_by: float) -> bool:
+        """Grant the slot to the session of `heap`'s earliest live entry if it is due
+        by `due_by`; False if none is (or nobody waits)."""
         while heap:
             entry = heap[0]
             session: PlaybackClock = entry[2]
@@ -105,10 +132,11 @@ class DeadlineScheduler:
                 continue
             waiters = self._waiting[session]
             granted, asked, estimate_s = waiters[0]
-            deadline = session.deadline(asked)
-            if deadline > entry[0]:  # audio went out since it was keyed: not so urgent
-                heapq.heapreplace(heap, self._entry(session, deadline))
+            if session.deadline(asked) > entry[0]:  # audio went out since: not so urgent
+                self._push(session, asked)
                 continue
+            if entry[0] > due_by:
+                return False
             waiters.popleft()
             live = not granted.done()
             if live:
@@ -116,26 +144,29 @@ class DeadlineScheduler:
                 # next segment is due after this one's audio from this moment on.
                 session.granted(estimate_s)
             if waiters:
-                later = session.deadline(waiters[0][1])
-                heapq.heapreplace(heap, self._entry(session, later))
+                self._push(session, waiters[0][1])
             else:
-                heapq.heappop(heap)
                 del self._waiting[session], self._entries[session]
             if live:
                 granted.set_result(None)
-                return
-        self._free += 1
+                return True
+        return False
 
     def _reconsider(self, session: PlaybackClock) -> None:
-        """`session`'s deadline may be earlier than its entry says: give it a fresh one."""
+        """`session`'s deadline may be earlier than its entry says, or its listener has
+        started playing: give it a fresh entry."""
         waiters = self._waiting.get(session)
         if waiters:
-            heapq.heappush(self._heap, self._entry(session, session.deadline(waiters[0][1])))
+            self._push(session, waiters[0][1])
 
-    def _entry(self, session: PlaybackClock, deadline: float) -> _Entry:
-        entry: _Entry = [deadline, next(self._sequence), session]
+    def _push(self, session: PlaybackClock, asked: float) -> None:
+        """A fresh entry for `session`'s first waiting segment, which asked at `asked`
+        (the one before, if any, is dropped when it reaches the top of a heap)."""
+        entry: _Entry = [session.deadline(asked), next(self._sequence), session]
         self._entries[session] = entry
-        return entry
+        heapq.heappush(self._heap, entry)
+        if session.playing_at(asked):
+            heapq.heappush(self._playing, entry)
 
     def _forget(self, session: PlaybackClock, granted: asyncio.Future[None]) -> None:
         waiters = self._waiting.get(session)
