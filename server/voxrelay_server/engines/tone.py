@@ -27,6 +27,10 @@ ENGINE_NAME = "tone"
 VOICE_NAME = f"{ENGINE_NAME}/square"
 SAMPLE_RATE_HZ = 16000
 FRAME_MS = 20
+"""Paced audio (`realtime_factor` > 0) comes in frames of this length; instant audio
+comes a second at a time, as a real engine hands over what it has made (piper a
+sentence, espeak-ng two seconds), so a benchmark measures voxrelay, not this
+engine cutting frames."""
 _PERIOD_SAMPLES = 40  # 400 Hz at 16 kHz
 _LATENCY = re.compile(r"\[\[latency_ms=(\d+)\]\]")
 _FAIL = "[[fail]]"
@@ -92,15 +96,15 @@ class ToneEngine(SpeechEngine):
             total = self.samples_for(text, options.speed)
             fail_at = total // 2 if _FAIL in text else None
             wave = _square_wave(total, self.amplitude_for(text))
-            frame = SAMPLE_RATE_HZ * FRAME_MS // 1000
+            frame = SAMPLE_RATE_HZ * FRAME_MS // 1000 if self.realtime_factor else SAMPLE_RATE_HZ
             for start in range(0, total, frame):
-                if fail_at is not None and start >= fail_at:
-                    raise EngineError(ErrorCode.INTERNAL, "tone engine: [[fail]] requested")
                 chunk = wave[start : start + frame]
-                # Yielding to the loop between frames keeps cancellation prompt.
-                if self.realtime_factor or not start % SAMPLE_RATE_HZ:
-                    # Paced, or (instant) a yield to the loop once per second of audio.
-                    await asyncio.sleep(self.realtime_factor * len(chunk) / SAMPLE_RATE_HZ)
+                # Paced, or (instant) a yield to the loop: either keeps cancellation prompt.
+                await asyncio.sleep(self.realtime_factor * len(chunk) / SAMPLE_RATE_HZ)
+                if fail_at is not None and start + len(chunk) > fail_at:
+                    if fail_at > start:
+                        yield chunk[: fail_at - start].tobytes()
+                    raise EngineError(ErrorCode.INTERNAL, "tone engine: [[fail]] requested")
                 yield chunk.tobytes()
             self.stats.finished += 1
         except (asyncio.CancelledError, GeneratorExit):
