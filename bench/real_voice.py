@@ -906,10 +906,9 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
         direct_cores = median([t.cpu.client for t in result.direct])
         other = median([t.cpu.other for t in [*result.direct, *result.voxrelay]])
         trials = ", ".join(
-            f"{t.sessions} of {t.allowed} allowed {'ok' if t.ok else 'underrun'} "
-            f"(first audio p95 {percentile(t.first_audio, 95):.1f} s, other {t.cpu.other:.1f})"
-            if t.first_audio
-            else f"{t.sessions} of {t.allowed} allowed {'ok' if t.ok else 'underrun'}"
+            f"{t.sessions} of {t.allowed} allowed {'ok' if t.ok else 'underrun'} ("
+            + (f"first audio p95 {percentile(t.first_audio, 95):.1f} s, " if t.first_audio else "")
+            + f"other {t.cpu.other:.1f})"
             for t in result.trials
         )
         first_audio = ""
