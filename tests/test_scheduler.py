@@ -8,7 +8,12 @@ import time
 import pytest
 
 from voxrelay_server.playback import PlaybackClock
-from voxrelay_server.scheduler import DeadlineScheduler
+from voxrelay_server.scheduler import (
+    PROTECT_HOLDS,
+    PROTECT_MAX_S,
+    PROTECT_MIN_S,
+    DeadlineScheduler,
+)
 
 
 class Holder:
@@ -159,7 +164,7 @@ async def test_a_segment_that_ends_short_brings_its_sessions_deadline_forward() 
 
 
 async def test_a_listener_about_to_run_dry_goes_before_new_turns_that_asked_earlier() -> None:
-    scheduler = DeadlineScheduler(1, protect_within_s=1.0)
+    scheduler = DeadlineScheduler(1, protect_within=1.0)
     log: list[str] = []
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     waiting: list[Holder] = []
@@ -187,7 +192,7 @@ async def test_a_listener_about_to_run_dry_goes_before_new_turns_that_asked_earl
 
 
 async def test_a_listener_who_starts_playing_while_its_next_segment_waits_is_protected() -> None:
-    scheduler = DeadlineScheduler(1, protect_within_s=1.0)
+    scheduler = DeadlineScheduler(1, protect_within=1.0)
     log: list[str] = []
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     speaking = PlaybackClock()
@@ -202,6 +207,21 @@ async def test_a_listener_who_starts_playing_while_its_next_segment_waits_is_pro
     await run_out(holder, waiting)
 
     assert log == ["holder", "second sentence", "new turn 0", "new turn 1"]
+
+
+def test_the_protection_follows_how_long_the_engine_holds_a_slot() -> None:
+    scheduler = DeadlineScheduler(2)
+    assert scheduler.protect_within_s == PROTECT_MAX_S  # nothing known yet: the most
+
+    for _ in range(200):
+        scheduler.record_hold(0.4)  # a few hundred ms a sentence, as piper takes
+    assert scheduler.protect_within_s == pytest.approx(PROTECT_HOLDS * 0.4, rel=0.01)
+
+    for _ in range(200):
+        scheduler.record_hold(0.003)  # milliseconds, as espeak-ng takes
+    assert scheduler.protect_within_s == PROTECT_MIN_S
+
+    assert DeadlineScheduler(2, protect_within=0.7).protect_within_s == 0.7
 
 
 async def test_a_granted_segment_counts_at_once_before_its_task_runs() -> None:

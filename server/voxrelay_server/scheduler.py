@@ -37,22 +37,31 @@ _Waiter = tuple[asyncio.Future[None], float, float]
 _Entry = list[Any]
 """[deadline, sequence number, session]: a heap entry; live while `_entries` holds it."""
 
-PROTECT_WITHIN_S = 1.0
-"""A playing listener whose audio runs out within this many seconds goes before new
-turns: time for a segment to be synthesized (piper takes a few hundred milliseconds
-for a sentence) with room to spare, short enough that a new turn waits only for
-segments that are needed soon anyway."""
+PROTECT_HOLDS = 3.0
+PROTECT_MIN_S, PROTECT_MAX_S = 0.2, 2.0
+"""A playing listener goes before new turns when its audio runs out within this many
+times the engine's typical slot hold (grant to release: about what a protected segment
+takes to its audio), kept within these bounds: time to make the segment with room to
+spare (piper holds a slot a few hundred milliseconds a sentence, espeak-ng a few), and
+no more, so a new turn waits only for segments that are needed soon anyway."""
+_HOLD_WEIGHT = 0.05
+"""Weight of each new slot hold in the running average."""
 
 
 class DeadlineScheduler:
     """`slots` concurrent synthesis slots, granted earliest deadline first, except that
-    a listener running out of audio within `protect_within_s` goes before new turns."""
+    a listener running out of audio within `protect_within_s` goes before new turns.
 
-    def __init__(self, slots: int, protect_within_s: float = PROTECT_WITHIN_S) -> None:
+    `protect_within` fixes that horizon; by default it follows the engine's slot holds.
+    """
+
+    def __init__(self, slots: int, protect_within: float | None = None) -> None:
         if slots < 1:
             raise ValueError(f"a scheduler needs at least one slot, not {slots}")
         self.slots = slots
-        self.protect_within_s = protect_within_s
+        self._protect_within = protect_within
+        self._hold_s: float | None = None
+        """Running average of how long a segment holds its slot."""
         self._free = slots
         # Each session's waiting segments in its own order, and its one live entry in
         # the heaps. A deadline moves later as audio is sent or a later segment comes
@@ -67,6 +76,22 @@ class DeadlineScheduler:
         self._playing: list[_Entry] = []
         """The entries of sessions whose listener is playing, for `protect_within_s`."""
         self._sequence = itertools.count()  # ties go to whoever was queued first
+
+    @property
+    def protect_within_s(self) -> float:
+        """How soon a playing listener must run out of audio to go before new turns."""
+        if self._protect_within is not None:
+            return self._protect_within
+        if self._hold_s is None:
+            return PROTECT_MAX_S
+        return min(PROTECT_MAX_S, max(PROTECT_MIN_S, PROTECT_HOLDS * self._hold_s))
+
+    def record_hold(self, hold_s: float) -> None:
+        """A segment held its slot for `hold_s` (each slot reports this when released)."""
+        if self._hold_s is None:
+            self._hold_s = hold_s
+        else:
+            self._hold_s += (hold_s - self._hold_s) * _HOLD_WEIGHT
 
     @property
     def in_use(self) -> int:
@@ -184,7 +209,7 @@ class _Slot(AbstractAsyncContextManager[None]):
     """One slot held for a block. A class, not a generator: a segment's start is on
     the path to its first audio, and a free slot is then taken without any await."""
 
-    __slots__ = ("_estimate_s", "_scheduler", "_session")
+    __slots__ = ("_estimate_s", "_granted_at", "_scheduler", "_session")
 
     def __init__(
         self, scheduler: DeadlineScheduler, session: PlaybackClock, estimate_s: float
@@ -192,10 +217,13 @@ class _Slot(AbstractAsyncContextManager[None]):
         self._scheduler = scheduler
         self._session = session
         self._estimate_s = estimate_s
+        self._granted_at = 0.0
 
     async def __aenter__(self) -> None:
         if not self._scheduler._try_acquire(self._session, self._estimate_s):
             await self._scheduler._acquire(self._session, self._estimate_s)
+        self._granted_at = time.monotonic()
 
     async def __aexit__(self, *_: object) -> None:
+        self._scheduler.record_hold(time.monotonic() - self._granted_at)
         self._scheduler._release()
