@@ -27,6 +27,7 @@ from voxrelay_server import app
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 from voxrelay_server.engines.tone import ToneEngine
+from voxrelay_server.health import HealthServicer
 from voxrelay_server.service import SpeechService
 from voxrelay_server.serving import LOADING_MESSAGE, SHUTTING_DOWN_MESSAGE
 from voxrelay_server.voices import VoiceCatalog
@@ -277,6 +278,28 @@ async def test_health_is_not_serving_while_the_voices_load(unused_target: str) -
         release.set()
         stop.set()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_health_knows_when_every_watcher_has_heard_a_status() -> None:
+    servicer = HealthServicer()
+    await servicer.set(SPEECH, SERVING)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        assert await servicer.watchers_sent(NOT_SERVING, timeout_s=1.0)  # nobody watches
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_request())
+            assert (await watch.read()).status == SERVING
+            assert not await servicer.watchers_sent(NOT_SERVING, timeout_s=0.05)
+
+            await servicer.enter_graceful_shutdown()
+            assert await servicer.watchers_sent(NOT_SERVING, timeout_s=5.0)
+            await server.stop(None)  # what a draining server does next
+            assert (await watch.read()).status == NOT_SERVING
+    finally:
+        await server.stop(None)
 
 
 @pytest.fixture

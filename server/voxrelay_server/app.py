@@ -27,6 +27,7 @@ from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
+from voxrelay_server.health import HealthServicer
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
@@ -156,7 +157,7 @@ class RunningParts:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     speech: SpeechServicer
     service: ServiceHolder
 
@@ -194,7 +195,9 @@ class RunningParts:
             if self.service.current is not None:
                 self.service.current.fail_all(error)
             await calls.wait_idle(ABORT_GRACE_S)
-        # Health watches never end by themselves: end them now rather than at the backstop.
+        # Health watches never end by themselves: end them now rather than at the backstop,
+        # once each has told its watcher NOT_SERVING.
+        await self.health.watchers_sent(health_pb2.HealthCheckResponse.NOT_SERVING, ABORT_GRACE_S)
         await self.server.stop(None)
         await stopping
 
@@ -221,7 +224,7 @@ def create_server_parts(
     holder = ServiceHolder(service)
     speech = SpeechServicer(holder)
     speech_pb2_grpc.add_SpeechServicer_to_server(speech, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SPEECH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
