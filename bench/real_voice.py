@@ -230,6 +230,11 @@ class Arrivals:
         self._times.append(time.perf_counter() if when is None else when)
         self._audio_s.append(audio_s)
 
+    @property
+    def audio_s(self) -> float:
+        """All the audio that arrived."""
+        return sum(self._audio_s)
+
     def steady_rate(self, low: float = STEADY_FROM, high: float = STEADY_TO) -> float:
         """Audio s per s while the run was between `low` and `high` of its audio.
 
@@ -238,7 +243,7 @@ class Arrivals:
         makes a staircase, and a line through all of its steps is not moved by where
         the first and last step fall as two points would be. 0.0 with under two points.
         """
-        total = sum(self._audio_s)
+        total = self.audio_s
         times: list[float] = []
         received: list[float] = []
         for when, so_far in zip(self._times, itertools.accumulate(self._audio_s), strict=True):
@@ -359,6 +364,8 @@ class VoiceResult:
     trials: list[Trial] = field(default_factory=list)
     texts: int = 0
     """Texts per throughput run."""
+    sentence_s: float = 0.0
+    """The mean audio of one of the sentences the texts are made of."""
 
     @property
     def direct_rate(self) -> float:
@@ -429,23 +436,19 @@ async def direct_throughput(
     queue: asyncio.Queue[str] = asyncio.Queue()
     for segment in segments:
         queue.put_nowait(segment)
-    samples = 0
     arrivals = Arrivals()
 
     async def lane() -> None:
-        nonlocal samples
         while not queue.empty():
             text = queue.get_nowait()
             async for chunk in engine.synthesize(voice, text, SynthesisOptions()):
-                samples += len(chunk) // 2
                 arrivals.add(len(chunk) // 2 / voice.native_sample_rate_hz)
 
     meter = CpuMeter(None)
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(engine.max_concurrency)))
     wall = time.perf_counter() - started
-    audio_s = samples / voice.native_sample_rate_hz
-    return Throughput(audio_s, wall, arrivals.steady_rate(), meter.stop())
+    return Throughput(arrivals.audio_s, wall, arrivals.steady_rate(), meter.stop())
 
 
 # Through voxrelay.
@@ -573,8 +576,7 @@ async def voxrelay_throughput(
     if errors:
         raise RuntimeError(f"{len(errors)} {voice} sessions failed, the first: {errors[0]}")
     first = min(lis.first_audio_s for lis in listeners if lis.first_audio_s is not None)
-    audio_s = sum(lis.audio_s for lis in listeners)
-    return Throughput(audio_s, wall, arrivals.steady_rate(), meter.stop(), first)
+    return Throughput(arrivals.audio_s, wall, arrivals.steady_rate(), meter.stop(), first)
 
 
 async def realtime_trial(
@@ -736,13 +738,13 @@ async def measure_voice(
     # after a trial is the one before the next.
     before = await direct_throughput(engine, voice, segments)
 
-    sentence_s = result.direct[0].audio_s / len(segments)
+    result.sentence_s = result.direct[0].audio_s / len(segments)
 
     async def paired_trial(share: float) -> Trial:
         nonlocal before
         sessions = max(1, round(share * allowed_by(before.rate)))
         trial = await realtime_trial(clients, name, texts_for(config, sessions), server)
-        trial.start_allowance_s = LATE_START_FACTOR * sessions * sentence_s / before.rate
+        trial.start_allowance_s = LATE_START_FACTOR * sessions * result.sentence_s / before.rate
         await settle(server)
         after = await direct_throughput(engine, voice, segments)
         trial.beside = [before, after]
@@ -982,7 +984,7 @@ def section(results: Sequence[VoiceResult], config: Config) -> Section:
             f"real-time trials, in the order run: {trials}{first_audio}."
         )
     cores = os.cpu_count() or 1
-    sentence_s = results[0].direct[0].audio_s / (results[0].texts * config.session_sentences)
+    sentence_s = results[0].sentence_s
     others = [
         cpu.other
         for result in results
