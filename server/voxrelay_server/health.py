@@ -8,6 +8,7 @@ sent NOT_SERVING first, or it sees only the connection drop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
@@ -52,7 +53,7 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
 class _ReportingContext:
     """A Watch's servicer context that reports each status it has written."""
 
-    def __init__(self, context: Any, sent: Any) -> None:
+    def __init__(self, context: Any, sent: Callable[[int], None]) -> None:
         self._context = context
         self._sent = sent
 
