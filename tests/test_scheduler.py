@@ -56,6 +56,19 @@ async def queued(scheduler: DeadlineScheduler, count: int) -> None:
     raise AssertionError(f"{scheduler.queued} waiting, expected {count}")
 
 
+async def line_up(
+    scheduler: DeadlineScheduler,
+    session: PlaybackClock,
+    name: str,
+    log: list[str],
+    waiting: list[Holder],
+) -> None:
+    """Add to `waiting` a holder that asks for a slot, once it waits for one (`waiting`
+    holds every segment waiting)."""
+    waiting.append(Holder(scheduler, session, name, log))
+    await queued(scheduler, len(waiting))
+
+
 async def run_out(holder: Holder, waiting: list[Holder]) -> None:
     """Let every waiter go as soon as it gets the slot, then free the held one."""
     for waiter in waiting:
@@ -87,12 +100,10 @@ async def test_the_session_whose_audio_runs_out_first_goes_first() -> None:
     ahead, behind, idle = PlaybackClock(), PlaybackClock(), PlaybackClock()
     ahead.sent(10.0)  # ten seconds of audio in hand
     behind.sent(2.0)
-    waiting = [Holder(scheduler, ahead, "ahead", log)]
-    await queued(scheduler, 1)
-    waiting.append(Holder(scheduler, behind, "behind", log))
-    await queued(scheduler, 2)
-    waiting.append(Holder(scheduler, idle, "new turn", log))  # nothing to play: due now
-    await queued(scheduler, 3)
+    waiting: list[Holder] = []
+    await line_up(scheduler, ahead, "ahead", log, waiting)
+    await line_up(scheduler, behind, "behind", log, waiting)
+    await line_up(scheduler, idle, "new turn", log, waiting)  # nothing to play: due now
 
     await run_out(holder, waiting)
 
@@ -105,8 +116,7 @@ async def test_new_turns_are_served_in_the_order_they_asked() -> None:
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     waiting: list[Holder] = []
     for index in range(4):
-        waiting.append(Holder(scheduler, PlaybackClock(), f"turn {index}", log))
-        await queued(scheduler, index + 1)
+        await line_up(scheduler, PlaybackClock(), f"turn {index}", log, waiting)
 
     await run_out(holder, waiting)
 
@@ -118,10 +128,9 @@ async def test_audio_sent_while_waiting_makes_a_session_less_urgent() -> None:
     log: list[str] = []
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     early, late = PlaybackClock(), PlaybackClock()
-    waiting = [Holder(scheduler, early, "early", log)]
-    await queued(scheduler, 1)
-    waiting.append(Holder(scheduler, late, "late", log))
-    await queued(scheduler, 2)
+    waiting: list[Holder] = []
+    await line_up(scheduler, early, "early", log, waiting)
+    await line_up(scheduler, late, "late", log, waiting)
 
     early.sent(5.0)  # its other segment delivered 5 s of audio meanwhile
     await run_out(holder, waiting)
@@ -135,10 +144,9 @@ async def test_a_segment_waits_behind_new_turns_while_the_audio_before_it_is_mad
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     speaking, newcomer = PlaybackClock(), PlaybackClock()
     speaking.granted(2.8)  # its first sentence, about 2.8 s of audio, is being synthesized
-    waiting = [Holder(scheduler, speaking, "second sentence", log)]
-    await queued(scheduler, 1)
-    waiting.append(Holder(scheduler, newcomer, "new turn", log))
-    await queued(scheduler, 2)
+    waiting: list[Holder] = []
+    await line_up(scheduler, speaking, "second sentence", log, waiting)
+    await line_up(scheduler, newcomer, "new turn", log, waiting)
 
     await run_out(holder, waiting)
 
@@ -152,10 +160,9 @@ async def test_a_segment_that_ends_short_brings_its_sessions_deadline_forward() 
     estimated, playing = PlaybackClock(), PlaybackClock()
     estimated.granted(5.0)
     playing.sent(2.0)
-    waiting = [Holder(scheduler, estimated, "after the estimate", log)]
-    await queued(scheduler, 1)
-    waiting.append(Holder(scheduler, playing, "two seconds in hand", log))
-    await queued(scheduler, 2)
+    waiting: list[Holder] = []
+    await line_up(scheduler, estimated, "after the estimate", log, waiting)
+    await line_up(scheduler, playing, "two seconds in hand", log, waiting)
 
     estimated.finished(5.0)  # that segment was dropped: none of its estimate will play
     await run_out(holder, waiting)
@@ -169,15 +176,12 @@ async def test_a_listener_about_to_run_dry_goes_before_new_turns_that_asked_earl
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     waiting: list[Holder] = []
     for index in range(3):  # a burst of new turns, all due already
-        waiting.append(Holder(scheduler, PlaybackClock(), f"new turn {index}", log))
-        await queued(scheduler, index + 1)
+        await line_up(scheduler, PlaybackClock(), f"new turn {index}", log, waiting)
     comfortable, running_dry = PlaybackClock(), PlaybackClock()
     comfortable.sent(3.0)
     running_dry.sent(0.5)
-    waiting.append(Holder(scheduler, comfortable, "three seconds in hand", log))
-    await queued(scheduler, 4)
-    waiting.append(Holder(scheduler, running_dry, "half a second in hand", log))
-    await queued(scheduler, 5)
+    await line_up(scheduler, comfortable, "three seconds in hand", log, waiting)
+    await line_up(scheduler, running_dry, "half a second in hand", log, waiting)
 
     await run_out(holder, waiting)
 
@@ -197,11 +201,10 @@ async def test_a_listener_who_starts_playing_while_its_next_segment_waits_is_pro
     holder = Holder(scheduler, PlaybackClock(), "holder", log)
     speaking = PlaybackClock()
     speaking.granted(0.6)  # its first sentence, 0.6 s of audio, is being synthesized
-    waiting = [Holder(scheduler, speaking, "second sentence", log)]
-    await queued(scheduler, 1)
+    waiting: list[Holder] = []
+    await line_up(scheduler, speaking, "second sentence", log, waiting)
     for index in range(2):
-        waiting.append(Holder(scheduler, PlaybackClock(), f"new turn {index}", log))
-        await queued(scheduler, index + 2)
+        await line_up(scheduler, PlaybackClock(), f"new turn {index}", log, waiting)
 
     speaking.sent(0.6, estimated_s=0.6)  # the first sentence goes out: 0.6 s to play
     await run_out(holder, waiting)
@@ -255,8 +258,7 @@ async def test_a_sessions_own_segments_keep_their_order() -> None:
     session = PlaybackClock()
     waiting: list[Holder] = []
     for index in range(3):
-        waiting.append(Holder(scheduler, session, f"segment {index}", log))
-        await queued(scheduler, index + 1)
+        await line_up(scheduler, session, f"segment {index}", log, waiting)
 
     await run_out(holder, waiting)
 
