@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from voxrelay_server.audio import MAX_MESSAGE_BYTES, SampleAligner, SegmentEncoder
+from voxrelay_server.audio import (
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_S,
+    SampleAligner,
+    SegmentEncoder,
+    max_message_bytes,
+)
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 RATE = 16000
@@ -111,12 +117,19 @@ def test_resampling_keeps_the_signal_and_its_pitch() -> None:
 
 
 @pytest.mark.parametrize("encoding", list(AudioEncoding))
-def test_huge_engine_chunks_are_cut_below_the_message_limit(encoding: AudioEncoding) -> None:
+@pytest.mark.parametrize("rate", [8000, RATE, 96000])
+def test_huge_engine_chunks_are_cut_into_messages_of_at_most_a_second(
+    encoding: AudioEncoding, rate: int
+) -> None:
     pcm = ramp(5 * MAX_MESSAGE_BYTES // 2 + 7).tobytes()  # several limits' worth of samples
-    encoder = SegmentEncoder(RATE, OutputFormat(encoding, RATE))
+    output = OutputFormat(encoding, rate)
+    encoder = SegmentEncoder(RATE, output)
     messages = encode_all(encoder, [pcm])
+    limit = max_message_bytes(output)
+    assert limit <= min(MAX_MESSAGE_BYTES, rate * encoding.bytes_per_sample * MAX_MESSAGE_S)
     assert len(messages) > 1
-    assert all(len(m) <= MAX_MESSAGE_BYTES for m in messages)
+    assert all(len(m) <= limit for m in messages)
+    assert max(len(m) for m in messages) == limit
     assert all(len(m) % encoding.bytes_per_sample == 0 for m in messages)
     total = sum(len(m) for m in messages) // encoding.bytes_per_sample
-    assert total == len(pcm) // 2
+    assert total == pytest.approx(len(pcm) // 2 * rate / RATE, abs=2)

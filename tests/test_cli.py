@@ -1,6 +1,6 @@
 """The `voxrelay` command as a user runs it: real subprocesses, a real server, real WAV files.
 
-One `voxrelay serve` process (all default engines: piper, espeak, tone) serves the
+One `voxrelay serve` process (the default engines: piper and espeak) serves the
 whole module on a free loopback port; `voxrelay say` and `voxrelay voices` run
 against it as separate processes, and their files and messages are checked.
 """
@@ -223,6 +223,19 @@ def test_voices_lists_the_default_first_and_espeak_voices(
     assert by_name["espeak/en-us"][1:4] == ["espeak", "22050", "en-US"]
     assert "espeak/de" in by_name
     assert sum(name.startswith("espeak/") for name in by_name) > 50
+    assert not any(name.startswith("tone/") for name in by_name)  # for tests, off by default
+
+
+def test_the_test_engine_is_not_offered_by_default(server: ServeProcess, tmp_path: Path) -> None:
+    # Its texts can ask for delays and failures: no caller of a production server may use it.
+    result = voxrelay(
+        "say", "[[fail]] hi", "--voice", "tone/square", "-o", str(tmp_path / "tone.wav"),
+        "--server", server.target, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "FAILED_PRECONDITION" in result.stderr
+    assert "the tone engine is not loaded on this server" in result.stderr
 
 
 def test_say_with_an_unknown_voice_fails(server: ServeProcess, tmp_path: Path) -> None:

@@ -11,15 +11,15 @@ from contextlib import AbstractAsyncContextManager
 import numpy as np
 import pytest
 
-from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits, SlotFactory
+from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits, SessionState, SlotFactory
 from voxrelay_server.engines.base import SynthesisOptions
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
-    SegmentFailed,
     SessionEnded,
     SessionEvent,
+    SessionFailed,
     TurnEnded,
     TurnStarted,
 )
@@ -265,7 +265,7 @@ async def test_engine_failure_names_the_segment_and_ends_the_session() -> None:
     dispatcher.close()
     events = await drain(dispatcher.events())
     failure = events[-2]
-    assert isinstance(failure, SegmentFailed)
+    assert isinstance(failure, SessionFailed)
     assert (failure.turn, failure.segment) == (1, 2)
     assert failure.error.code is ErrorCode.INTERNAL
     assert events[-1] == SessionEnded()
@@ -286,16 +286,40 @@ async def test_aclose_stops_every_synthesis() -> None:
     assert tone.stats.cancelled == 3
 
 
-async def test_fail_raises_from_events_and_stops_synthesis() -> None:
+async def test_fail_reports_the_error_for_the_turn_in_progress_and_stops_synthesis() -> None:
     tone = ToneEngine(ms_per_char=50, realtime_factor=1.0)
     dispatcher = make_dispatcher(tone)
     dispatcher.send_text("Something long to say here. ")
     events = dispatcher.events()
     assert await anext(events) == TurnStarted(1)
-    dispatcher.fail(InvalidInput("bad request"))
-    with pytest.raises(InvalidInput, match="bad request"):
-        await drain(events)
+    error = InvalidInput("bad request")
+    dispatcher.fail(error)
+    # The error takes the place of the started turn's TURN_ENDED; nothing follows the end.
+    assert await drain(events) == [SessionFailed(error, turn=1), SessionEnded()]
+    assert dispatcher.state is SessionState.ENDED
     await asyncio.wait_for(tone.idle.wait(), timeout=1.0)
+
+
+async def test_a_failure_before_any_turn_started_names_no_turn() -> None:
+    dispatcher = make_dispatcher(ToneEngine())
+    error = InvalidInput("bad request")
+    dispatcher.fail(error)
+    dispatcher.fail(InvalidInput("a second failure is ignored"))
+    assert await drain(dispatcher.events()) == [SessionFailed(error), SessionEnded()]
+
+
+async def test_the_state_moves_from_open_to_closed() -> None:
+    dispatcher = make_dispatcher(ToneEngine())
+    assert dispatcher.state is SessionState.OPEN
+    dispatcher.send_text("One sentence.")
+    dispatcher.close()
+    assert dispatcher.state is SessionState.FINISHING  # type: ignore[comparison-overlap]
+    dispatcher.send_text("Ignored: the caller said it was done.")
+    events = await drain(dispatcher.events())
+    assert dispatcher.state is SessionState.ENDED
+    await dispatcher.aclose()
+    assert dispatcher.state is SessionState.CLOSED
+    assert events[-2:] == [TurnEnded(1), SessionEnded()]
 
 
 def test_bad_text_chunks_are_rejected() -> None:
@@ -400,11 +424,13 @@ async def test_requests_keep_a_session_from_going_idle_and_silence_ends_it() -> 
         quiet_since = time.monotonic()
         await asyncio.sleep(timeout_s / 3)  # pacing the input, not waiting for the server
         assert not consumer.done()
-    with pytest.raises(SpeechError) as ended:
-        await asyncio.wait_for(consumer, 10 * timeout_s)
+    ended = await asyncio.wait_for(consumer, 10 * timeout_s)
     quiet_for = time.monotonic() - quiet_since
     await dispatcher.aclose()
-    assert ended.value.code is ErrorCode.DEADLINE_EXCEEDED
+    failure = ended[-2]
+    assert isinstance(failure, SessionFailed)
+    assert failure.error.code is ErrorCode.DEADLINE_EXCEEDED
+    assert failure.turn == 1  # the turn of the unfinished text had started
     assert timeout_s * 0.9 <= quiet_for < timeout_s * 4
 
 

@@ -151,6 +151,7 @@ async def test_the_session_after_the_limit_is_refused_at_once(start_server: Star
             open_calls.append(call)
         started = time.perf_counter()
         refused_call = server.stub(channel).Stream()
+        await refused_call.done_writing()  # else the server awaits its requests for DRAIN_S
         refused = await read_rest(refused_call)
         assert await refused_call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert time.perf_counter() - started < 1.0

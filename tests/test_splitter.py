@@ -3,65 +3,73 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voxrelay_server.splitter import SentenceSplitter
 
+LIMIT = 400
+
+
+def splitter_of(min_chars: int, max_chars: int = LIMIT) -> SentenceSplitter:
+    return SentenceSplitter(min_chars, max_chars)
+
 
 def feed_all(splitter: SentenceSplitter, chunks: list[str]) -> list[str]:
-    released = [segment for chunk in chunks if (segment := splitter.feed(chunk))]
+    released = [segment for chunk in chunks for segment in splitter.feed(chunk)]
     rest = splitter.flush().strip()
     return [*released, rest] if rest else released
 
 
 def test_whitespace_between_chunks_is_kept() -> None:
-    splitter = SentenceSplitter(min_chars=20)
+    splitter = splitter_of(20)
     segments = feed_all(splitter, ["This is the first sentence. ", "He ", "arrived", " late."])
     assert segments == ["This is the first sentence.", "He arrived late."]
 
 
 def test_whitespace_kept_when_a_release_leaves_a_partial_word_behind() -> None:
     # The reference strips the buffer on release and speaks "Hearrived".
-    splitter = SentenceSplitter(min_chars=5)
-    assert splitter.feed("Hello there friend. He ") == "Hello there friend."
+    splitter = splitter_of(5)
+    assert splitter.feed("Hello there friend. He ") == ["Hello there friend."]
     assert splitter.buffered == "He "
-    assert splitter.feed("arrived.") is None
+    assert splitter.feed("arrived.") == []
     assert splitter.flush() == "He arrived."
 
 
 def test_short_sentences_wait_until_they_reach_the_minimum() -> None:
-    splitter = SentenceSplitter(min_chars=20)
-    assert splitter.feed("Hi. ") is None
-    assert splitter.feed("Yes. ") is None
-    assert splitter.feed("Absolutely, sir. And") == "Hi. Yes. Absolutely, sir."
+    splitter = splitter_of(20)
+    assert splitter.feed("Hi. ") == []
+    assert splitter.feed("Yes. ") == []
+    assert splitter.feed("Absolutely, sir. And") == ["Hi. Yes. Absolutely, sir."]
     assert splitter.buffered == "And"
 
 
 def test_the_last_piece_is_held_back_as_it_may_be_unfinished() -> None:
-    splitter = SentenceSplitter(min_chars=5)
-    assert splitter.feed("A complete sentence. An unfinished one") == "A complete sentence."
+    splitter = splitter_of(5)
+    assert splitter.feed("A complete sentence. An unfinished one") == ["A complete sentence."]
     assert splitter.buffered == "An unfinished one"
 
 
 @pytest.mark.parametrize("mark", [".", "!", "?"])
 def test_each_sentence_mark_ends_a_sentence(mark: str) -> None:
-    splitter = SentenceSplitter(min_chars=5)
-    assert splitter.feed(f"Well that is it{mark} Next") == f"Well that is it{mark}"
+    splitter = splitter_of(5)
+    assert splitter.feed(f"Well that is it{mark} Next") == [f"Well that is it{mark}"]
 
 
 def test_marks_without_following_whitespace_do_not_split() -> None:
-    splitter = SentenceSplitter(min_chars=1)
-    assert splitter.feed("Version 3.11 is out and example.com works") is None
+    splitter = splitter_of(1)
+    assert splitter.feed("Version 3.11 is out and example.com works") == []
 
 
 def test_min_chars_counts_the_released_text() -> None:
     sentence = "Exactly twenty char."
     assert len(sentence) == 20
-    assert SentenceSplitter(min_chars=20).feed(sentence + " x") == sentence
-    assert SentenceSplitter(min_chars=21).feed(sentence + " x") is None
+    assert splitter_of(20).feed(sentence + " x") == [sentence]
+    assert splitter_of(21).feed(sentence + " x") == []
 
 
 def test_flush_returns_everything_and_empties_the_buffer() -> None:
-    splitter = SentenceSplitter(min_chars=100)
+    splitter = splitter_of(100)
     splitter.feed("One. ")
     splitter.feed("Two")
     assert splitter.flush() == "One. Two"
@@ -70,15 +78,94 @@ def test_flush_returns_everything_and_empties_the_buffer() -> None:
 
 def test_no_text_is_lost_over_many_small_chunks() -> None:
     text = "The quick brown fox jumps. Over the lazy dog! Does it? Yes it does. The end"
-    splitter = SentenceSplitter(min_chars=10)
+    splitter = splitter_of(10)
     segments = feed_all(splitter, list(text))  # one character at a time
     assert " ".join(segments) == text
     assert len(segments) > 1
 
 
 def test_clear_reports_whether_text_was_dropped() -> None:
-    splitter = SentenceSplitter(min_chars=20)
+    splitter = splitter_of(20)
     assert splitter.clear() is False
     splitter.feed("pending words")
     assert splitter.clear() is True
     assert splitter.buffered == ""
+
+
+def test_a_run_without_sentence_end_is_cut_at_a_clause_within_the_limit() -> None:
+    splitter = splitter_of(20, max_chars=40)
+    segments = splitter.feed("one two three four five six, seven eight nine ten eleven twelve")
+    assert segments == ["one two three four five six,"]
+    assert splitter.buffered == "seven eight nine ten eleven twelve"
+
+
+def test_a_run_without_clause_marks_is_cut_between_words() -> None:
+    splitter = splitter_of(20, max_chars=20)
+    assert splitter.feed("alpha beta gamma delta epsilon") == ["alpha beta gamma"]
+    assert splitter.buffered == "delta epsilon"
+
+
+def test_a_clause_mark_early_in_the_limit_loses_to_a_later_word_boundary() -> None:
+    # Cutting at "a," would leave a one-word segment; the last space is a better cut.
+    splitter = splitter_of(1, max_chars=30)
+    assert splitter.feed("a, bbbb cccc dddd eeee ffff gggg hhhh") == ["a, bbbb cccc dddd eeee ffff"]
+
+
+def test_only_a_run_longer_than_the_limit_without_whitespace_is_cut_inside() -> None:
+    splitter = splitter_of(1, max_chars=10)
+    assert splitter.feed("x" * 25 + " end") == ["x" * 10, "x" * 10]
+    assert splitter.flush() == "xxxxx end"
+
+
+def test_complete_sentences_are_released_at_the_limit_before_the_minimum() -> None:
+    # A caller's large min_sentence_chars cannot make a segment over the limit.
+    splitter = splitter_of(10000, max_chars=50)
+    segments = splitter.feed("Short one. " * 10)
+    assert all(len(segment) <= 50 for segment in segments)
+    assert segments[0] == "Short one. Short one. Short one. Short one."
+    assert " ".join([*segments, splitter.flush().strip()]) == ("Short one. " * 10).strip()
+
+
+def test_one_huge_chunk_becomes_many_segments_within_the_limit() -> None:
+    text = "word " * 3300  # a 16,500-character run-on
+    segments = feed_all(splitter_of(20), [text])
+    assert max(len(segment) for segment in segments) <= LIMIT
+    assert " ".join(segments).split() == text.split()
+
+
+def _cut_is_clean(original: str, segment: str, end: int, max_chars: int) -> bool:
+    """A cut after `segment` (ending at `end` in `original`) falls between words, or
+    the segment is a run over the limit without whitespace."""
+    return (
+        end == len(original)
+        or original[end].isspace()
+        or (len(segment) == max_chars and not any(c.isspace() for c in segment))
+    )
+
+
+@settings(max_examples=300)
+@given(
+    chunks=st.lists(
+        st.text(alphabet=st.sampled_from("ab .,!?;\n\t—é語"), max_size=60), max_size=30
+    ),
+    min_chars=st.integers(0, 80),
+    max_chars=st.integers(1, 60),
+)
+def test_segments_keep_every_word_in_order_within_the_limit(
+    chunks: list[str], min_chars: int, max_chars: int
+) -> None:
+    splitter = SentenceSplitter(min_chars, max_chars)
+    released = [segment for chunk in chunks for segment in splitter.feed(chunk)]
+    assert len(splitter.buffered) <= max_chars
+    rest = splitter.flush().strip()
+    segments = [*released, rest] if rest else released
+    original = "".join(chunks)
+    assert all(segment and len(segment) <= max_chars for segment in segments)
+    # Nothing dropped, nothing repeated: only whitespace between segments is left out.
+    position = 0
+    for segment in segments:
+        start = original.index(segment, position)
+        assert not original[position:start].strip()
+        position = start + len(segment)
+        assert _cut_is_clean(original, segment, position, max_chars)
+    assert not original[position:].strip()

@@ -18,7 +18,11 @@ from tests.conftest import (
 )
 from voxrelay.v1 import speech_pb2
 from voxrelay_server.dispatcher import SessionLimits
-from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, MAX_WHOLE_TEXT_CHARS
+from voxrelay_server.settings import (
+    DEFAULT_MAX_SEGMENT_CHARS,
+    MAX_TEXT_CHUNK_CHARS,
+    MAX_WHOLE_TEXT_CHARS,
+)
 from voxrelay_server.splitter import SentenceSplitter
 
 SynthesizeRequest = speech_pb2.SynthesizeRequest
@@ -98,8 +102,8 @@ async def test_synthesize_answers_like_the_equivalent_stream_call(
     )
 
     assert synthesized == streamed
-    splitter = SentenceSplitter(200)
-    segments = [segment for chunk in chunks if (segment := splitter.feed(chunk))]
+    splitter = SentenceSplitter(200, DEFAULT_MAX_SEGMENT_CHARS)
+    segments = [segment for chunk in chunks for segment in splitter.feed(chunk)]
     segments += [rest] if (rest := splitter.flush().strip()) else []
     assert {chunk.segment for chunk in audio_of(synthesized)} == set(range(1, len(segments) + 1))
     samples = sum(len(chunk.data) // 2 for chunk in audio_of(synthesized))
@@ -159,17 +163,25 @@ async def test_a_text_over_the_session_text_budget_is_fed_as_room_frees(
     assert len(audio_segments(responses)) > 20  # fed in pieces, not as one segment
 
 
-async def test_a_run_without_sentence_ends_over_the_budget_is_resource_exhausted(
+async def test_a_run_without_sentence_ends_over_the_budget_is_spoken_in_bounded_segments(
     start_server: StartServer,
 ) -> None:
-    server = await start_server(limits=SessionLimits(max_buffered_text_chars=1000))
+    limits = SessionLimits(max_buffered_text_chars=1000, max_segment_chars=100)
+    server = await start_server(limits=limits)
+    run_on = "word " * 300  # 1,500 characters without a sentence end, over the budget
     async with grpc.aio.insecure_channel(server.target) as channel:
-        received, error = await failed_synthesize(
-            server, channel, SynthesizeRequest(text="word " * 300)
-        )
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "limit of 1000 per session" in (error.details() or "")
-    assert lifecycle_of(received)[-1] == ("session_ended", 0, False)
+        responses = await synthesize(server, channel, SynthesizeRequest(text=run_on))
+    assert lifecycle_of(responses)[-1] == ("session_ended", 0, False)
+    # Cut between words into segments within the limit: each 95 or 100 characters.
+    segments = audio_segments(responses)
+    assert len(segments) >= len(run_on) // 100
+    per_segment = {
+        segment: sum(len(c.data) // 2 for c in audio_of(responses) if c.segment == segment)
+        for _, segment in segments
+    }
+    assert max(per_segment.values()) <= server.tone.samples_for("x" * 100)
+    samples = sum(per_segment.values())
+    assert 0.95 * server.tone.samples_for(run_on) <= samples <= server.tone.samples_for(run_on)
 
 
 def audio_segments(responses: list[Response]) -> set[tuple[int, int]]:

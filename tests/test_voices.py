@@ -11,18 +11,31 @@ by duration and by their loudness envelope rather than byte for byte.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import sys
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import contextmanager
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tests.conftest import StartServer, audio_of, collect, config, lifecycle_of, text, turn_done
+from tests.conftest import (
+    StartServer,
+    audio_of,
+    collect,
+    config,
+    lifecycle_of,
+    text,
+    turn_done,
+    wait_for,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server.engines import espeak_engine
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine
@@ -339,10 +352,52 @@ async def test_a_killed_espeak_worker_fails_its_segment_and_is_replaced() -> Non
             async for chunk in stream:
                 received += len(chunk)
         assert failure.value.code is ErrorCode.UNAVAILABLE
-        assert "worker process exited" in failure.value.message
+        assert "worker process ended during synthesis" in failure.value.message
         assert received < len(await synthesize(engine, voice, long_text)) * 2
 
         assert_speech(await synthesize(engine, voice, HELLO), HELLO)  # a new worker speaks
         assert engine.worker_pids[0] not in (None, pid)
     finally:
         await engine.aclose()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_worker_that_dies_while_starting_is_a_transient_failure_and_leaks_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = EspeakEngine(workers=1)
+    try:
+        voice = voice_named(engine, "espeak/en-us")
+        (pid,) = engine.worker_pids
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: engine.worker_pids == [None])
+        # The replacement dies before it is ready, as a worker killed while starting does.
+        dies = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+        monkeypatch.setattr(espeak_engine, "WORKER_COMMAND", (sys.executable, "-c", dies))
+        with pytest.raises(EngineError) as failure:
+            await synthesize(engine, voice, HELLO)
+        fds_before = open_fds()
+        with gc_disabled(), pytest.raises(EngineError):
+            await synthesize(engine, voice, HELLO)  # and again: each failed start...
+        assert open_fds() == fds_before  # ...closes its pipes, not leaving them to the collector
+        assert failure.value.code is ErrorCode.UNAVAILABLE  # the next segment may well work
+        assert "did not start (it was killed by SIGKILL)" in failure.value.message
+        assert "did not start: it was killed by SIGKILL" in caplog.text
+
+        monkeypatch.undo()
+        assert_speech(await synthesize(engine, voice, HELLO), HELLO)
+    finally:
+        await engine.aclose()
+
+
+@contextmanager
+def gc_disabled() -> Iterator[None]:
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

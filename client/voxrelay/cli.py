@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
 import os
 import sys
 import time
@@ -109,11 +110,18 @@ def _serve(args: argparse.Namespace) -> int:
         security.check(settings)
     except (OSError, ValueError) as error:
         raise _OptionError(str(error)) from None
+    # Not `asyncio.run`: closing the loop waits for every thread it lent out, and an
+    # engine's thread may be inside a segment it cannot stop (piper runs one to its end).
+    # `serve` has stopped the calls and released what it could within its bound; exit.
+    runner = asyncio.Runner()
     try:
-        asyncio.run(app.serve(settings))
+        runner.run(app.serve(settings))
     except SpeechError as error:  # the voices could not be set up as configured
         raise _OptionError(error.message) from None
-    return 0
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -31,7 +31,7 @@ from voxrelay_server.health import HealthServicer
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
-from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, ServiceHolder
+from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, CallLimits, ServiceHolder
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
@@ -40,8 +40,17 @@ HEALTH_SERVICE_NAMES = ("", SPEECH_SERVICE_NAME)
 """Names the health service answers for; "" is the server as a whole."""
 CLIENT_PING_MIN_INTERVAL_S = 10.0
 """Clients may send keepalive pings this often; more often earns a GOAWAY."""
-ABORT_GRACE_S = 2.0
-"""After the shutdown grace: how long cut-off calls get to send their last messages."""
+ABORT_GRACE_S = 5.0
+"""After the shutdown grace: how long cut-off calls get to send their last messages. The
+audio not yet sent is dropped, so these wait only behind what the client was already
+sent: a second or two for a listener playing in real time (messages hold at most a
+second of audio), plus whatever the client's own transport took in ahead."""
+WATCHERS_GRACE_S = 2.0
+"""Then: how long health watches get to hear NOT_SERVING before they are ended."""
+RELEASE_BOUND_S = 5.0
+"""Then: how long releasing the engines and flushing traces may take. The process
+exits after it, whatever an engine is still doing, so SIGTERM ends it within
+`--shutdown-grace` plus these three bounds."""
 _GRPC_INT_MAX = 2**31 - 1  # gRPC's "never" for keepalive_time_ms
 
 
@@ -88,6 +97,13 @@ def build_engines(
                 )
         else:
             raise ValueError(f"unknown engine {name!r}: choose from {', '.join(ALL_ENGINES)}")
+    for name in ALL_ENGINES:
+        if name not in settings.engines:
+            unconfigured[name] = (
+                f"the {name} engine is not loaded on this server"
+                + (" (a synthetic engine for tests and benchmarks)" if name == "tone" else "")
+                + f": voxrelay serve --engines {','.join([*settings.engines, name])} loads it"
+            )
     return engines, unconfigured
 
 
@@ -111,6 +127,7 @@ def build_service(
         max_sessions=settings.max_sessions,
         limits=SessionLimits(
             max_buffered_text_chars=settings.max_buffered_text_chars,
+            max_segment_chars=settings.max_segment_chars,
             audio_buffer_bytes=settings.session_audio_buffer_bytes,
             idle_timeout_s=settings.idle_timeout_s,
         ),
@@ -180,7 +197,7 @@ class RunningParts:
         """Drain: NOT_SERVING, no new calls, `grace_s` for calls in flight, then UNAVAILABLE."""
         # Stop taking calls first, so nobody who sees NOT_SERVING can still start one;
         # the long timeout is only a backstop for the steps below.
-        stopping = asyncio.create_task(self.server.stop(grace_s + ABORT_GRACE_S))
+        stopping = asyncio.create_task(self.server.stop(grace_s + ABORT_GRACE_S + WATCHERS_GRACE_S))
         await asyncio.sleep(0)  # let the shutdown begin: it closes the listener at once
         await self.health.enter_graceful_shutdown()
         calls = self.speech.calls
@@ -197,7 +214,9 @@ class RunningParts:
             await calls.wait_idle(ABORT_GRACE_S)
         # Health watches never end by themselves: end them now rather than at the backstop,
         # once each has told its watcher NOT_SERVING.
-        await self.health.watchers_sent(health_pb2.HealthCheckResponse.NOT_SERVING, ABORT_GRACE_S)
+        await self.health.watchers_sent(
+            health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S
+        )
         await self.server.stop(None)
         await stopping
 
@@ -222,7 +241,12 @@ def create_server_parts(
     credentials = security.server_credentials(settings)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     holder = ServiceHolder(service)
-    speech = SpeechServicer(holder)
+    speech = SpeechServicer(
+        holder,
+        CallLimits(
+            start_timeout_s=settings.start_timeout_s, send_timeout_s=settings.send_timeout_s
+        ),
+    )
     speech_pb2_grpc.add_SpeechServicer_to_server(speech, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -302,8 +326,14 @@ async def serve(
         settings.shutdown_grace_s,
     )
     await parts.stop(settings.shutdown_grace_s)
-    await service.aclose()
-    # After the calls, so their last spans are flushed too; in a thread, as the
-    # flush waits on the network.
-    await asyncio.to_thread(observability.shutdown)
+    # After the calls, so their last spans are flushed too; in a thread, as the flush
+    # waits on the network (an unreachable collector retries for about 10 s).
+    release = asyncio.gather(service.aclose(), asyncio.to_thread(observability.shutdown))
+    try:
+        await asyncio.wait_for(release, RELEASE_BOUND_S)
+    except TimeoutError:
+        _LOG.warning(
+            "engines and traces not released within %g s: stopping without them",
+            RELEASE_BOUND_S,
+        )
     _LOG.info("stopped")

@@ -16,6 +16,11 @@ from voxrelay_server.settings import AudioEncoding, OutputFormat
 _S16LE: np.dtype[np.int16] = np.dtype("<i2")
 MAX_MESSAGE_BYTES = 256 * 1024
 """Largest audio message sent; gRPC clients refuse messages over 4 MiB by default."""
+MAX_MESSAGE_S = 1.0
+"""Longest audio message sent when the caller did not ask for a `chunk_ms`: an engine
+may hand over a sentence at once, but a listener playing in real time takes a message
+only once it has room for it, and whatever the server sends after (the last messages
+of a session cut short) waits behind it."""
 INT16_SCALE = 32767.0
 """int16 <-> float32 scale factor, as in the reference pipeline."""
 
@@ -69,6 +74,7 @@ class SegmentEncoder:
         )
         self._chunk_samples = output.sample_rate_hz * output.chunk_ms // 1000
         self._bytes_per_sample = output.encoding.bytes_per_sample
+        self._max_message_bytes = max_message_bytes(output)
         # The common case needs no conversion at all: hand the engine's bytes on as they are.
         self._passthrough = (
             self._resampler is None
@@ -81,7 +87,7 @@ class SegmentEncoder:
     def push(self, pcm: bytes) -> list[bytes]:
         """Feed engine bytes (int16 LE at the native rate); return ready messages."""
         if self._passthrough and not self._aligner.has_partial_sample and not len(pcm) % 2:
-            return _split(pcm) if len(pcm) > MAX_MESSAGE_BYTES else [pcm] if pcm else []
+            return self._split(pcm) if len(pcm) > self._max_message_bytes else [pcm] if pcm else []
         return self._emit(self._convert(self._aligner.push(pcm), last=False), last=False)
 
     def finish(self) -> list[bytes]:
@@ -106,7 +112,9 @@ class SegmentEncoder:
 
     def _emit(self, data: bytes, *, last: bool) -> list[bytes]:
         if not self._chunk_samples:
-            return _split(data) if len(data) > MAX_MESSAGE_BYTES else [data] if data else []
+            return (
+                self._split(data) if len(data) > self._max_message_bytes else [data] if data else []
+            )
         if data:
             self._pending.append(data)
             self._pending_samples += len(data) // self._bytes_per_sample
@@ -124,7 +132,15 @@ class SegmentEncoder:
         self._pending_samples = len(rest) // self._bytes_per_sample
         return messages
 
+    def _split(self, data: bytes) -> list[bytes]:
+        """Cut `data` into messages of at most the encoder's limit (whole samples)."""
+        step = self._max_message_bytes
+        return [data[i : i + step] for i in range(0, len(data), step)]
 
-def _split(data: bytes) -> list[bytes]:
-    """Cut `data` into messages of at most MAX_MESSAGE_BYTES (a multiple of 4: whole samples)."""
-    return [data[i : i + MAX_MESSAGE_BYTES] for i in range(0, len(data), MAX_MESSAGE_BYTES)]
+
+def max_message_bytes(output: OutputFormat) -> int:
+    """The largest message of `output` when it has no `chunk_ms`: `MAX_MESSAGE_S` of
+    audio, at most `MAX_MESSAGE_BYTES`, always whole samples."""
+    per_sample = output.encoding.bytes_per_sample
+    samples = min(int(output.sample_rate_hz * MAX_MESSAGE_S), MAX_MESSAGE_BYTES // per_sample)
+    return samples * per_sample

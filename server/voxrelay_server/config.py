@@ -17,9 +17,12 @@ from typing import Any
 from voxrelay_server.engines.openai_engine import DEFAULT_MODEL as OPENAI_DEFAULT_MODEL
 from voxrelay_server.engines.openai_engine import DEFAULT_VOICES as OPENAI_DEFAULT_VOICES
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE_NAME
+from voxrelay_server.settings import DEFAULT_MAX_SEGMENT_CHARS
 
 ENV_PREFIX = "VOXRELAY_"
 ALL_ENGINES = ("piper", "espeak", "tone", "openai")
+DEFAULT_ENGINES = ("piper", "espeak", "openai")
+"""What a server loads unless told otherwise: the real voices (openai when configured)."""
 STANDARD_VOICES = {
     "piper": "piper/en_US-joe-medium",
     "espeak": "espeak/en-us",
@@ -64,7 +67,11 @@ class ServerSettings:
         "voice for sessions that name none; empty: the first loaded of "
         + ", ".join(STANDARD_VOICES.values()),
     )
-    engines: tuple[str, ...] = _setting(ALL_ENGINES, "comma-separated engines to load")
+    engines: tuple[str, ...] = _setting(
+        DEFAULT_ENGINES,
+        "comma-separated engines to load; `tone`, a synthetic engine whose texts can ask "
+        "for delays and failures, is for tests and benchmarks and loads only when named",
+    )
     workers: int = _setting(
         lambda: os.cpu_count() or 1,
         "piper segments synthesized at once server-wide, one core each (default: cores)",
@@ -88,6 +95,12 @@ class ServerSettings:
         "characters a session may have waiting to be spoken; more gets RESOURCE_EXHAUSTED",
         minimum=1,
     )
+    max_segment_chars: int = _setting(
+        DEFAULT_MAX_SEGMENT_CHARS,
+        "longest segment given to an engine: text with no sentence end is cut at a clause "
+        "or word boundary within it (an engine's memory and time grow with it)",
+        minimum=40,
+    )
     session_audio_buffer_bytes: int = _setting(
         1 << 20,
         "undelivered audio per session at which new synthesis pauses until the client reads",
@@ -97,6 +110,20 @@ class ServerSettings:
         300.0,
         "seconds a session may go with no request and nothing to speak; 0 = never",
         name="idle-timeout",
+        minimum=0,
+    )
+    start_timeout_s: float = _setting(
+        30.0,
+        "seconds a new Stream call may wait before its first message; it holds a session's "
+        "place meanwhile, so a silent call gets DEADLINE_EXCEEDED; 0 = never",
+        name="start-timeout",
+        minimum=0,
+    )
+    send_timeout_s: float = _setting(
+        30.0,
+        "seconds a message may wait for the client to read it; a client that stops reading "
+        "longer has its session ended (DEADLINE_EXCEEDED) and its place freed; 0 = never",
+        name="send-timeout",
         minimum=0,
     )
     shutdown_grace_s: float = _setting(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -32,16 +33,21 @@ from voxrelay_server.audio import SegmentEncoder
 from voxrelay_server.errors import EngineError, ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
-    SegmentFailed,
     SessionEnded,
     SessionEvent,
+    SessionFailed,
     TurnEnded,
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
 from voxrelay_server.playback import PlaybackClock
-from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, OutputFormat
+from voxrelay_server.settings import (
+    DEFAULT_MAX_SEGMENT_CHARS,
+    MAX_TEXT_CHUNK_CHARS,
+    OutputFormat,
+)
 from voxrelay_server.splitter import SentenceSplitter
+from voxrelay_server.textclean import clean_text
 
 Synthesize = Callable[[str], AsyncIterator[bytes]]
 """Speaks one segment's text: int16 LE PCM chunks at the voice's native rate."""
@@ -54,12 +60,36 @@ and of about this many seconds of audio, held while the segment's engine runs; i
 counts the estimate in the clock when it grants the slot."""
 
 
+class SessionState(enum.Enum):
+    """Where a session is in its life. It only moves down this list (FAILED may be
+    skipped, and any state but CLOSED may go straight to CLOSED)."""
+
+    OPEN = "open"
+    """Taking text; turns are spoken as they complete."""
+    FINISHING = "finishing"
+    """The caller sends nothing more (`close()`): every accepted turn is spoken, then
+    the session ends."""
+    FAILED = "failed"
+    """`fail()`, or an engine failed: nothing more is synthesized, and `events()`
+    reports the error next."""
+    ENDED = "ended"
+    """`events()` sent `SessionEnded`: nothing follows."""
+    CLOSED = "closed"
+    """`aclose()` stopped every task and told the observer how the session ended."""
+
+
+_RUNNING = (SessionState.OPEN, SessionState.FINISHING)
+"""States in which segments are synthesized and delivered."""
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     """Per-session bounds; each one, when hit, has a documented effect."""
 
     max_buffered_text_chars: int = 65536
     """Text accepted but not yet synthesized; more ends the session (RESOURCE_EXHAUSTED)."""
+    max_segment_chars: int = DEFAULT_MAX_SEGMENT_CHARS
+    """Longest segment given to an engine; longer runs are cut (see `SentenceSplitter`)."""
     audio_buffer_bytes: int = 1 << 20
     """Undelivered engine audio at which new segments wait until the client reads."""
     idle_timeout_s: float = 0.0
@@ -86,6 +116,13 @@ class _TurnEnd:
 @dataclass(eq=False)
 class _SessionEnd:
     pass
+
+
+@dataclass(eq=False)
+class _Failure:
+    """Not in the timeline: what `_next_entry` returns once the session failed."""
+
+    error: SpeechError
 
 
 _END_OF_AUDIO = None
@@ -157,8 +194,7 @@ class _JobDropped(Exception):
 
 
 class _SegmentFailure(Exception):
-    def __init__(self, job: _SegmentJob, error: SpeechError) -> None:
-        self.job = job
+    def __init__(self, error: SpeechError) -> None:
         self.error = error
 
 
@@ -192,7 +228,10 @@ class SessionDispatcher:
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
         observer: SessionObserver | None = None,
+        session_id: str = "",
     ) -> None:
+        self.session_id = session_id
+        """Names the session in logs and in messages to its caller."""
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output
@@ -205,7 +244,7 @@ class SessionDispatcher:
         self._spoken_s = 0.0  # audio and text of the segments delivered whole
         self._spoken_chars = 0
         self._observer = observer or SessionObserver()
-        self._splitter = SentenceSplitter(min_sentence_chars)
+        self._splitter = SentenceSplitter(min_sentence_chars, self._limits.max_segment_chars)
         self._timeline: collections.deque[_Entry] = collections.deque()
         self._timeline_grew = asyncio.Event()
         self._waiting_jobs: collections.deque[_SegmentJob] = collections.deque()
@@ -213,10 +252,10 @@ class SessionDispatcher:
         self._turn_count = 0
         self._open_turn: _Turn | None = None
         self._delivering: _SegmentJob | None = None
-        self._input_closed = False
-        self._ended = False
-        self._closed = False
-        self._failure: SpeechError | None = None
+        self._state = SessionState.OPEN
+        self._error: SpeechError | None = None
+        """What the session failed with (FAILED, and after it); None while it has not."""
+        self._failed_segment = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued_text_chars = 0  # in released jobs whose synthesis has not finished
         self._buffered_audio_bytes = 0
@@ -227,6 +266,16 @@ class SessionDispatcher:
         self._awaiting_input = False
         """The merger waits for input: nothing to speak. Only then can a session be idle."""
         self._idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def state(self) -> SessionState:
+        """Where the session is in its life."""
+        return self._state
+
+    @property
+    def error(self) -> SpeechError | None:
+        """What the session failed with, once it has; None while it has not."""
+        return self._error
 
     @property
     def output(self) -> OutputFormat:
@@ -276,8 +325,7 @@ class SessionDispatcher:
                 "as fast as it is spoken, or end turns so it can be synthesized",
             )
         turn = self._open_turn or self._start_turn()
-        segment = self._splitter.feed(text)
-        if segment:
+        for segment in self._splitter.feed(clean_text(text)):
             self._release(turn, segment)
 
     async def send_text_when_room(self, text: str) -> None:
@@ -327,49 +375,70 @@ class SessionDispatcher:
             return
         if self._open_turn is not None:
             self._end_turn(self._open_turn, speak_rest=True)
-        self._input_closed = True
+        self._state = SessionState.FINISHING
         self._append(_SessionEnd())
 
     def fail(self, error: SpeechError) -> None:
-        """Abort the session: `events()` raises `error` as soon as it can."""
-        if self._failure is None and not self._ended:
-            self._failure = error
-            self._drop_everything()
-            self._timeline_grew.set()
+        """Abort the session: `events()` sends `SessionFailed` and `SessionEnded` next,
+        dropping the audio not yet delivered. Ignored once the session has ended or failed."""
+        self._fail(error)
 
-    async def aclose(self) -> None:
-        """Stop every synthesis task of this session and wait until they are gone."""
-        if self._closed:
+    async def aclose(self, error: SpeechError | None = None) -> None:
+        """Stop every synthesis task of this session and wait until they are gone.
+
+        A session that has not ended counts as ended by `error`, by default
+        CANCELLED: its caller went away.
+        """
+        if self._state is SessionState.CLOSED:
             return
-        self._closed = True
+        if self._state in _RUNNING:
+            self._error = error or SpeechError(ErrorCode.CANCELLED, "the caller went away")
+        self._state = SessionState.CLOSED
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        if not self._ended and self._failure is None:
-            self._failure = SpeechError(ErrorCode.CANCELLED, "the caller went away")
-        self._ended = True
         self._drop_everything()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._observer.session_ended(self._failure)
+        self._observer.session_ended(self._error)
+
+    def _fail(self, error: SpeechError, segment: int = 0) -> None:
+        if self._state in _RUNNING:
+            self._state = SessionState.FAILED
+            self._error = error
+            self._failed_segment = segment
+            self._drop_everything()
+            self._timeline_grew.set()
 
     # Output side: the merger.
 
     async def events(self) -> AsyncIterator[SessionEvent]:
-        """The session's events in wire order; raises the error given to `fail()`."""
+        """The session's events in wire order, ending with `SessionEnded`.
+
+        A failure (`fail()`, an engine's error) comes as `SessionFailed`, naming the
+        turn in progress on the wire, right before `SessionEnded`.
+        """
         turn_offset = 0
+        wire_turn = 0  # started on the wire and not yet ended
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
                 turn_offset = 0
-                yield TurnStarted(entry.turn.number)
-                self._observer.turn_started(entry.turn.number)
+                wire_turn = entry.turn.number
+                yield TurnStarted(wire_turn)
+                self._observer.turn_started(wire_turn)
             elif isinstance(entry, _TurnEnd):
+                wire_turn = 0
                 yield TurnEnded(entry.turn.number, cancelled=entry.turn.cancelled)
                 self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
             elif isinstance(entry, _SessionEnd):
-                self._ended = True
+                self._state = SessionState.ENDED
+                yield SessionEnded()
+                return
+            elif isinstance(entry, _Failure):
+                self._state = SessionState.ENDED
+                yield SessionFailed(entry.error, wire_turn, self._failed_segment)
                 yield SessionEnded()
                 return
             else:
@@ -399,6 +468,8 @@ class SessionDispatcher:
                                 played(job, samples / rate)
                             else:
                                 unreported += samples
+                            if job.cancelled:  # barge-in or failure while this was sent
+                                raise _JobDropped
                         if unreported:
                             report(turn, segment, samples=unreported, first=False)
                             played(job, unreported / rate)
@@ -407,14 +478,9 @@ class SessionDispatcher:
                             self._learn_pace(job.text, (turn_offset - segment_start) / rate)
                             break
                 except _JobDropped:
-                    pass  # cancelled, or the session failed: `_next_entry` raises that
+                    pass  # cancelled, or the session failed: `_next_entry` reports that
                 except _SegmentFailure as failure:
-                    self._ended = True
-                    self._failure = failure.error
-                    self._drop_everything()
-                    yield SegmentFailed(turn, segment, failure.error)
-                    yield SessionEnded()
-                    return
+                    self._fail(failure.error, segment)
                 finally:
                     # Also reached when the consumer stops early: the job must not run on.
                     if unreported:
@@ -423,11 +489,12 @@ class SessionDispatcher:
                     self._delivering = None
                     self._drop(job)
 
-    async def _next_entry(self) -> _Entry:
+    async def _next_entry(self) -> _Entry | _Failure:
         self._last_output = time.monotonic()
         while True:
-            if self._failure is not None:
-                raise self._failure
+            if self._state is SessionState.FAILED:
+                assert self._error is not None
+                return _Failure(self._error)
             if self._timeline:
                 return self._timeline.popleft()
             self._timeline_grew.clear()
@@ -448,7 +515,7 @@ class SessionDispatcher:
     def _check_idle(self) -> None:
         self._idle_timer = None
         timeout = self._limits.idle_timeout_s
-        if self._closed or self._ended or self._failure is not None:
+        if self._state is not SessionState.OPEN:
             return
         if not self._awaiting_input:  # speaking (or synthesizing): not idle
             self._arm_idle_timer(timeout)
@@ -475,10 +542,10 @@ class SessionDispatcher:
         if not items:
             await job.audio.wait()
         item = items.popleft()
-        if job.cancelled or self._failure is not None:
+        if job.cancelled or self._state not in _RUNNING:
             raise _JobDropped
         if isinstance(item, SpeechError):
-            raise _SegmentFailure(job, item)
+            raise _SegmentFailure(item)
         if item is None:
             return None
         # When delivery is behind, send what has piled up as one message.
@@ -508,7 +575,7 @@ class SessionDispatcher:
         self._start_ready_jobs()
 
     def _start_ready_jobs(self) -> None:
-        if self._ended or self._failure is not None:
+        if self._state not in _RUNNING:
             return
         while self._waiting_jobs and self._inflight < self._max_inflight:
             job = self._waiting_jobs.popleft()
@@ -665,4 +732,4 @@ class SessionDispatcher:
         return jobs
 
     def _accepting_input(self) -> bool:
-        return not (self._input_closed or self._ended or self._failure is not None)
+        return self._state is SessionState.OPEN

@@ -38,12 +38,17 @@ class TurnEnded:
 
 
 @dataclass(frozen=True)
-class SegmentFailed:
-    """The engine failed on a segment; the session ends right after."""
+class SessionFailed:
+    """The session failed with `error`; `SessionEnded` follows, then nothing.
 
-    turn: int
-    segment: int
+    `turn` is the turn in progress on the wire (started, not ended), whose
+    `TurnEnded` this takes the place of, or 0; `segment` is the segment whose
+    engine failed, or 0.
+    """
+
     error: SpeechError
+    turn: int = 0
+    segment: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,4 +56,4 @@ class SessionEnded:
     """Every accepted turn is done (or the session failed); nothing follows."""
 
 
-SessionEvent = TurnStarted | AudioOut | TurnEnded | SegmentFailed | SessionEnded
+SessionEvent = TurnStarted | AudioOut | TurnEnded | SessionFailed | SessionEnded

@@ -13,20 +13,28 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
-from voxrelay_server.dispatcher import SessionDispatcher
+from voxrelay_server.dispatcher import SessionDispatcher, SessionState
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
-    SegmentFailed,
     SessionEnded,
     SessionEvent,
+    SessionFailed,
     TurnEnded,
     TurnStarted,
 )
-from voxrelay_server.service import SpeechService
-from voxrelay_server.serving import ActiveCalls, ServiceHolder
+from voxrelay_server.service import CallSlot, SpeechService
+from voxrelay_server.serving import (
+    DRAIN_S,
+    ActiveCalls,
+    CallLimits,
+    RequestStream,
+    SendWatchdog,
+    ServiceHolder,
+)
 from voxrelay_server.settings import (
     AudioEncoding,
     SessionRequest,
@@ -45,6 +53,10 @@ _ENCODINGS_OUT = {
     AudioEncoding.PCM_F32LE: speech_pb2.AUDIO_ENCODING_PCM_F32LE,
 }
 _STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+_DEADLINE_SLACK_S = 0.05
+"""A call stopped with less than this left before its deadline ended by the deadline:
+the client's timer may fire a little before the server's."""
+_VALID_TEXT = "text and other strings must be valid UTF-8 (no lone surrogates)"
 
 
 def status_code(error: SpeechError) -> grpc.StatusCode:
@@ -94,12 +106,15 @@ def response_for(
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled)
     if isinstance(event, SessionEnded):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
+    return _error_response(event.error, event.turn, event.segment)
+
+
+def _error_response(
+    error: SpeechError, turn: int = 0, segment: int = 0
+) -> speech_pb2.StreamResponse:
     return speech_pb2.StreamResponse(
         error=speech_pb2.Error(
-            code=int(event.error.code),
-            message=event.error.message,
-            turn=event.turn,
-            segment=event.segment,
+            code=int(error.code), message=error.message, turn=turn, segment=segment
         )
     )
 
@@ -113,39 +128,73 @@ def _lifecycle(
 
 
 async def _forward_requests(
-    requests: AsyncIterator[speech_pb2.StreamRequest], session: SessionDispatcher
+    requests: AsyncIterable[speech_pb2.StreamRequest], session: SessionDispatcher
 ) -> None:
-    """Feed the rest of the call's requests to the session; half-close closes it."""
+    """Feed the rest of the call's requests to the session; half-close closes it.
+
+    Once the session has failed, later requests are read and dropped, so the client
+    can finish sending before the call's status goes out (see `DRAIN_S`).
+    """
     try:
         async for request in requests:
-            kind = request.WhichOneof("request")
-            if kind == "text":
-                session.send_text(request.text)
-            elif kind == "turn_done":
-                session.turn_done()
-            elif kind == "cancel":
-                session.cancel()
-            elif kind == "config":
-                raise InvalidInput(
-                    "config is allowed only as the first message of the stream; "
-                    "open a new stream to change it"
-                )
-            else:
-                raise InvalidInput(
-                    "empty StreamRequest: set one of config, text, turn_done or cancel"
-                )
+            if session.state is not SessionState.OPEN:
+                continue
+            try:
+                _forward(request, session)
+            except SpeechError as error:
+                session.fail(error)
         session.close()
-    except SpeechError as error:
-        session.fail(error)
-    except Exception as error:  # the transport failed under us: the caller is gone
-        session.fail(SpeechError(ErrorCode.CANCELLED, f"reading requests failed: {error!r}"))
+    except DecodeError as error:  # gRPC could not parse a request: not valid protobuf
+        session.fail(InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}"))
+    except Exception:  # a bug, here or in the dispatcher: logged, the caller told in general
+        session.fail(_internal_error(session.session_id, "reading requests"))
+
+
+def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+    kind = request.WhichOneof("request")
+    if kind == "text":
+        session.send_text(request.text)
+    elif kind == "turn_done":
+        session.turn_done()
+    elif kind == "cancel":
+        session.cancel()
+    elif kind == "config":
+        raise InvalidInput(
+            "config is allowed only as the first message of the stream; "
+            "open a new stream to change it"
+        )
+    else:
+        raise InvalidInput("empty StreamRequest: set one of config, text, turn_done or cancel")
+
+
+def _internal_error(session_id: str, during: str) -> SpeechError:
+    """Log the exception being handled with its traceback; the error its caller gets."""
+    _LOG.exception("unexpected error %s, session %s", during, session_id or "(none)")
+    return SpeechError(
+        ErrorCode.INTERNAL,
+        f"internal error in the server (session {session_id or 'not started'}); it has "
+        "been logged: retry, and report it if it persists",
+    )
+
+
+def _ended_by_client(context: grpc.aio.ServicerContext[Any, Any]) -> SpeechError:
+    """Why a call whose handler gRPC stopped ended: its client's deadline, or the client
+    went away (it cancelled, disconnected, or sent a message over gRPC's size limit,
+    which gRPC refuses before the server sees it)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < _DEADLINE_SLACK_S:
+        return SpeechError(ErrorCode.DEADLINE_EXCEEDED, "the caller's deadline passed")
+    return SpeechError(ErrorCode.CANCELLED, "the caller went away")
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
     """Serves `voxrelay.v1.Speech` on top of a `SpeechService` (or one still loading)."""
 
-    def __init__(self, service: SpeechService | ServiceHolder) -> None:
+    def __init__(
+        self, service: SpeechService | ServiceHolder, limits: CallLimits | None = None
+    ) -> None:
         self._service = service if isinstance(service, ServiceHolder) else ServiceHolder(service)
+        self._limits = limits or CallLimits()
         self.calls = ActiveCalls()
 
     async def Stream(
@@ -154,25 +203,59 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         context: grpc.aio.ServicerContext[speech_pb2.StreamRequest, speech_pb2.StreamResponse],
     ) -> AsyncIterator[speech_pb2.StreamResponse]:
         self.calls.track(context)
+        requests = RequestStream(request_iterator)
+        service: SpeechService | None = None
+        slot: CallSlot | None = None
+        session: SessionDispatcher | None = None
         try:
-            # Refused at once when loading or full, not after the caller's first message.
+            # Refused at once when loading or full, not after the caller's first message;
+            # from here on the call holds a place, as a session does.
             service = self._service.get()
-            service.check_capacity()
-            requests = aiter(request_iterator)
-            first = await self.calls.unless_aborted(_first_request(requests))
+            slot = service.admit()
+            try:
+                first = await self.calls.unless_aborted(self._first_request(requests))
+            except SpeechError as error:
+                service.report_unstarted(error)
+                raise
             config = speech_pb2.SessionConfig()
             if first is not None and first.WhichOneof("request") == "config":
                 config, first = first.config, None
-            session = service.open_session(session_request(config))
+            session = service.open_session(session_request(config), slot)
         except SpeechError as error:
             for response in _end_with_error(error, context):
                 yield response
+            await requests.discard(DRAIN_S)
             return
-        pending = [first] if first is not None else []
-        reader = asyncio.create_task(_forward_requests(_chain(pending, requests), session))
-        async with contextlib.aclosing(self._speak(session, context, reader)) as responses:
+        except (asyncio.CancelledError, GeneratorExit):
+            if service is not None:
+                service.report_unstarted(_ended_by_client(context))
+            raise
+        finally:
+            if session is None:
+                if slot is not None:
+                    slot.release()
+                requests.close()
+        if first is not None:
+            _forward_first(first, session)
+        reader = asyncio.create_task(_forward_requests(requests, session))
+        async with contextlib.aclosing(self._speak(session, slot, context, reader)) as responses:
             async for response in responses:
                 yield response
+
+    async def _first_request(
+        self, requests: RequestStream[speech_pb2.StreamRequest]
+    ) -> speech_pb2.StreamRequest | None:
+        timeout_s = self._limits.start_timeout_s
+        try:
+            return await requests.next(timeout_s or None)
+        except TimeoutError:
+            raise SpeechError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"no request arrived within {timeout_s:g} s of the call opening, and a call "
+                "holds a session's place: send config or text as soon as the stream opens",
+            ) from None
+        except DecodeError as error:
+            raise InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}") from None
 
     async def Synthesize(
         self,
@@ -182,7 +265,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         self.calls.track(context)
         try:
             service = self._service.get()
-            session = service.open_session(session_request(request.config))
+            slot = service.admit()
+            session = service.open_session(session_request(request.config), slot)
         except SpeechError as error:
             for response in _end_with_error(error, context):
                 yield response
@@ -190,37 +274,72 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         # What a Stream call with the text and turn_done, half-closed, does; the text
         # goes in as synthesis frees room in the session's text budget.
         feeder = asyncio.create_task(_feed_whole_text(request.text, session))
-        async with contextlib.aclosing(self._speak(session, context, feeder)) as responses:
+        async with contextlib.aclosing(self._speak(session, slot, context, feeder)) as responses:
             async for response in responses:
                 yield response
 
     async def _speak(
         self,
         session: SessionDispatcher,
+        slot: CallSlot,
         context: grpc.aio.ServicerContext[Any, speech_pb2.StreamResponse],
-        reader: asyncio.Task[None] | None = None,
+        feeder: asyncio.Task[None],
     ) -> AsyncGenerator[speech_pb2.StreamResponse, None]:
-        """The session's events as responses until it ends; then stop `reader` and the session."""
+        """The session's events as responses until it ends; then stop `feeder` (the task
+        taking the call's input) and the session."""
         self.calls.fail_if_aborted(session)
         encoding = _ENCODINGS_OUT[session.output.encoding]  # once, not per message
         sample_rate_hz = session.output.sample_rate_hz
+        timeout_s = self._limits.send_timeout_s
+
+        def stalled() -> None:
+            # The client has not read for a while: end its session and give its place back
+            # now. Its last messages and status follow the message it has not taken, for
+            # when (if ever) it reads again.
+            _LOG.info("session %s: the client stopped reading", session.session_id)
+            session.fail(
+                SpeechError(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"the client did not read for {timeout_s:g} s and its session was ended: "
+                    "read the responses as they arrive",
+                )
+            )
+            slot.release()
+
+        watchdog = SendWatchdog(timeout_s, stalled)
+        ended_by: SpeechError | None = None
         try:
             async for event in session.events():
-                yield response_for(event, encoding, sample_rate_hz)
-                if type(event) is SegmentFailed:
-                    _LOG.warning(
-                        "turn %d segment %d failed: %s", event.turn, event.segment, event.error
-                    )
+                response = response_for(event, encoding, sample_rate_hz)
+                watchdog.sending()
+                yield response
+                watchdog.sent()
+                if type(event) is SessionFailed:
+                    if event.segment:
+                        _LOG.warning(
+                            "session %s turn %d segment %d failed: %s",
+                            session.session_id,
+                            event.turn,
+                            event.segment,
+                            event.error,
+                        )
                     context.set_code(status_code(event.error))
                     context.set_details(event.error.message)
-        except SpeechError as error:
-            for response in _end_with_error(error, context):
+        except (asyncio.CancelledError, GeneratorExit):
+            ended_by = _ended_by_client(context)
+            raise
+        except Exception:  # a bug in the dispatcher or here
+            ended_by = _internal_error(session.session_id, "speaking")
+            for response in _end_with_error(ended_by, context):
                 yield response
         finally:
-            if reader is not None:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-            await session.aclose()
+            watchdog.close()
+            if ended_by is None and session.error is not None and not feeder.done():
+                # Let the client finish sending before the status goes out (DRAIN_S).
+                await asyncio.wait({feeder}, timeout=DRAIN_S)
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            await session.aclose(ended_by)
 
     async def ListVoices(
         self,
@@ -258,18 +377,14 @@ def _end_with_error(
     """
     context.set_code(status_code(error))
     context.set_details(error.message)
-    return [
-        speech_pb2.StreamResponse(
-            error=speech_pb2.Error(code=int(error.code), message=error.message)
-        ),
-        _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0),
-    ]
+    return [_error_response(error), _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)]
 
 
-async def _first_request(
-    requests: AsyncIterator[speech_pb2.StreamRequest],
-) -> speech_pb2.StreamRequest | None:
-    return await anext(requests, None)
+def _forward_first(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+    try:
+        _forward(request, session)
+    except SpeechError as error:
+        session.fail(error)
 
 
 async def _feed_whole_text(text: str, session: SessionDispatcher) -> None:
@@ -281,12 +396,3 @@ async def _feed_whole_text(text: str, session: SessionDispatcher) -> None:
         session.close()
     except SpeechError as error:
         session.fail(error)
-
-
-async def _chain(
-    first: list[speech_pb2.StreamRequest], rest: AsyncIterator[speech_pb2.StreamRequest]
-) -> AsyncIterator[speech_pb2.StreamRequest]:
-    for request in first:
-        yield request
-    async for request in rest:
-        yield request

@@ -17,7 +17,23 @@ from voxrelay_server.voices import VoiceCatalog
 ObserverFactory = Callable[[str, SessionSettings], SessionObserver]
 """Builds the observer of a new session from its id and settings."""
 RejectionHook = Callable[[SpeechError], None]
-"""Told about each session refused before it started (bad configuration, server full)."""
+"""Told about each call that ended before its session started (bad configuration, server
+full, no first message, the caller gone), with the status its caller saw."""
+
+
+class CallSlot:
+    """A call's place under `max_sessions`, held from the moment the call opens (before
+    its first message) until its session ends or the call ends without one."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: set[CallSlot]) -> None:
+        self._held = held
+        held.add(self)
+
+    def release(self) -> None:
+        """Give the place back (again: no effect)."""
+        self._held.discard(self)
 
 
 class SpeechService:
@@ -44,18 +60,21 @@ class SpeechService:
             engine.name: DeadlineScheduler(engine.max_concurrency) for engine in catalog.engines
         }
         self._sessions: dict[str, SessionDispatcher] = {}
+        self._slots: set[CallSlot] = set()
 
     @property
     def active_sessions(self) -> int:
-        return len(self._sessions)
+        """Calls holding a place under `max_sessions`: sessions, and calls not yet
+        past their first message."""
+        return len(self._slots)
 
     def voices(self) -> list[VoiceInfo]:
         """Every voice offered, the default first."""
         return self.catalog.voices()
 
-    def check_capacity(self) -> None:
-        """Raise RESOURCE_EXHAUSTED when the server already runs `max_sessions` sessions."""
-        if len(self._sessions) >= self.max_sessions:
+    def admit(self) -> CallSlot:
+        """A place for a new call; RESOURCE_EXHAUSTED when `max_sessions` calls hold one."""
+        if len(self._slots) >= self.max_sessions:
             self.reject(
                 SpeechError(
                     ErrorCode.RESOURCE_EXHAUSTED,
@@ -63,20 +82,29 @@ class SpeechService:
                     "retry shortly, or raise --max-sessions",
                 )
             )
+        return CallSlot(self._slots)
 
     def reject(self, error: SpeechError) -> NoReturn:
-        """Report a session refused before it started, then raise `error`."""
-        if self._on_rejected is not None:
-            self._on_rejected(error)
+        """Report a call that ends before its session started, then raise `error`."""
+        self.report_unstarted(error)
         raise error
 
-    def open_session(self, request: SessionRequest) -> SessionDispatcher:
+    def report_unstarted(self, error: SpeechError) -> None:
+        """Count a call that ended before its session started, with its caller's status."""
+        if self._on_rejected is not None:
+            self._on_rejected(error)
+
+    def open_session(
+        self, request: SessionRequest, slot: CallSlot | None = None
+    ) -> SessionDispatcher:
         """A dispatcher for one session; raises `SpeechError` on a bad configuration.
 
-        Also raises RESOURCE_EXHAUSTED when the server already runs `max_sessions`.
-        The session counts until its `aclose()`.
+        The session takes `slot` (the call's place, from `admit()`), or admits itself
+        (RESOURCE_EXHAUSTED when the server is full), and holds it until its
+        `aclose()`. When it cannot open, the slot is released.
         """
-        self.check_capacity()
+        if slot is None:
+            slot = self.admit()
         try:
             engine, voice = self.catalog.resolve(request.voice)
             settings = validate_request(
@@ -86,9 +114,10 @@ class SpeechService:
                 default_max_inflight_segments=self.default_max_inflight_segments,
             )
         except SpeechError as error:
+            slot.release()
             self.reject(error)
         session_id = secrets.token_hex(6)
-        observers: list[SessionObserver] = [_Deregister(self._sessions, session_id)]
+        observers: list[SessionObserver] = [_Deregister(self._sessions, session_id, slot)]
         if self._observer_factory is not None:
             observers.insert(0, self._observer_factory(session_id, settings))
         scheduler = self.schedulers[engine.name]
@@ -102,6 +131,7 @@ class SpeechService:
             limits=self.limits,
             synthesis_slot=scheduler.slot,
             observer=CompositeObserver(observers),
+            session_id=session_id,
         )
         self._sessions[session_id] = session
         return session
@@ -118,11 +148,15 @@ class SpeechService:
 
 
 class _Deregister(SessionObserver):
-    """Takes a session off the active list when it ends."""
+    """Takes a session off the active list, and gives its place back, when it ends."""
 
-    def __init__(self, sessions: dict[str, SessionDispatcher], session_id: str) -> None:
+    def __init__(
+        self, sessions: dict[str, SessionDispatcher], session_id: str, slot: CallSlot
+    ) -> None:
         self._sessions = sessions
         self._session_id = session_id
+        self._slot = slot
 
     def session_ended(self, error: SpeechError | None) -> None:
         self._sessions.pop(self._session_id, None)
+        self._slot.release()

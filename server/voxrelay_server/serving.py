@@ -1,15 +1,19 @@
 """A server's life around its calls: the service while it loads, the calls in flight.
 
 `ServiceHolder` answers UNAVAILABLE until the voices are loaded; `ActiveCalls`
-lets a shutdown wait for the calls in flight and end the rest with a clear status.
-Neither knows about speech, only about calls and their lifecycle.
+lets a shutdown wait for the calls in flight and end the rest with a clear status;
+`RequestStream` reads a call's requests with a timeout that loses none of them;
+`SendWatchdog` notices a client that has stopped reading. None of them knows
+about speech, only about calls and their lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -21,6 +25,22 @@ _T = TypeVar("_T")
 
 LOADING_MESSAGE = "the server is still loading its voices; retry shortly"
 SHUTTING_DOWN_MESSAGE = "the server is shutting down"
+DRAIN_S = 1.0
+"""How long a call that ends with an error goes on taking the client's requests (and
+dropping them) before its status goes out. grpc's asyncio client reports INTERNAL
+instead of the server's status when one of its writes races with that status
+(grpc/grpc#36066); a client that sends all it has and then reads (the README's
+pattern) has half-closed well within this."""
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Bounds on a call's dealings with its client, in seconds; 0 = no bound."""
+
+    start_timeout_s: float = 30.0
+    """How long a new Stream call may wait before its first message."""
+    send_timeout_s: float = 30.0
+    """How long one message may wait for the client to read it."""
 
 
 class ServiceHolder:
@@ -121,3 +141,89 @@ class ActiveCalls:
         work.cancel()
         assert self._abort_error is not None
         raise self._abort_error
+
+
+class RequestStream(Generic[_T]):
+    """A call's requests, read by one task at a time; a read that timed out stays
+    pending, so the next read takes its message and none is lost (grpc allows one
+    read in flight per call: a cancelled one would make the next fail)."""
+
+    def __init__(self, requests: AsyncIterable[_T]) -> None:
+        self._requests = aiter(requests)
+        self._pending: asyncio.Future[_T | None] | None = None
+
+    async def next(self, timeout_s: float | None = None) -> _T | None:
+        """The next request, or None once the client half-closed; TimeoutError if
+        `timeout_s` passed first."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._requests, None))
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout_s)
+        if not done:
+            raise TimeoutError
+        pending, self._pending = self._pending, None
+        return pending.result()
+
+    async def __aiter__(self) -> AsyncIterator[_T]:
+        while (request := await self.next()) is not None:
+            yield request
+
+    async def discard(self, timeout_s: float) -> None:
+        """Read and drop requests until the client half-closes, for `timeout_s` at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        with contextlib.suppress(TimeoutError):
+            while await self.next(max(0.0, deadline - loop.time())) is not None:
+                pass
+
+    def close(self) -> None:
+        """Stop a read still pending (the call is over)."""
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+class SendWatchdog:
+    """Notices a client that has stopped reading: one message handed to gRPC and not
+    taken by the client (flow control) for longer than `timeout_s`.
+
+    The sender calls `sending()` before each message and `sent()` once gRPC took it:
+    two stores and a clock read. One timer per call, moved on only when it fires.
+    """
+
+    __slots__ = ("_loop", "_on_stall", "_since", "_timeout_s", "_timer")
+
+    def __init__(self, timeout_s: float, on_stall: Callable[[], None]) -> None:
+        self._timeout_s = timeout_s
+        self._on_stall = on_stall
+        self._loop = asyncio.get_running_loop()
+        self._since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def sending(self) -> None:
+        """A message is on its way to the client."""
+        if not self._timeout_s:
+            return
+        self._since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._since + self._timeout_s, self._check)
+
+    def sent(self) -> None:
+        """The message went out."""
+        self._since = None
+
+    def close(self) -> None:
+        """Watch no more."""
+        self._since = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._since is None:
+            return  # nothing waiting: the next message arms a new timer
+        due = self._since + self._timeout_s
+        if self._loop.time() >= due:
+            self._since = None
+            self._on_stall()
+        else:
+            self._timer = self._loop.call_at(due, self._check)

@@ -13,6 +13,10 @@ MAX_TEXT_CHUNK_CHARS = 16384
 MAX_WHOLE_TEXT_CHARS = 1_000_000
 """Longest text one `Synthesize` call accepts: many hours of speech, and even at
 4 bytes per character still under gRPC's default 4 MiB message limit."""
+DEFAULT_MAX_SEGMENT_CHARS = 400
+"""Longest segment an engine is given by default: about 25 s of speech. Piper's memory
+grows with a segment's length (about 1 MB a character), so a bound on it is a bound
+on what one request can cost; `voxrelay serve --max-segment-chars` changes it."""
 MAX_INSTRUCTIONS_CHARS = 4096
 DEFAULT_MIN_SENTENCE_CHARS = 20
 MAX_MIN_SENTENCE_CHARS = 10000

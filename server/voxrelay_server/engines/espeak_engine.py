@@ -14,7 +14,9 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,12 +28,15 @@ from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceIn
 from voxrelay_server.engines.espeak_worker import AUDIO, DONE, FAILED, FRAME_HEADER, READY
 from voxrelay_server.errors import EngineError, ErrorCode
 
+_LOG = logging.getLogger(__name__)
 ENGINE_NAME = "espeak"
 NORMAL_WORDS_PER_MINUTE = 175
 MIN_WORDS_PER_MINUTE = 80
 MAX_WORDS_PER_MINUTE = 450
 QUEUED_PER_WORKER = 1
 """Segments waiting at each worker behind the one it speaks."""
+WORKER_COMMAND: Sequence[str] = (sys.executable, "-m", "voxrelay_server.engines.espeak_worker")
+"""How a worker process is started."""
 _PIPE_BYTES = 1 << 20
 """Pipe buffers of a worker: a segment's text always fits, and the worker's audio does
 not wait while the server's event loop is busy."""
@@ -60,6 +65,8 @@ class _Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         """The loop reading the worker's output; None until a job is submitted."""
         self._buffer = bytearray()
+        self._output_closed = False
+        """Its output ended: it is gone, even if it is not reaped yet."""
         self.ready: dict[str, Any] = {}
 
     @property
@@ -72,12 +79,13 @@ class _Worker:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        process = self._process
+        return process is not None and not self._output_closed and process.poll() is None
 
     def start(self) -> None:
         """Start the process and wait until espeak-ng is loaded in it (blocking)."""
         process = subprocess.Popen(
-            [sys.executable, "-m", "voxrelay_server.engines.espeak_worker"],
+            WORKER_COMMAND,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -88,13 +96,20 @@ class _Worker:
         ready = _read_ready_frame(process.stdout)
         if ready is None:
             process.kill()
+            process.wait()
+            process.stdin.close()
+            process.stdout.close()
+            how = _how_it_ended(process.returncode)
+            _LOG.warning("the espeak-ng worker %d did not start: it %s", process.pid, how)
+            # Transient as far as a caller knows: the next segment starts another worker.
             raise EngineError(
-                ErrorCode.FAILED_PRECONDITION,
-                f"the espeak-ng worker did not start (exit code {process.wait()}); "
-                "its error is in the server's log",
+                ErrorCode.UNAVAILABLE,
+                f"the espeak-ng worker did not start (it {how}); retry, and if it keeps "
+                "failing, see the server's log",
             )
         self.ready = ready
         self._buffer.clear()
+        self._output_closed = False
         self._process = process
 
     def submit(self, job: _Job, identifier: str, text: str, words_per_minute: int) -> None:
@@ -148,6 +163,8 @@ class _Worker:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
     def _send(self, request: dict[str, Any]) -> None:
         process = self._process
@@ -170,6 +187,7 @@ class _Worker:
         except OSError:
             data = b""
         if not data:
+            self._output_closed = True
             self.abandon()
             return
         buffer = self._buffer
@@ -206,6 +224,14 @@ class _Worker:
         """The worker is gone (its output closed, or it exited): fail the jobs it held."""
         self.detach()
         orphans, self._jobs = list(self._jobs.values()), {}
+        if orphans and self._process is not None:
+            _LOG.warning(
+                "the espeak-ng worker %d %s with %d segments in hand; they fail with "
+                "UNAVAILABLE and a new worker starts for the next one",
+                self._process.pid,
+                _how_it_ended(self._process.poll()),
+                len(orphans),
+            )
         for job in orphans:
             job.queue.put_nowait(_worker_exited(self._process))
 
@@ -214,8 +240,20 @@ def _worker_exited(process: subprocess.Popen[bytes] | None) -> EngineError:
     code = process.poll() if process is not None else None
     return EngineError(
         ErrorCode.UNAVAILABLE,
-        f"the espeak-ng worker process exited (code {code}) during synthesis",
+        f"the espeak-ng worker process ended during synthesis (it {_how_it_ended(code)}); retry",
     )
+
+
+def _how_it_ended(returncode: int | None) -> str:
+    """`exited with code 1`, `was killed by SIGKILL`, or (not reaped yet) `closed its output`."""
+    if returncode is None:
+        return "closed its output"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 def _read_ready_frame(stream: IO[bytes]) -> dict[str, Any] | None:

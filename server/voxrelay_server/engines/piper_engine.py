@@ -1,4 +1,12 @@
-"""The default neural voice: piper (onnxruntime) with the bundled en_US-joe-medium model."""
+"""The default neural voice: piper (onnxruntime) with the bundled en_US-joe-medium model.
+
+A run of the model takes a sentence's phonemes and returns all of its audio at once,
+and its memory grows with that audio: about 20 MiB a second of speech, so a long
+sentence, or a number spelled out to hundreds of phonemes, could take gigabytes.
+Each run here speaks at most `MAX_PHONEMES_PER_RUN` phonemes (fewer when slower):
+longer sentences are cut between words, after a pause mark where there is one. And
+onnxruntime's memory arena gives back what a run took once it is done.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime
 from piper import PiperVoice, SynthesisConfig
 from piper.config import PiperConfig
@@ -16,6 +26,13 @@ from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode
 
 ENGINE_NAME = "piper"
+MAX_PHONEMES_PER_RUN = 300
+"""Most phonemes one run of the model speaks at normal speed; at speed s, 300 x s. About
+280 characters of English or 14 s of speech: the model's memory for it is about 300 MiB
+above the loaded voice, and nearly every sentence fits in one run."""
+_WORD_BREAK = " "
+_PAUSE_MARKS = frozenset(",;:\u2014\u2013")  # and the em and en dashes
+_INT16_MAX = 32767.0
 
 
 def bundled_joe_voice() -> tuple[Path, Path]:
@@ -62,13 +79,18 @@ class PiperEngine(SpeechEngine):
     ) -> AsyncIterator[bytes]:
         piper_voice = self._voices[voice.name][1]
         config = SynthesisConfig(length_scale=1.0 / options.speed)
+        most = max(16, round(MAX_PHONEMES_PER_RUN * options.speed))
 
         def run(emit: Emit, stop: threading.Event) -> None:
-            # piper yields one chunk per sentence: stop between sentences when asked.
-            for chunk in piper_voice.synthesize(text, config):
-                if stop.is_set():
-                    return
-                emit(chunk.audio_int16_bytes)
+            # One run per sentence, or per piece of a long one: stop between runs when asked.
+            for sentence in piper_voice.phonemize(text):
+                for piece in phoneme_pieces(sentence, most):
+                    if stop.is_set():
+                        return
+                    ids = piper_voice.phonemes_to_ids(piece)
+                    audio = piper_voice.phoneme_ids_to_audio(ids, config)
+                    assert isinstance(audio, np.ndarray)  # not asked for alignments
+                    emit(_int16_bytes(audio))
 
         return stream_from_thread(self._executor, run, describe=f"piper voice {voice.name}")
 
@@ -91,7 +113,54 @@ def _load(model_path: Path, config_path: Path, threads: int) -> PiperVoice:
         raise EngineError(
             ErrorCode.FAILED_PRECONDITION, f"cannot load piper voice {model_path}: {error}"
         ) from error
-    return PiperVoice(session=session, config=config)
+    return PiperVoice(session=_ShrinkingSession(session), config=config)
+
+
+class _ShrinkingSession:
+    """An inference session whose memory arena gives back what each run took.
+
+    onnxruntime keeps the memory of its largest run for the next one; piper runs
+    the model without run options, so they are added here.
+    """
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self._session = session
+        self._options = onnxruntime.RunOptions()
+        self._options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names: Any, input_feed: dict[str, Any]) -> Any:
+        return self._session.run(output_names, input_feed, self._options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def phoneme_pieces(phonemes: list[str], most: int) -> list[list[str]]:
+    """A sentence's phonemes in pieces of at most `most`, cut between words: after the
+    last pause mark in the second half of a piece, else at the last word break, and
+    inside a word only when it alone is longer than `most`."""
+    pieces = []
+    while len(phonemes) > most:
+        window = phonemes[: most + 1]
+        breaks = [i for i, p in enumerate(window) if p == _WORD_BREAK and i > 0]
+        paused = [i for i in breaks if i >= most // 2 and window[i - 1] in _PAUSE_MARKS]
+        cut = paused[-1] if paused else breaks[-1] if breaks else most
+        pieces.append(phonemes[:cut])
+        phonemes = phonemes[
+            cut + 1 if cut < len(phonemes) and phonemes[cut] == _WORD_BREAK else cut :
+        ]
+    if phonemes:
+        pieces.append(phonemes)
+    return pieces
+
+
+def _int16_bytes(audio: np.ndarray) -> bytes:
+    """A run's float audio as 16-bit PCM, scaled to full range as piper does."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak < 1e-8:
+        return np.zeros(audio.size, dtype="<i2").tobytes()
+    scaled = np.clip(audio / peak * _INT16_MAX, -_INT16_MAX, _INT16_MAX)
+    return scaled.astype("<i2").tobytes()
 
 
 def _language_tag(file_name: str) -> str:
