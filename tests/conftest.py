@@ -72,6 +72,8 @@ async def start_server() -> AsyncIterator[StartServer]:
         max_sessions: int = 256,
         limits: SessionLimits | None = None,
         observer_factory: ObserverFactory | None = None,
+        start_timeout_s: float = 30.0,
+        send_timeout_s: float = 30.0,
         **tone_settings: float,
     ) -> RunningServer:
         tone = ToneEngine(**tone_settings)  # type: ignore[arg-type]
@@ -83,7 +85,10 @@ async def start_server() -> AsyncIterator[StartServer]:
             limits=limits,
             observer_factory=observer_factory,
         )
-        server, port = create_server(service, ServerSettings(listen="127.0.0.1:0"))
+        settings = ServerSettings(
+            listen="127.0.0.1:0", start_timeout_s=start_timeout_s, send_timeout_s=send_timeout_s
+        )
+        server, port = create_server(service, settings)
         await server.start()
         running = RunningServer(f"127.0.0.1:{port}", server, service, tone)
         started.append(running)

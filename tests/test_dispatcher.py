@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 import numpy as np
 import pytest
 
+from tests.conftest import wait_for
 from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits, SessionState, SlotFactory
 from voxrelay_server.engines.base import SynthesisOptions
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
@@ -453,3 +454,27 @@ async def test_the_audio_sent_moves_the_sessions_playback_clock() -> None:
     assert len(clocks) == 2 and clocks[0] is clocks[1]  # one clock per session
     # Sent faster than real time, so it plays back to back from the first audio.
     assert started + audio_s <= clocks[0].runs_out_at <= time.monotonic() + audio_s
+
+
+async def test_segments_that_waited_for_a_slot_add_nothing_to_audio_not_yet_read() -> None:
+    tone = ToneEngine(ms_per_char=20)
+    scheduler = DeadlineScheduler(1)
+    dispatcher = make_dispatcher(
+        tone,
+        max_inflight=8,
+        limits=SessionLimits(audio_buffer_bytes=1000),
+        synthesis_slot=scheduler.slot,
+    )
+    sentences = [f"Segment number {index} is here." for index in range(8)]
+    for sentence in sentences:
+        dispatcher.send_text(sentence + " ")
+    dispatcher.close()
+    # Nobody reads. The head segment fills the buffer past its ceiling; the seven that
+    # queued for the one slot while it was empty find it full when they get the slot.
+    await wait_for(lambda: tone.stats.finished == 1 and scheduler.in_use == 0)
+    await wait_for(lambda: scheduler.queued == 0)
+    assert tone.stats.started == 1
+    assert dispatcher.buffered_audio_bytes == 2 * tone.samples_for(sentences[0])
+
+    events = await drain(dispatcher.events())  # reading lets every segment through
+    check_wire_order(events, {1: sentences})

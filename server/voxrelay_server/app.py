@@ -28,6 +28,7 @@ from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.health import HealthServicer
+from voxrelay_server.memory import MemoryBound, memory_bound, tune_allocator
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
@@ -136,6 +137,18 @@ def build_service(
     )
     observability.watch(service)
     return service
+
+
+def settings_memory_bound(settings: ServerSettings, service: SpeechService) -> MemoryBound:
+    """How far the memory of a server with these settings and engines can grow."""
+    return memory_bound(
+        max_sessions=settings.max_sessions,
+        piper_workers=settings.workers if "piper" in settings.engines else 0,
+        synthesis_slots=sum(scheduler.slots for scheduler in service.schedulers.values()),
+        max_segment_chars=settings.max_segment_chars,
+        session_audio_buffer_bytes=settings.session_audio_buffer_bytes,
+        max_buffered_text_chars=settings.max_buffered_text_chars,
+    )
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -292,6 +305,7 @@ async def serve(
     default `build_service` with this server's metrics, traces and logs.
     """
     started = time.perf_counter()
+    tune_allocator()
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -315,10 +329,11 @@ async def serve(
         raise
     await parts.set_service(service)
     _LOG.info(
-        "ready (SERVING) in %.1f s with %d voices (default %s)",
+        "ready (SERVING) in %.1f s with %d voices (default %s); memory can grow by %s",
         time.perf_counter() - started,
         len(service.voices()),
         service.catalog.default_voice,
+        settings_memory_bound(settings, service).describe(),
     )
     await stop.wait()
     _LOG.info(

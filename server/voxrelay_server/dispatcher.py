@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -48,6 +49,8 @@ from voxrelay_server.settings import (
 )
 from voxrelay_server.splitter import SentenceSplitter
 from voxrelay_server.textclean import clean_text
+
+_LOG = logging.getLogger(__name__)
 
 Synthesize = Callable[[str], AsyncIterator[bytes]]
 """Speaks one segment's text: int16 LE PCM chunks at the voice's native rate."""
@@ -590,26 +593,21 @@ class SessionDispatcher:
         error: SpeechError | None = None
         started = False
         try:
-            if self._audio_buffer_full:  # checked here too: most segments need not wait
-                await self._wait_for_audio_room(job)
             estimate_s = self._estimated_audio_s(job.text)
-            async with self._synthesis_slot(self._playback, estimate_s):
-                started = True
-                job.ahead_s = estimate_s  # counted in the clock by the slot's grant
-                self._observer.segment_started(job.turn.number, job.number)
-                first = True
-                async for chunk in self._synthesize(job.text):
-                    if not chunk:
+            while not started:
+                if self._audio_buffer_full:  # checked here too: most segments need not wait
+                    await self._wait_for_audio_room(job)
+                async with self._synthesis_slot(self._playback, estimate_s):
+                    if self._audio_buffer_full and job is not self._head_job():
+                        # The client fell behind while this waited for a slot: give the slot
+                        # (and the estimate it counted) back rather than add to the audio
+                        # the client has not read, so only segments already being made
+                        # go past the ceiling.
+                        self._playback.finished(estimate_s)
                         continue
-                    self._buffered_audio_bytes += len(chunk)
-                    job.audio.put(chunk)
-                    if first:
-                        first = False
-                        self._observer.segment_engine_first_audio(job.turn.number, job.number)
-                        if job is self._delivering:
-                            # The merger waits for exactly this: let it send the first audio
-                            # now, not once the engine next pauses (it may not for a while).
-                            await asyncio.sleep(0)
+                    started = True
+                    job.ahead_s = estimate_s  # counted in the clock by the slot's grant
+                    await self._synthesize_into(job)
         except asyncio.CancelledError:
             if started:
                 self._observer.segment_synthesized(
@@ -617,15 +615,48 @@ class SessionDispatcher:
                 )
             raise
         except SpeechError as failure:
+            _LOG.warning(
+                "engine failed on segment %d.%d of session %s: %s",
+                job.turn.number,
+                job.number,
+                self.session_id,
+                failure,
+            )
             error = failure
-        except Exception as failure:  # an engine bug must not take the session down silently
-            error = EngineError(ErrorCode.INTERNAL, f"engine failed: {failure!r}")
+        except Exception:  # an engine bug: logged, and the caller told in general
+            _LOG.exception(
+                "engine failed on segment %d.%d of session %s",
+                job.turn.number,
+                job.number,
+                self.session_id,
+            )
+            error = EngineError(
+                ErrorCode.INTERNAL,
+                f"the engine failed on this segment (session {self.session_id}); it has been "
+                "logged: retry, and report it if it persists",
+            )
         finally:
             self._settle_text(job)
         self._observer.segment_synthesized(
             job.turn.number, job.number, error=error, cancelled=False
         )
         job.audio.put(error if error is not None else _END_OF_AUDIO)
+
+    async def _synthesize_into(self, job: _SegmentJob) -> None:
+        self._observer.segment_started(job.turn.number, job.number)
+        first = True
+        async for chunk in self._synthesize(job.text):
+            if not chunk:
+                continue
+            self._buffered_audio_bytes += len(chunk)
+            job.audio.put(chunk)
+            if first:
+                first = False
+                self._observer.segment_engine_first_audio(job.turn.number, job.number)
+                if job is self._delivering:
+                    # The merger waits for exactly this: let it send the first audio
+                    # now, not once the engine next pauses (it may not for a while).
+                    await asyncio.sleep(0)
 
     # The playback clock: how urgent this session's next segment is.
 

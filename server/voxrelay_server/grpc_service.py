@@ -315,14 +315,6 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 yield response
                 watchdog.sent()
                 if type(event) is SessionFailed:
-                    if event.segment:
-                        _LOG.warning(
-                            "session %s turn %d segment %d failed: %s",
-                            session.session_id,
-                            event.turn,
-                            event.segment,
-                            event.error,
-                        )
                     context.set_code(status_code(event.error))
                     context.set_details(event.error.message)
         except (asyncio.CancelledError, GeneratorExit):

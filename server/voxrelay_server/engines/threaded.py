@@ -12,8 +12,6 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 
-from voxrelay_server.errors import EngineError, ErrorCode
-
 Emit = Callable[[bytes], None]
 BlockingSynthesis = Callable[[Emit, threading.Event], None]
 """Calls `emit` for each chunk it produces; returns early once the event is set."""
@@ -53,10 +51,10 @@ async def stream_from_thread(
             item = await queue.get()
             if item is _DONE:
                 return
-            if isinstance(item, EngineError):
-                raise item
             if isinstance(item, Exception):
-                raise EngineError(ErrorCode.INTERNAL, f"{describe} failed: {item}") from item
+                # As raised in the worker, traceback and all: an EngineError is the
+                # engine's report; anything else is a bug, which the session logs.
+                raise item
             assert isinstance(item, bytes)
             yield item
     finally:

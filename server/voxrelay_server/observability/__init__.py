@@ -11,6 +11,8 @@ server three things: an observer factory for `SpeechService`, interceptors for
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -101,6 +103,9 @@ class Observability:
 
         Returns the bound port, or None when metrics are not served over HTTP.
         """
+        if self.metrics is not None and self.metrics.loop is None:
+            with contextlib.suppress(RuntimeError):  # started outside an event loop
+                self.metrics.loop = asyncio.get_running_loop()
         if self.metrics is None or not self.settings.metrics_listen or self._http is not None:
             return self.metrics_port
         self._http = MetricsHttpServer(self.metrics.registry, self.settings.metrics_listen)

@@ -8,6 +8,7 @@ rather than tracked by hand, so they cannot drift from the truth.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -48,6 +49,8 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._watched = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The server's event loop, once known: its task count is a gauge."""
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.sessions = Counter(
@@ -107,7 +110,7 @@ class ServerMetrics:
         if self._watched:
             raise RuntimeError("these metrics already watch a service")
         self._watched = True
-        self.registry.register(_ServiceCollector(service))
+        self.registry.register(_ServiceCollector(service, self))
 
     def session_rejected(self, error: SpeechError) -> None:
         """Count a session refused before it started, like one that failed."""
@@ -158,16 +161,20 @@ class MetricsObserver(TimelineObserver):
 class _ServiceCollector(Collector):
     """Gauges read from the service when Prometheus scrapes."""
 
-    def __init__(self, service: SpeechService) -> None:
+    def __init__(self, service: SpeechService, metrics: ServerMetrics) -> None:
         self._service = service
+        self._metrics = metrics
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        active, queued, in_use, slots = families
+        active, queued, in_use, slots, tasks = families
         active.add_metric([], _read(lambda: self._service.active_sessions))
+        loop = self._metrics.loop
+        if loop is not None:
+            tasks.add_metric([], _read(lambda: len(asyncio.all_tasks(loop))))
         for name, scheduler in list(self._service.schedulers.items()):
             queued.add_metric([name], _read(lambda: scheduler.queued))  # noqa: B023
             in_use.add_metric([name], _read(lambda: scheduler.in_use))  # noqa: B023
@@ -177,7 +184,11 @@ class _ServiceCollector(Collector):
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
         return [
-            GaugeMetricFamily("voxrelay_active_sessions", "Sessions open now"),
+            GaugeMetricFamily(
+                "voxrelay_active_sessions",
+                "Calls holding a place under --max-sessions: sessions, and calls not yet "
+                "past their first message",
+            ),
             GaugeMetricFamily(
                 "voxrelay_synthesis_queue_depth",
                 "Segments waiting for a synthesis slot, per engine",
@@ -192,6 +203,10 @@ class _ServiceCollector(Collector):
                 "voxrelay_synthesis_slots",
                 "Segments an engine can synthesize at once, server-wide",
                 labels=["engine"],
+            ),
+            GaugeMetricFamily(
+                "voxrelay_event_loop_tasks",
+                "asyncio tasks alive in the server's event loop (a leak shows as growth)",
             ),
         ]
 

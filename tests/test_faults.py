@@ -1,0 +1,222 @@
+"""Callers that misbehave, over real gRPC: silent calls, clients that stop reading, bad
+bytes, a bug in the server, an engine raising mid-segment. Each ends as the contract
+says, the server frees what the call held, and other sessions go on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from piper import SynthesisConfig
+
+from tests.conftest import (
+    Request,
+    Response,
+    StartServer,
+    audio_of,
+    collect,
+    config,
+    lifecycle_of,
+    read_one,
+    read_rest,
+    text,
+    turn_done,
+    wait_for,
+)
+from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
+from voxrelay_server.engines.piper_engine import PiperEngine
+
+NO_BDP = [("grpc.http2.bdp_probe", 0)]
+"""A client transport that keeps gRPC's 64 KiB window: one that stops reading stops
+taking audio (with BDP probing its transport would take megabytes into its memory)."""
+STREAM = "/voxrelay.v1.Speech/Stream"
+DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+
+
+def ending(responses: list[Response]) -> tuple[int, str, int]:
+    """The error's code, message and turn of a failed call's last messages."""
+    *_, error, ended = responses
+    assert error.WhichOneof("response") == "error", responses[-3:]
+    assert lifecycle_of([ended]) == [("session_ended", 0, False)]
+    return error.error.code, error.error.message, error.error.turn
+
+
+async def test_a_silent_call_holds_a_place_until_the_start_timeout_ends_it(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_sessions=2, start_timeout_s=0.5)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        silent = [server.stub(channel).Stream() for _ in range(2)]
+        for call in silent:
+            await call.wait_for_connection()
+        await wait_for(lambda: server.service.active_sessions == 2)
+        refused = server.stub(channel).Stream()
+        await refused.done_writing()
+        assert ending(await read_rest(refused))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+        for call in silent:
+            code, message, turn = ending(await read_rest(call))
+            assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert (code, turn) == (DEADLINE_EXCEEDED, 0)
+            assert "no request arrived within 0.5 s" in message
+        assert server.service.active_sessions == 0
+        responses = await collect(server.stub(channel), [text("There is room again.")])
+    assert lifecycle_of(responses)[-1] == ("session_ended", 0, False)
+
+
+async def test_many_silent_calls_take_no_more_than_the_places_there_are(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_sessions=20, start_timeout_s=1.0)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        calls = [server.stub(channel).Stream() for _ in range(300)]
+        await asyncio.gather(*(read_rest(call) for call in calls))
+        codes = [await call.code() for call in calls]
+    assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 20
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 280
+    assert server.service.active_sessions == 0
+
+
+async def test_clients_that_stop_reading_lose_their_sessions_and_places(
+    start_server: StartServer,
+) -> None:
+    sessions, send_timeout_s = 20, 0.5
+    server = await start_server(
+        max_sessions=sessions,
+        send_timeout_s=send_timeout_s,
+        limits=SessionLimits(audio_buffer_bytes=64 * 1024),
+    )
+    sentence = "A sentence that makes a fair amount of tone audio to send."
+    async with grpc.aio.insecure_channel(server.target, options=NO_BDP) as channel:
+        stuck = []
+        for _ in range(sessions):
+            call = server.stub(channel).Stream()
+            for _ in range(40):
+                await call.write(text(sentence + " "))
+            stuck.append(call)
+        # Nobody reads: each session's messages wait on a full window until the send
+        # timeout ends it, and its place is free again at once.
+        await wait_for(lambda: server.service.active_sessions == 0, timeout_s=10)
+        started = server.tone.stats.started
+        responses = await collect(server.stub(channel), [text("A new session.")])
+        assert lifecycle_of(responses)[-1] == ("session_ended", 0, False)
+
+        # A stuck client that reads again gets the audio it had been sent, then the end.
+        for call in stuck:
+            received = await read_rest(call)
+            code, message, turn = ending(received)
+            assert (code, turn) == (DEADLINE_EXCEEDED, 1)
+            assert f"did not read for {send_timeout_s:g} s" in message
+            assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert audio_of(received)
+    # Their synthesis stopped when they were ended: only the new session's segment ran.
+    assert server.tone.stats.started == started + 1
+
+
+async def test_an_error_names_the_turn_it_cuts_short(start_server: StartServer) -> None:
+    server = await start_server()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = server.stub(channel).Stream()
+        await call.write(text("A turn has started"))
+        started = await read_one(call)
+        assert lifecycle_of([started]) == [("started", 1, False)]
+        await call.write(config(voice="tone/square"))  # config after text: not allowed
+        await call.done_writing()
+        responses = [started, *await read_rest(call)]
+    code, message, turn = ending(responses)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "config is allowed only as the first message" in message
+    # The error takes the place of the turn's TURN_ENDED: the turn is never left open.
+    assert turn == 1
+    assert lifecycle_of(responses) == [("started", 1, False), ("session_ended", 0, False)]
+
+
+@pytest.mark.parametrize("first", [False, True])
+async def test_text_that_is_not_utf8_is_invalid_argument(
+    start_server: StartServer, first: bool
+) -> None:
+    server = await start_server()
+    bad_text = b"\x12\x03ab\xff"  # field 2 (text), 3 bytes: not UTF-8
+    requests = [bad_text] if first else [config().SerializeToString(), bad_text]
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        raw: grpc.aio.StreamStreamMultiCallable[bytes, Response] = channel.stream_stream(
+            STREAM, response_deserializer=Response.FromString
+        )
+        call = raw(iter(requests))
+        responses = await read_rest(call)  # type: ignore[arg-type]
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        after = await collect(server.stub(channel), [text("Still serving.")])
+    code, message, _ = ending(responses)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "must be valid UTF-8" in message
+    assert lifecycle_of(after)[-1] == ("session_ended", 0, False)
+
+
+async def test_a_bug_in_the_server_is_logged_once_and_reported_as_internal(
+    start_server: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_server()
+
+    def broken(self: SessionDispatcher, text: str) -> None:
+        raise RuntimeError("a bug")
+
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        monkeypatch.setattr(SessionDispatcher, "send_text", broken)
+        call = server.stub(channel).Stream(iter([config(), text("Hello.")]))
+        responses = await read_rest(call)
+        assert await call.code() == grpc.StatusCode.INTERNAL
+        monkeypatch.undo()
+        after = await collect(server.stub(channel), [text("Other sessions go on.")])
+    code, message, _ = ending(responses)
+    assert code == grpc.StatusCode.INTERNAL.value[0]
+    assert "internal error in the server (session " in message
+    assert "a bug" not in message  # nothing of the server's insides goes to the caller
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "RuntimeError: a bug" in caplog.text
+    assert lifecycle_of(after)[-1] == ("session_ended", 0, False)
+
+
+async def test_piper_raising_mid_segment_fails_that_segment_only(
+    start_server: StartServer,
+    piper_engine: PiperEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_server(extra_engines=[piper_engine])
+    voice = piper_engine.voices()[0]
+    piper_voice = piper_engine._voices[voice.name][1]
+    runs = 0
+    real_run = piper_voice.phoneme_ids_to_audio
+
+    def second_run_fails(ids: list[int], config: SynthesisConfig) -> object:
+        nonlocal runs
+        runs += 1
+        if runs == 2:
+            raise RuntimeError("onnxruntime fell over")
+        return real_run(ids, config)
+
+    monkeypatch.setattr(piper_voice, "phoneme_ids_to_audio", second_run_fails)
+    requests: list[Request] = [
+        config(voice=voice.name, min_sentence_chars=200),
+        text("The first sentence is fine. The second one is where it breaks."),
+        turn_done(),
+    ]
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = server.stub(channel).Stream(iter(requests))
+        responses = await read_rest(call)
+        assert await call.code() == grpc.StatusCode.INTERNAL
+        monkeypatch.undo()
+        after = await collect(server.stub(channel), [config(voice=voice.name), text("Fine.")])
+    *_, error, _ = responses
+    assert (error.error.turn, error.error.segment) == (1, 1)
+    assert "the engine failed on this segment (session " in error.error.message
+    assert audio_of(responses)  # the first sentence's audio went out before the failure
+    logged = [r for r in caplog.records if "onnxruntime fell over" in r.getMessage() or r.exc_info]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR  # once, with its traceback
+    assert "RuntimeError: onnxruntime fell over" in caplog.text
+    assert lifecycle_of(after)[-1] == ("session_ended", 0, False)
