@@ -104,3 +104,59 @@ async def test_an_unreachable_server_says_how_to_fix_it() -> None:
             await client.voices()
     assert failure.value.code is grpc.StatusCode.UNAVAILABLE
     assert "voxrelay serve" in failure.value.message
+
+
+async def test_the_readme_pattern_with_a_bad_voice_always_raises_invalid_argument(
+    tone_server: RunningServer,
+) -> None:
+    async def readme_pattern(client: voxrelay.AsyncClient) -> grpc.StatusCode:
+        try:
+            async with client.session(voice="nope/x") as session:
+                for chunk in ["Hello there, ", "how are you? ", "I hope you are well."]:
+                    await session.send_text(chunk)
+                await session.turn_done()
+                await session.close()
+                async for _ in session:
+                    pass
+        except voxrelay.VoxrelayError as error:
+            assert "unknown voice 'nope/x'" in error.message, error
+            return error.code
+        raise AssertionError("a bad voice did not fail the session")
+
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        codes = [await readme_pattern(client) for _ in range(200)]
+    assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}
+
+
+async def test_the_blocking_client_with_a_bad_voice_always_raises_invalid_argument(
+    tone_server: RunningServer,
+) -> None:
+    def two_hundred_runs() -> set[grpc.StatusCode]:
+        options = voxrelay.SessionOptions(voice="nope/x")
+        codes = set()
+        with voxrelay.Client(tone_server.target) as client:
+            for _ in range(200):
+                with pytest.raises(voxrelay.VoxrelayError) as failure:
+                    client.synthesize("Hello there, how are you?", options)
+                assert "unknown voice 'nope/x'" in failure.value.message
+                codes.add(failure.value.code)
+        return codes
+
+    assert await asyncio.to_thread(two_hundred_runs) == {grpc.StatusCode.INVALID_ARGUMENT}
+
+
+async def test_a_write_after_the_server_ended_the_call_raises_the_servers_error(
+    tone_server: RunningServer,
+) -> None:
+    # The client keeps writing well after the server gave up on the call: the write
+    # fails in gRPC, and the error raised is the server's, not gRPC's local INTERNAL.
+    async with (
+        voxrelay.AsyncClient(tone_server.target) as client,
+        client.session(voice="nope/x") as session,
+    ):
+        with pytest.raises(voxrelay.VoxrelayError) as failure:
+            for _ in range(100):
+                await session.send_text("More text. ")
+                await asyncio.sleep(0.05)  # an LLM's pace, past the server's drain
+    assert failure.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown voice 'nope/x'" in failure.value.message

@@ -13,6 +13,9 @@ audio = voxrelay.Client().synthesize("Hello there.")
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import math
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -201,12 +204,24 @@ def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
     return SynthesizedAudio(samples, rate, chunks)
 
 
+READ_AHEAD = 8
+"""Responses a session reads ahead of its iteration. Reading goes on while the caller
+sends, so the server's error is in hand whenever a write fails: gRPC's asyncio client
+reports its own INTERNAL for a write that races with the end of the call, and drops
+the responses not yet read (grpc/grpc#36066)."""
+_CALL_OVER_READ_S = 5.0
+"""After a failed write: how long the rest of the call's responses may take to arrive."""
+
+StreamCall = grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse]
+
+
 class AsyncSession:
     """One conversation: send text and turn markers, iterate ordered events.
 
     Use it as an async context manager; leaving the block early cancels the call.
     Iterating yields `Audio`, `TurnStarted`, `TurnEnded` and finally
-    `SessionEnded`; a failure raises `VoxrelayError`.
+    `SessionEnded`; a failure raises `VoxrelayError`, with the server's status and
+    message, whether it surfaces while iterating or while sending.
     """
 
     def __init__(
@@ -221,9 +236,14 @@ class AsyncSession:
         self._options = options
         self._target = target
         self._metadata = metadata
-        self._call: (
-            grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse] | None
-        ) = None
+        self._call: StreamCall | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._responses: collections.deque[speech_pb2.StreamResponse] = collections.deque()
+        self._read_ahead: float = READ_AHEAD
+        self._read_error: grpc.RpcError | None = None
+        """How reading the call ended, if not at its end of stream."""
+        self._changed = asyncio.Event()
+        """Set (and replaced) when a response arrives, one is taken, or reading ends."""
 
     async def __aenter__(self) -> AsyncSession:
         await self.open()
@@ -237,10 +257,14 @@ class AsyncSession:
     ) -> None:
         if self._call is not None and not self._call.done():
             self._call.cancel()
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)
 
     async def open(self) -> None:
         """Start the call and send the configuration."""
         self._call = self._stub.Stream(metadata=self._metadata)
+        self._reading = asyncio.create_task(self._read_responses(self._call))
         await self._write(speech_pb2.StreamRequest(config=self._options.to_proto()))
 
     async def send_text(self, text: str) -> None:
@@ -260,7 +284,7 @@ class AsyncSession:
         try:
             await self._require_call().done_writing()
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self._target) from None
+            raise await self._why_it_ended(error) from None
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()
@@ -268,44 +292,81 @@ class AsyncSession:
     async def events(self) -> AsyncIterator[Event]:
         """The session's events in order, until `SessionEnded`."""
         call = self._require_call()
-        try:
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    break
-                assert isinstance(response, speech_pb2.StreamResponse)
+        while (response := await self._next_response()) is not None:
+            try:
                 event = event_from_response(response)
-                yield event
-                if isinstance(event, SessionEnded):
-                    break
-        except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self._target) from None
-        except VoxrelayError:
-            call.cancel()
-            raise
-        await self._raise_for_status(call)
-
-    async def _raise_for_status(
-        self, call: grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse]
-    ) -> None:
+            except VoxrelayError:
+                call.cancel()
+                raise
+            yield event
+            if isinstance(event, SessionEnded):
+                break
+        if self._read_error is not None:
+            raise VoxrelayError.from_rpc_error(self._read_error, self._target)
         code = await call.code()
         if code is not grpc.StatusCode.OK:
             raise VoxrelayError(code, await call.details() or "")
+
+    async def _read_responses(self, call: StreamCall) -> None:
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, speech_pb2.StreamResponse)
+                self._responses.append(response)
+                self._notify()
+                while len(self._responses) >= self._read_ahead:
+                    await self._changed.wait()
+        except grpc.RpcError as error:
+            self._read_error = error
+        finally:
+            self._notify()
+
+    async def _next_response(self) -> speech_pb2.StreamResponse | None:
+        """The next response read; None once the call has no more."""
+        while not self._responses:
+            if self._reading is None or self._reading.done():
+                return None
+            await self._changed.wait()
+        response = self._responses.popleft()
+        self._notify()  # room for the reader
+        return response
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _write(self, request: speech_pb2.StreamRequest) -> None:
         call = self._require_call()
         try:
             await call.write(request)
-        except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self._target) from None
-        except grpc.aio.UsageError:
-            # The server already ended the call; its status says why.
-            await self._raise_for_status(call)
-            raise
+        except (grpc.RpcError, asyncio.InvalidStateError) as error:
+            raise await self._why_it_ended(error) from None
 
-    def _require_call(
-        self,
-    ) -> grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse]:
+    async def _why_it_ended(self, failure: Exception) -> VoxrelayError:
+        """The error a failed write stands for: the call is over, and the server's
+        `error` message, or else the call's status, says why."""
+        if isinstance(failure, asyncio.InvalidStateError) and not self._require_call().done():
+            raise RuntimeError(
+                "the session was closed for sending (close() was called): open a new one"
+            ) from None
+        self._read_ahead = math.inf  # the call is over: what is left of it is finite
+        self._notify()
+        if self._reading is not None:
+            await asyncio.wait({self._reading}, timeout=_CALL_OVER_READ_S)
+        for response in self._responses:
+            if response.WhichOneof("response") == "error":
+                error = response.error
+                return VoxrelayError(
+                    status_from_number(error.code),
+                    error.message,
+                    turn=error.turn,
+                    segment=error.segment,
+                )
+        reason = self._read_error or failure
+        if isinstance(reason, grpc.RpcError):
+            return VoxrelayError.from_rpc_error(reason, self._target)
+        return VoxrelayError(grpc.StatusCode.UNKNOWN, f"the call ended: {reason}")
+
+    def _require_call(self) -> StreamCall:
         if self._call is None:
             raise RuntimeError("the session is not open: use `async with client.session(...)`")
         return self._call
