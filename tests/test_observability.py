@@ -647,3 +647,31 @@ def test_configure_logging_text_appends_fields(capsys: pytest.CaptureFixture[str
     assert line.endswith(
         'INFO voxrelay.test: session summary session=abc123 voice=tone/square note="two words"'
     )
+
+
+async def test_each_call_is_counted_under_the_status_its_client_saw(
+    observed_server: ObservedFactory,
+) -> None:
+    observed = await observed_server(tone_ms_per_char=50.0, tone_realtime_factor=1.0)
+    long_turn = [config(), text("A long answer that will not finish in time."), turn_done()]
+    async with grpc.aio.insecure_channel(observed.target) as channel:
+        stub = observed.stub(channel)
+        late = stub.Stream(iter(long_turn), timeout=0.4)  # the client's deadline passes
+        await read_rest(late)
+        assert await late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await observed.wait_recorded("DEADLINE_EXCEEDED")
+
+        cancelled = stub.Stream(iter(long_turn))
+        await read_one(cancelled)
+        cancelled.cancel()
+        await observed.wait_recorded("CANCELLED")
+
+        silent = stub.Stream()  # cancelled before its first message: counted all the same
+        await silent.wait_for_connection()
+        await wait_for(lambda: observed.service.active_sessions == 1)
+        silent.cancel()
+        await observed.wait_recorded("CANCELLED", count=2)
+    metrics = await observed.scrape_async()
+    assert metrics.value("voxrelay_sessions_total", code="DEADLINE_EXCEEDED") == 1
+    assert metrics.value("voxrelay_sessions_total", code="CANCELLED") == 2
+    assert metrics.value("voxrelay_active_sessions") == 0

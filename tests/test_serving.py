@@ -359,3 +359,97 @@ async def test_a_long_lived_channel_keeps_working_across_max_connection_age() ->
                 assert voices.voices[0].name == TONE_VOICE
     finally:
         await parts.server.stop(None)
+
+
+async def play_in_real_time(
+    target: str, voice: str, text: str, playing: asyncio.Event
+) -> list[speech_pb2.StreamResponse]:
+    """A listener that plays what it receives at real-time pace, at most LEAD_S ahead:
+    it reads a message only once it has room for it, as a telephony bridge does.
+    `playing` is set at its first audio."""
+    received: list[speech_pb2.StreamResponse] = []
+    async with grpc.aio.insecure_channel(target, options=NO_BDP) as channel:
+        call = speech_pb2_grpc.SpeechStub(channel).Synthesize(
+            speech_pb2.SynthesizeRequest(config=speech_pb2.SessionConfig(voice=voice), text=text)
+        )
+        started: float | None = None
+        played_s = 0.0
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, speech_pb2.StreamResponse)
+                received.append(response)
+                if response.WhichOneof("response") != "audio":
+                    continue
+                playing.set()
+                started = started or time.monotonic()
+                played_s += len(response.audio.data) // 2 / response.audio.sample_rate_hz
+                # Playing: the next read waits until the audio in hand runs low.
+                await asyncio.sleep(max(0.0, started + played_s - LEAD_S - time.monotonic()))
+        except grpc.aio.AioRpcError:
+            pass  # the status is checked through the messages before it
+    return received
+
+
+NO_BDP = [("grpc.http2.bdp_probe", 0)]
+LEAD_S = 0.5
+
+
+@pytest.mark.timeout(120)
+async def test_every_session_cut_by_shutdown_gets_its_error_even_behind_unplayed_audio(
+    tmp_path: Path,
+) -> None:
+    # piper hands over a whole sentence of audio at once, here about ten seconds of it;
+    # a listener playing in real time takes it a message at a time, and the last
+    # messages of a session cut short wait behind what it has been sent.
+    grace_s, sessions = 1.0, 2
+    sentence = (
+        "This is a long sentence of a long answer, one that goes on and on, clause after "
+        "clause, so that the voice has a great deal to say before it stops"
+    )
+    text = ". ".join([sentence] * 6) + "."
+    voice = "piper/en_US-joe-medium"
+    with voxrelay_serve(
+        ["--engines", "piper", "--shutdown-grace", str(grace_s)], tmp_path
+    ) as server:
+        playing = [asyncio.Event() for _ in range(sessions)]
+        listeners = [
+            asyncio.create_task(play_in_real_time(server.target, voice, text, event))
+            for event in playing
+        ]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in playing)), 60)
+        signalled_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*listeners)
+        code = await exit_code(server.process, timeout_s=30.0)
+        exited_after = time.monotonic() - signalled_at
+    assert code == 0, server.log.read_text()
+    for received in results:
+        assert squeeze(kinds(received))[-3:] == ["audio", "error", "session_ended"], kinds(received)
+        assert received[-2].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert received[-2].error.message == SHUTTING_DOWN_MESSAGE
+    assert exited_after < grace_s + app.ABORT_GRACE_S + app.WATCHERS_GRACE_S + app.RELEASE_BOUND_S
+
+
+async def test_sigterm_with_clients_that_do_not_read_exits_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    grace_s = 0.5
+    args = [*tone_args(ms_per_char=50, grace_s=grace_s), "--tone-realtime-factor", "0"]
+    with voxrelay_serve(args, tmp_path) as server:
+        async with grpc.aio.insecure_channel(server.target, options=NO_BDP) as channel:
+            stuck = []
+            for _ in range(10):
+                call = speech_pb2_grpc.SpeechStub(channel).Synthesize(
+                    speech_pb2.SynthesizeRequest(text=SENTENCE * 100)
+                )
+                await call.wait_for_connection()
+                stuck.append(call)
+            signalled_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            code = await exit_code(server.process, timeout_s=30.0)
+            exited_after = time.monotonic() - signalled_at
+            for call in stuck:
+                call.cancel()
+    assert code == 0, server.log.read_text()
+    assert exited_after < grace_s + app.ABORT_GRACE_S + app.WATCHERS_GRACE_S + app.RELEASE_BOUND_S
+    assert "stopped" in server.log.read_text()
