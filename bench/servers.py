@@ -75,30 +75,40 @@ class ServerProcess:
 
 
 def start_server_process(
-    arguments: Sequence[str], timeout_s: float = 60.0, extra_env: Mapping[str, str] | None = None
+    arguments: Sequence[str],
+    timeout_s: float = 60.0,
+    extra_env: Mapping[str, str] | None = None,
+    log: Path | None = None,
 ) -> ServerProcess:
     """`voxrelay serve` as its own process (so its CPU and memory can be measured alone).
 
     `extra_env` adds to (or overrides) this process's environment for the server.
+    `log`, when given, receives the server's stdout and stderr (appended); otherwise
+    they are dropped. `arguments` come after `--log-level warning`, so they may override it.
     """
     port = free_port()
     binary = Path(sys.executable).parent / "voxrelay"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXRELAY_")}
     env.update(extra_env or {})
-    process = subprocess.Popen(
-        [
-            str(binary),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            *arguments,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    output = log.open("ab") if log is not None else None
+    try:
+        process = subprocess.Popen(
+            [
+                str(binary),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                *arguments,
+            ],
+            env=env,
+            stdout=output or subprocess.DEVNULL,
+            stderr=output or subprocess.DEVNULL,
+        )
+    finally:
+        if output is not None:
+            output.close()  # the server has its own copy
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:

@@ -107,6 +107,31 @@ def test_realtime_compare_measures_a_base_revision_against_this_tree() -> None:
         assert re.search(r"trials with an underrun [01]$", line)
 
 
+def test_the_soak_runs_mixed_sessions_and_checks_their_endings(tmp_path: Path) -> None:
+    env = {**os.environ, "VOXRELAY_BENCH_PLOTS": str(tmp_path / "plots")}
+    log = tmp_path / "server.log"
+    limits = ["--sessions", "300", "--warm-up", "100", "--minutes", "0.5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.soak", *limits, "--log", str(log)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(baseline)" in result.stdout and "(final)" in result.stdout, result.stdout
+    assert re.search(r"\] RSS, fds, threads, tasks flat: .*RSS [+-][\d.]+%", result.stdout)
+    assert "[ok ] zero crashes" in result.stdout, result.stdout
+    assert "[ok ] zero sessions without a documented ending" in result.stdout, result.stdout
+    assert re.search(r"server counted 300 endings for 300 calls", result.stdout)
+    for kind in ("normal", "cancelled", "barge-in", "silent", "non-reading", "bad: invalid UTF-8"):
+        assert f"- {kind} (" in result.stdout, kind
+    assert "session summary" in log.read_text(encoding="utf-8")
+    assert (tmp_path / "plots" / "soak.png").stat().st_size > 10_000
+
+
 def test_a_figure_just_below_its_goal_never_reads_as_the_goal() -> None:
     assert at_least(0.797, 0.8) == "0.797"  # not "0.80", which reads as met
     assert at_least(0.7999, 0.8) == "0.7999"

@@ -220,3 +220,34 @@ async def test_piper_raising_mid_segment_fails_that_segment_only(
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR  # once, with its traceback
     assert "RuntimeError: onnxruntime fell over" in caplog.text
     assert lifecycle_of(after)[-1] == ("session_ended", 0, False)
+
+
+async def test_bytes_that_cannot_be_parsed_after_a_refusal_keep_the_refusals_status(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server()
+    refused = config(voice="nope/x").SerializeToString()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        raw: grpc.aio.StreamStreamMultiCallable[bytes, Response] = channel.stream_stream(
+            STREAM, response_deserializer=Response.FromString
+        )
+        call = raw(iter([refused, b"\x12\x03ab\xff"]))
+        responses = await read_rest(call)  # type: ignore[arg-type]
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown voice 'nope/x'" in (await call.details() or "")
+    assert ending(responses)[0] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_client_that_goes_away_while_its_failed_call_drains_frees_its_place(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = server.stub(channel).Stream()
+        await call.write(config())
+        await call.write(config())  # a second config: the session fails...
+        while (await read_one(call)).WhichOneof("response") != "error":
+            pass
+        call.cancel()  # ...and its client leaves without half-closing
+    await wait_for(lambda: server.service.active_sessions == 0)

@@ -325,7 +325,7 @@ async def test_active_sessions_gauge_follows_a_session(observed_server: Observed
         await call.write(text("Hello there, how are you today? "))
         started = await read_one(call)
         assert started.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED
-        metrics = await observed.scrape_async()
+        metrics = observed.scrape()  # blocking the loop: no task comes or goes meanwhile
         assert metrics.value("voxrelay_active_sessions") == 1
         # This test's own tasks, the server's, and the session's: the gauge counts them.
         assert metrics.value("voxrelay_event_loop_tasks") == len(asyncio.all_tasks())

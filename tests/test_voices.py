@@ -426,7 +426,7 @@ async def test_control_characters_are_spoken_as_spaces_by_every_engine(
             for t in (CONTROLLED, cleaned)
         ]
     assert_speech(spoken[0], cleaned)
-    if voice == PIPER_VOICE:  # a neural voice varies a little from run to run
-        assert len(spoken[0]) == pytest.approx(len(spoken[1]), rel=0.15)
+    if voice == PIPER_VOICE:  # a neural voice's timing varies from run to run
+        assert len(spoken[0]) == pytest.approx(len(spoken[1]), rel=0.35)
     else:
         assert same_speech(spoken[0], spoken[1])

@@ -402,9 +402,11 @@ class SessionDispatcher:
         self._drop_everything()
         for task in self._tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._observer.session_ended(self._error)
+        try:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:  # told even if this wait is cancelled: the session is over either way
+            self._observer.session_ended(self._error)
 
     def _fail(self, error: SpeechError, segment: int = 0) -> None:
         if self._state in _RUNNING:

@@ -238,9 +238,14 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         if first is not None:
             _forward_first(first, session)
         reader = asyncio.create_task(_forward_requests(requests, session))
-        async with contextlib.aclosing(self._speak(session, slot, context, reader)) as responses:
-            async for response in responses:
-                yield response
+        try:
+            async with contextlib.aclosing(
+                self._speak(session, slot, context, reader)
+            ) as responses:
+                async for response in responses:
+                    yield response
+        finally:
+            requests.close()
 
     async def _first_request(
         self, requests: RequestStream[speech_pb2.StreamRequest]
@@ -326,12 +331,14 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 yield response
         finally:
             watchdog.close()
-            if ended_by is None and session.error is not None and not feeder.done():
-                # Let the client finish sending before the status goes out (DRAIN_S).
-                await asyncio.wait({feeder}, timeout=DRAIN_S)
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
-            await session.aclose(ended_by)
+            try:
+                if ended_by is None and session.error is not None and not feeder.done():
+                    # Let the client finish sending before the status goes out (DRAIN_S).
+                    await asyncio.wait({feeder}, timeout=DRAIN_S)
+            finally:  # also when the client goes away meanwhile
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+                await session.aclose(ended_by)
 
     async def ListVoices(
         self,

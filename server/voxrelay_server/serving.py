@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from voxrelay_server.dispatcher import SessionDispatcher
 from voxrelay_server.errors import ErrorCode, SpeechError
@@ -157,6 +158,7 @@ class RequestStream(Generic[_T]):
         `timeout_s` passed first."""
         if self._pending is None:
             self._pending = asyncio.ensure_future(anext(self._requests, None))
+            self._pending.add_done_callback(_retrieve)
         done, _ = await asyncio.wait({self._pending}, timeout=timeout_s)
         if not done:
             raise TimeoutError
@@ -171,7 +173,8 @@ class RequestStream(Generic[_T]):
         """Read and drop requests until the client half-closes, for `timeout_s` at most."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        with contextlib.suppress(TimeoutError):
+        # A request that cannot even be parsed ends it too: the call is ending anyway.
+        with contextlib.suppress(TimeoutError, DecodeError):
             while await self.next(max(0.0, deadline - loop.time())) is not None:
                 pass
 
@@ -227,3 +230,10 @@ class SendWatchdog:
             self._on_stall()
         else:
             self._timer = self._loop.call_at(due, self._check)
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    """Mark a read's failure as seen: a read left pending when its call ended fails with
+    the call, and nobody is waiting for it any more."""
+    if not read.cancelled():
+        read.exception()
