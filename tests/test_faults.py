@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import grpc
 import pytest
@@ -251,3 +252,34 @@ async def test_a_client_that_goes_away_while_its_failed_call_drains_frees_its_pl
             pass
         call.cancel()  # ...and its client leaves without half-closing
     await wait_for(lambda: server.service.active_sessions == 0)
+
+
+CLIENT = """
+import sys, grpc
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    text = "A long answer that goes on for a good while. " * 40
+    requests = iter([speech_pb2.StreamRequest(text=text)])
+    for response in speech_pb2_grpc.SpeechStub(channel).Stream(requests):
+        if response.WhichOneof("response") == "audio":
+            print("playing", flush=True)
+            sys.stdin.read()  # until killed
+"""
+
+
+async def test_a_client_killed_mid_stream_ends_its_session_and_synthesis(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(ms_per_char=50, realtime_factor=1.0)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, server.target,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert client.stdout is not None
+    assert await asyncio.wait_for(client.stdout.readline(), 30) == b"playing\n"
+    assert server.service.active_sessions == 1 and server.tone.stats.active >= 1
+    client.kill()
+    await client.wait()
+    await wait_for(lambda: server.service.active_sessions == 0)
+    await asyncio.wait_for(server.tone.idle.wait(), 5)
+    assert server.tone.stats.cancelled >= 1
