@@ -283,3 +283,19 @@ async def test_a_client_killed_mid_stream_ends_its_session_and_synthesis(
     await wait_for(lambda: server.service.active_sessions == 0)
     await asyncio.wait_for(server.tone.idle.wait(), 5)
     assert server.tone.stats.cancelled >= 1
+
+
+async def test_clients_cancelling_while_the_server_writes_log_no_error(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(ms_per_char=20)
+    long_text = text("Audio for a while, sent as fast as the client takes it. " * 30)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        for _ in range(50):
+            call = server.stub(channel).Stream()
+            await call.write(long_text)
+            while (await read_one(call)).WhichOneof("response") != "audio":
+                pass
+            call.cancel()
+        await wait_for(lambda: server.service.active_sessions == 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
