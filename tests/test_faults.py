@@ -100,6 +100,7 @@ async def test_clients_that_stop_reading_lose_their_sessions_and_places(
         # Nobody reads: each session's messages wait on a full window until the send
         # timeout ends it, and its place is free again at once.
         await wait_for(lambda: server.service.active_sessions == 0, timeout_s=10)
+        await wait_for(lambda: not server.service._sessions)  # closed, observers told
         started = server.tone.stats.started
         responses = await collect(server.stub(channel), [text("A new session.")])
         assert lifecycle_of(responses)[-1] == ("session_ended", 0, False)

@@ -408,6 +408,10 @@ class SessionDispatcher:
         finally:  # told even if this wait is cancelled: the session is over either way
             self._observer.session_ended(self._error)
 
+    def _end(self) -> None:
+        if self._state is not SessionState.CLOSED:
+            self._state = SessionState.ENDED
+
     def _fail(self, error: SpeechError, segment: int = 0) -> None:
         if self._state in _RUNNING:
             self._state = SessionState.FAILED
@@ -438,11 +442,11 @@ class SessionDispatcher:
                 yield TurnEnded(entry.turn.number, cancelled=entry.turn.cancelled)
                 self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
             elif isinstance(entry, _SessionEnd):
-                self._state = SessionState.ENDED
+                self._end()
                 yield SessionEnded()
                 return
             elif isinstance(entry, _Failure):
-                self._state = SessionState.ENDED
+                self._end()
                 yield SessionFailed(entry.error, wire_turn, self._failed_segment)
                 yield SessionEnded()
                 return
@@ -497,7 +501,9 @@ class SessionDispatcher:
     async def _next_entry(self) -> _Entry | _Failure:
         self._last_output = time.monotonic()
         while True:
-            if self._state is SessionState.FAILED:
+            if self._state is SessionState.FAILED or (
+                self._state is SessionState.CLOSED and self._error is not None
+            ):  # closed before it ended: a consumer still reading hears why
                 assert self._error is not None
                 return _Failure(self._error)
             if self._timeline:

@@ -297,10 +297,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         sample_rate_hz = session.output.sample_rate_hz
         timeout_s = self._limits.send_timeout_s
 
+        closing: list[asyncio.Task[None]] = []
+
         def stalled() -> None:
-            # The client has not read for a while: end its session and give its place back
-            # now. Its last messages and status follow the message it has not taken, for
-            # when (if ever) it reads again.
+            # The client has not read for a while: end its session, give its place back
+            # and close it now (its metrics and summary too). Its last messages and
+            # status follow the message it has not taken, for when (if ever) it reads.
             _LOG.info("session %s: the client stopped reading", session.session_id)
             session.fail(
                 SpeechError(
@@ -310,6 +312,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 )
             )
             slot.release()
+            closing.append(asyncio.create_task(session.aclose()))
 
         watchdog = SendWatchdog(timeout_s, stalled)
         ended_by: SpeechError | None = None
