@@ -15,13 +15,16 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from tests.conftest import (
@@ -39,6 +42,7 @@ from voxrelay_server.engines import espeak_engine
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine
+from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode
 
 PIPER_VOICE = "piper/en_US-joe-medium"
@@ -48,6 +52,8 @@ MIN_S_PER_CHAR = 0.03
 MAX_S_PER_CHAR = 0.2
 SILENCE_RMS = 200.0
 """RMS of int16 samples below which audio counts as silent (speech measures in thousands)."""
+PAUSE_WINDOW_S = 0.3
+"""How long a paused engine is watched for work it should not do."""
 SAME_ENVELOPE = 0.85
 """Envelope correlation above which two espeak results count as the same speech."""
 
@@ -336,6 +342,74 @@ async def test_espeak_closing_a_synthesis_early_stops_its_worker(
         f"the segment after a stopped one took {after_s:.3f} s; the stopped one takes "
         f"{whole_long_text_s:.3f} s whole"
     )
+
+
+async def test_espeak_stops_while_its_consumer_takes_no_audio_and_loses_none() -> None:
+    """A consumer that stops taking audio stops the worker (no audio piles up in the
+    server); taking again resumes it, and the audio is all there, in order."""
+    engine = EspeakEngine(workers=1)
+    try:
+        voice = voice_named(engine, "espeak/en-us")
+        long_text = " ".join(f"Sentence number {n} is here to be spoken." for n in range(200))
+        whole = await synthesize(engine, voice, long_text)
+        assert 2 * len(whole) > 4 * espeak_engine.QUEUED_AUDIO_BYTES
+
+        stream = engine.synthesize(voice, long_text, SynthesisOptions())
+        chunks = [await anext(stream)]
+        (pid,) = engine.worker_pids
+        assert pid is not None
+        worker = psutil.Process(pid)
+        # Speaking the whole text takes the worker about a second of CPU; once its
+        # reads are not taken it stops, within what the pipe and the queue hold.
+        await asyncio.sleep(PAUSE_WINDOW_S)
+        before = sum(worker.cpu_times()[:2])
+        await asyncio.sleep(PAUSE_WINDOW_S)
+        assert sum(worker.cpu_times()[:2]) - before < 0.1 * PAUSE_WINDOW_S
+
+        chunks += [chunk async for chunk in stream]
+        resumed = np.frombuffer(b"".join(chunks), dtype="<i2")
+        assert abs(len(resumed) - len(whole)) < 0.02 * len(whole)
+        assert same_speech(resumed, whole)
+    finally:
+        await engine.aclose()
+
+
+async def test_a_thread_engine_runs_at_most_one_chunk_ahead_of_its_consumer() -> None:
+    """piper's worker thread waits while its audio is not taken, and a consumer that
+    stops gives the thread back at once."""
+    executor = ThreadPoolExecutor(max_workers=1)
+    emitted: list[int] = []
+    waiting = threading.Event()
+
+    def count_to_twenty(emit: Emit, stop: threading.Event) -> None:
+        for number in range(20):
+            if stop.is_set():
+                return
+            if len(emitted) == 2:
+                waiting.set()  # the third chunk is next: it must wait for the consumer
+            emit(bytes([number]))
+            emitted.append(number)
+
+    try:
+        stream = stream_from_thread(executor, count_to_twenty, describe="counting")
+        assert await anext(stream) == bytes([0])
+        await asyncio.to_thread(waiting.wait, 5)
+        await asyncio.sleep(PAUSE_WINDOW_S)  # were it not waiting, it would be done by now
+        assert emitted == [0, 1]
+        assert [chunk async for chunk in stream] == [bytes([n]) for n in range(1, 20)]
+
+        stream = stream_from_thread(executor, count_to_twenty, describe="counting")
+        emitted.clear()
+        waiting.clear()
+        await anext(stream)
+        await asyncio.to_thread(waiting.wait, 5)
+        assert isinstance(stream, AsyncGenerator)
+        await stream.aclose()  # the one worker thread waits for room: it is let go
+        emitted.clear()
+        again = stream_from_thread(executor, count_to_twenty, describe="counting")
+        assert len([chunk async for chunk in again]) == 20
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def test_a_killed_espeak_worker_fails_its_segment_and_is_replaced() -> None:

@@ -2,7 +2,9 @@
 
 Engines such as piper (onnxruntime) and espeak-ng block while they work; this
 keeps them off the event loop and lets the consumer stop them: closing the
-async iterator sets a stop flag the worker checks between chunks.
+async iterator sets a stop flag the worker checks between chunks. The worker runs
+at most `CHUNKS_AHEAD` chunks ahead of the consumer, so a consumer that pauses
+(its client is not reading) pauses the engine too, rather than let its audio pile up.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ Emit = Callable[[bytes], None]
 BlockingSynthesis = Callable[[Emit, threading.Event], None]
 """Calls `emit` for each chunk it produces; returns early once the event is set."""
 
+CHUNKS_AHEAD = 1
+"""Chunks a worker may produce that the consumer has not taken yet."""
+
 _DONE = object()
 
 
@@ -26,8 +31,12 @@ async def stream_from_thread(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     stop = threading.Event()
+    room = threading.Semaphore(CHUNKS_AHEAD)
+    """Taken by the worker for each chunk, given back as the consumer takes one."""
 
     def post(item: object) -> None:
+        if isinstance(item, bytes):
+            room.acquire()  # released by the consumer, or when it stops
         if stop.is_set():
             return
         try:
@@ -56,6 +65,8 @@ async def stream_from_thread(
                 # engine's report; anything else is a bug, which the session logs.
                 raise item
             assert isinstance(item, bytes)
+            room.release()
             yield item
     finally:
         stop.set()
+        room.release()  # a worker waiting for room wakes, sees the stop and returns
