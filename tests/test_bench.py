@@ -132,6 +132,33 @@ def test_the_soak_runs_mixed_sessions_and_checks_their_endings(tmp_path: Path) -
     assert (tmp_path / "plots" / "soak.png").stat().st_size > 10_000
 
 
+def test_the_memory_benchmark_measures_every_phase_against_the_bound(tmp_path: Path) -> None:
+    env = {**os.environ, "VOXRELAY_BENCH_PLOTS": str(tmp_path / "plots")}
+    log = tmp_path / "server.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--quick", "--log", str(log)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "== Worst-case memory" in out, out
+    assert "peak above idle (MiB)" in out and "after / before" in out, out
+    for phase in ("1. piper's costliest runs", "2. non-reading sessions", "3. whole-text"):
+        assert re.search(rf"{re.escape(phase)}.*  \d[\d,]*  .*\d\.\d{{3}}", out), phase
+    assert out.count("engine alone") == 2, out
+    assert re.search(r"\] peak growth within the documented bound, every phase: largest", out)
+    assert re.search(r"\] after each burst, RSS within 10% of its level before: after", out)
+    assert "non-reading: DEADLINE_EXCEEDED" in out, out  # the send timeout ended them
+    assert "(the same)" in out, out  # the bound computed here is the one the server logged
+    assert "memory can grow by" in log.read_text(encoding="utf-8")
+    assert (tmp_path / "plots" / "memory.png").stat().st_size > 10_000
+
+
 def test_a_figure_just_below_its_goal_never_reads_as_the_goal() -> None:
     assert at_least(0.797, 0.8) == "0.797"  # not "0.80", which reads as met
     assert at_least(0.7999, 0.8) == "0.7999"

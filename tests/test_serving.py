@@ -453,3 +453,41 @@ async def test_sigterm_with_clients_that_do_not_read_exits_within_its_bound(
     assert code == 0, server.log.read_text()
     assert exited_after < grace_s + app.ABORT_GRACE_S + app.WATCHERS_GRACE_S + app.RELEASE_BOUND_S
     assert "stopped" in server.log.read_text()
+
+
+async def test_synthesize_calls_cancelled_while_the_server_waits_to_write_log_no_error(
+    tmp_path: Path,
+) -> None:
+    args = [*tone_args(ms_per_char=50, grace_s=1.0), "--tone-realtime-factor", "0"]
+    with voxrelay_serve(args, tmp_path) as server:
+        async with grpc.aio.insecure_channel(server.target, options=NO_BDP) as channel:
+            calls = [
+                speech_pb2_grpc.SpeechStub(channel).Synthesize(
+                    speech_pb2.SynthesizeRequest(text=SENTENCE * 100)
+                )
+                for _ in range(8)
+            ]
+            for call in calls:
+                await call.read()
+            # Unread, each call's window fills at once (the engine is instant) and the
+            # server's next send waits: no event tells a client that, so give it time.
+            await asyncio.sleep(1.0)
+            for call in calls:
+                call.cancel()
+            # Until the server has noticed: a new call then finds every place free.
+            summaries = await asyncio.to_thread(
+                _wait_for_log, server.log, "outcome=CANCELLED", count=8
+            )
+        server.process.send_signal(signal.SIGTERM)
+        assert await exit_code(server.process, timeout_s=30.0) == 0
+    log = server.log.read_text()
+    assert summaries == 8, log
+    assert " ERROR " not in log and "Traceback" not in log, log
+
+
+def _wait_for_log(log: Path, marker: str, *, count: int, timeout_s: float = 10.0) -> int:
+    """How many times `marker` is in `log` once it is there `count` times (or at timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while (found := log.read_text().count(marker)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found

@@ -196,6 +196,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         self._service = service if isinstance(service, ServiceHolder) else ServiceHolder(service)
         self._limits = limits or CallLimits()
         self.calls = ActiveCalls()
+        self._endings: set[asyncio.Task[None]] = set()
+        """Sessions being closed after their call ended (held: a task is weakly kept)."""
 
     async def Stream(
         self,
@@ -262,11 +264,14 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         except DecodeError as error:
             raise InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}") from None
 
-    async def Synthesize(
+    async def Synthesize(  # type: ignore[override]  # writes, rather than yields
         self,
         request: speech_pb2.SynthesizeRequest,
         context: grpc.aio.ServicerContext[speech_pb2.SynthesizeRequest, speech_pb2.StreamResponse],
-    ) -> AsyncIterator[speech_pb2.StreamResponse]:
+    ) -> None:
+        # Written with `context.write`, not yielded: a response-streaming handler that
+        # yields has its messages sent by gRPC, which logs an error when a client
+        # cancels while one is waiting to go out (grpcio 1.85); here that ends quietly.
         self.calls.track(context)
         try:
             service = self._service.get()
@@ -274,14 +279,14 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             session = service.open_session(session_request(request.config), slot)
         except SpeechError as error:
             for response in _end_with_error(error, context):
-                yield response
+                await _write(context, response)
             return
         # What a Stream call with the text and turn_done, half-closed, does; the text
         # goes in as synthesis frees room in the session's text budget.
         feeder = asyncio.create_task(_feed_whole_text(request.text, session))
         async with contextlib.aclosing(self._speak(session, slot, context, feeder)) as responses:
             async for response in responses:
-                yield response
+                await _write(context, response)
 
     async def _speak(
         self,
@@ -334,14 +339,14 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 yield response
         finally:
             watchdog.close()
-            try:
-                if ended_by is None and session.error is not None and not feeder.done():
-                    # Let the client finish sending before the status goes out (DRAIN_S).
-                    await asyncio.wait({feeder}, timeout=DRAIN_S)
-            finally:  # also when the client goes away meanwhile
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
-                await session.aclose(ended_by)
+            # Let the client finish sending before the status goes out (DRAIN_S).
+            drain = ended_by is None and session.error is not None and not feeder.done()
+            ending = asyncio.create_task(_end_session(session, feeder, ended_by, drain=drain))
+            self._endings.add(ending)
+            ending.add_done_callback(self._endings.discard)
+            # Shielded: when gRPC cancels the handler meanwhile (its client went away),
+            # the session is still closed and its place given back.
+            await asyncio.shield(ending)
 
     async def ListVoices(
         self,
@@ -369,6 +374,18 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         )
 
 
+async def _write(
+    context: grpc.aio.ServicerContext[Any, speech_pb2.StreamResponse],
+    response: speech_pb2.StreamResponse,
+) -> None:
+    """Send one response; when the call is already over (its client cancelled or went
+    away), end the handler as cancelled, as gRPC does once it notices."""
+    try:
+        await context.write(response)
+    except grpc.aio.InternalError:  # the send failed in gRPC's core: the call is gone
+        raise asyncio.CancelledError from None
+
+
 def _end_with_error(
     error: SpeechError, context: grpc.aio.ServicerContext[Any, Any]
 ) -> list[speech_pb2.StreamResponse]:
@@ -387,6 +404,24 @@ def _forward_first(request: speech_pb2.StreamRequest, session: SessionDispatcher
         _forward(request, session)
     except SpeechError as error:
         session.fail(error)
+
+
+async def _end_session(
+    session: SessionDispatcher,
+    feeder: asyncio.Task[None],
+    ended_by: SpeechError | None,
+    *,
+    drain: bool,
+) -> None:
+    """Stop `feeder` (after up to DRAIN_S for the client to finish sending, with
+    `drain`), then close the session."""
+    try:
+        if drain:
+            await asyncio.wait({feeder}, timeout=DRAIN_S)
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await session.aclose(ended_by)
 
 
 async def _feed_whole_text(text: str, session: SessionDispatcher) -> None:
