@@ -13,6 +13,7 @@ from pathlib import Path
 
 import espeakng_loader
 
+from voxrelay_server.engines.clauses import whole_pieces
 from voxrelay_server.errors import EngineError, ErrorCode
 
 # Constants of speak_lib.h.
@@ -21,6 +22,7 @@ _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
 _EE_OK = 0
+_PHONEMES_IPA = 0x02
 BUFFER_MS = 2000
 """Audio per callback, and so per message to the caller. espeak-ng makes 2 s of
 speech in about 2 ms, so larger chunks cost little first-audio time (0.9 ms at
@@ -68,6 +70,12 @@ class EspeakLibrary:
             ctypes.c_void_p,
             ctypes.c_void_p,
         ]
+        lib.espeak_TextToPhonemes.argtypes = [
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
         self._data_path = Path(espeakng_loader.get_data_path())
@@ -138,7 +146,6 @@ class EspeakLibrary:
         if words_per_minute != self._words_per_minute:
             self._lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
             self._words_per_minute = words_per_minute
-        encoded = text.encode("utf-8") + b"\0"
         stopped = False
 
         def deliver(pcm: bytes) -> bool:
@@ -146,18 +153,36 @@ class EspeakLibrary:
             stopped = stopped or not on_audio(pcm)
             return not stopped
 
-        self._on_audio = deliver
-        try:
-            status = self._lib.espeak_Synth(
-                encoded, len(encoded), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
-            )
-        finally:
-            self._on_audio = None
-        if stopped:
-            return False
-        if status != _EE_OK:
-            raise EngineError(ErrorCode.INTERNAL, f"espeak-ng synthesis failed (status {status})")
+        # A clause too long for espeak-ng's phoneme list would lose its end: such text
+        # is spoken in pieces, one synthesis each.
+        for piece in whole_pieces(text, self._largest_clause):
+            encoded = piece.encode("utf-8") + b"\0"
+            self._on_audio = deliver
+            try:
+                status = self._lib.espeak_Synth(
+                    encoded, len(encoded), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
+                )
+            finally:
+                self._on_audio = None
+            if stopped:
+                return False
+            if status != _EE_OK:
+                raise EngineError(
+                    ErrorCode.INTERNAL, f"espeak-ng synthesis failed (status {status})"
+                )
         return True
+
+    def _largest_clause(self, text: str) -> int:
+        """The IPA characters of the largest clause of `text` in the current voice."""
+        encoded = ctypes.create_string_buffer(text.encode("utf-8"))
+        position = ctypes.c_void_p(ctypes.addressof(encoded))
+        largest = 0
+        while position.value:  # espeak-ng sets it to NULL after the last clause
+            phonemes = self._lib.espeak_TextToPhonemes(
+                ctypes.byref(position), _ESPEAK_CHARS_UTF8, _PHONEMES_IPA
+            )
+            largest = max(largest, len((phonemes or b"").decode("utf-8", "replace")))
+        return largest
 
     def _audio_callback(
         self, samples: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None

@@ -5,7 +5,8 @@ and its memory grows with that audio: about 20 MiB a second of speech, so a long
 sentence, or a number spelled out to hundreds of phonemes, could take gigabytes.
 Each run here speaks at most `MAX_PHONEMES_PER_RUN` phonemes (fewer when slower):
 longer sentences are cut between words, after a pause mark where there is one. And
-onnxruntime's memory arena gives back what a run took once it is done.
+onnxruntime's memory arena gives back what a run took once it is done. Text with a
+clause espeak-ng's phonemizer would cut short is phonemized in pieces (`clauses`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from piper import PiperVoice, SynthesisConfig
 from piper.config import PiperConfig
 
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
+from voxrelay_server.engines.clauses import whole_pieces
 from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode
 
@@ -81,16 +83,20 @@ class PiperEngine(SpeechEngine):
         config = SynthesisConfig(length_scale=1.0 / options.speed)
         most = max(16, round(MAX_PHONEMES_PER_RUN * options.speed))
 
+        def largest_sentence(part: str) -> int:
+            return max((len(sentence) for sentence in piper_voice.phonemize(part)), default=0)
+
         def run(emit: Emit, stop: threading.Event) -> None:
             # One run per sentence, or per piece of a long one: stop between runs when asked.
-            for sentence in piper_voice.phonemize(text):
-                for piece in phoneme_pieces(sentence, most):
-                    if stop.is_set():
-                        return
-                    ids = piper_voice.phonemes_to_ids(piece)
-                    audio = piper_voice.phoneme_ids_to_audio(ids, config)
-                    assert isinstance(audio, np.ndarray)  # not asked for alignments
-                    emit(_int16_bytes(audio))
+            for part in whole_pieces(text, largest_sentence):
+                for sentence in piper_voice.phonemize(part):
+                    for piece in phoneme_pieces(sentence, most):
+                        if stop.is_set():
+                            return
+                        ids = piper_voice.phonemes_to_ids(piece)
+                        audio = piper_voice.phoneme_ids_to_audio(ids, config)
+                        assert isinstance(audio, np.ndarray)  # not asked for alignments
+                        emit(_int16_bytes(audio))
 
         return stream_from_thread(self._executor, run, describe=f"piper voice {voice.name}")
 
