@@ -41,7 +41,8 @@ from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.engines import espeak_engine
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
-from voxrelay_server.engines.piper_engine import PiperEngine
+from voxrelay_server import memory
+from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode
 
@@ -518,3 +519,31 @@ async def test_a_long_clause_of_numbers_is_spoken_to_its_end(
     whole = await synthesize(engine, voice, " ".join(numbers))
     quarters = [await synthesize(engine, voice, " ".join(numbers[q::4])) for q in range(4)]
     assert duration_s(whole) == pytest.approx(sum(map(duration_s, quarters)), rel=0.15)
+
+
+async def test_piper_gives_its_memory_back_once_it_is_idle() -> None:
+    """The arena of a run is freed by the next one; after the last segments of a burst
+    the engine frees it itself, rather than keep hundreds of MiB until the next."""
+    memory.tune_allocator()  # as the server does
+    engine = PiperEngine([bundled_joe_voice()], workers=2)
+    try:
+        voice = voice_named(engine, PIPER_VOICE)
+        await synthesize(engine, voice, HELLO)
+        before = psutil.Process().memory_info().rss
+        # Numbers at the slowest speed, two segments at once (sharing the voice's
+        # arena): each run of the model takes about 300 MiB.
+        # Which run's memory stays behind varies with their timing: a few bursts.
+        kept = []
+        for burst in range(4):
+            numbers = [
+                " ".join(str(314159265358 + 9973 * n) for n in range(k, k + 2 + burst % 2))
+                for k in (0, 3)
+            ]
+            spoken = await asyncio.gather(
+                *(synthesize(engine, voice, t, speed=0.25) for t in numbers)
+            )
+            assert all(duration_s(samples) > 10 for samples in spoken)
+            kept.append((psutil.Process().memory_info().rss - before) >> 20)
+        assert max(kept) < 64, f"MiB kept after each burst: {kept}"
+    finally:
+        await engine.aclose()
