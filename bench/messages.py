@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import psutil  # type: ignore[import-untyped]
 
-from bench.report import PLOTS, ROOT, Goal, Section, at_least, median, spread
+from bench.report import PLOTS, ROOT, Goal, Section, at_least, median, save_figure, spread
 from bench.servers import (
     BareSpeechServicer,
     ServerProcess,
@@ -407,9 +407,7 @@ def _plot(points: dict[str, dict[int, _Point]], path: Path) -> None:
     rate_axes.set_title("Throughput (server process, loopback)")
     cost_axes.set_ylabel("server CPU per audio message (µs)")
     cost_axes.set_title("Server CPU cost per message")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 async def run(quick: bool) -> Section:

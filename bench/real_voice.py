@@ -49,7 +49,7 @@ from typing import Any
 import grpc
 import psutil  # type: ignore[import-untyped]
 
-from bench.report import PLOTS, Goal, Section, at_least, median, percentile, spread
+from bench.report import PLOTS, Goal, Section, at_least, median, percentile, save_figure, spread
 from bench.servers import ServerProcess, start_server_process, stop_server_process
 from voxrelay import Audio
 from voxrelay.client import AsyncSession, SessionOptions
@@ -843,11 +843,7 @@ def plot(results: Sequence[VoiceResult], path: Path) -> Path:
         for axis in (top, bottom):
             axis.set_xlim(0, most * 1.1)
             axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def with_spread(values: Sequence[float], digits: int = 1, scale: float = 1.0) -> str:

@@ -10,6 +10,10 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMISATIONS = ROOT / "bench" / "optimisations.md"
@@ -70,6 +74,17 @@ class Section:
             mark = "ok " if goal.met else "MISS"
             out.append(f"  [{mark}] {goal.target}: {goal.measured}")
         return "\n".join(out)
+
+
+def save_figure(figure: Figure, path: Path, dpi: int = 110) -> Path:
+    """Write a finished figure to `path` (its folder made if needed) and free it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
 
 
 def median(values: Sequence[float]) -> float:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -130,6 +133,48 @@ def stop_server_process(server: ServerProcess) -> None:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus `/metrics` page, by name with labels; {} on failure."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+async def no_active_sessions(
+    url: str, limit_s: float, stop: Callable[[], bool] = lambda: False
+) -> float | None:
+    """Wait until the server whose metrics are at `url` has no active session (up to
+    `limit_s`, or until `stop()`): how long that took, or None when it never came."""
+    started = time.monotonic()
+    while not stop() and time.monotonic() - started < limit_s:
+        if (await asyncio.to_thread(scrape_metrics, url)).get("voxrelay_active_sessions") == 0:
+            return time.monotonic() - started
+        await asyncio.sleep(0.25)
+    return None
+
+
+async def send_requests(
+    call: grpc.aio.StreamStreamCall[Any, Any], *requests: Any, close: bool = False
+) -> bool:
+    """Write `requests` (then half-close); False if the call ended under them."""
+    try:
+        for request in requests:
+            await call.write(request)
+        if close:
+            await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        return False
+    return True
 
 
 class BareSpeechServicer(speech_pb2_grpc.SpeechServicer):

@@ -41,7 +41,6 @@ import re
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,8 +51,16 @@ import grpc
 import psutil  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.report import PLOTS, Goal, Section
-from bench.servers import ServerProcess, free_port, start_server_process, stop_server_process
+from bench.report import PLOTS, Goal, Section, save_figure
+from bench.servers import (
+    ServerProcess,
+    free_port,
+    no_active_sessions,
+    scrape_metrics,
+    send_requests,
+    start_server_process,
+    stop_server_process,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 SEND_TIMEOUT_S = 2.0
@@ -318,18 +325,6 @@ _TURN_DONE = speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone())
 _CANCEL = speech_pb2.StreamRequest(cancel=speech_pb2.Cancel())
 
 
-async def _send(call: _Call, *requests: Any, close: bool = False) -> bool:
-    """Write `requests` (then half-close); False if the call ended under them."""
-    try:
-        for request in requests:
-            await call.write(request)
-        if close:
-            await call.done_writing()
-    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        return False
-    return True
-
-
 async def _read(call: _Call, seen: Seen, *, until_audio: bool = False) -> bool:
     """Read into `seen` until the call ends (then its status too) or, with
     `until_audio`, up to the first audio message: True if that came first."""
@@ -370,7 +365,7 @@ class Client:
     async def speak(self, *requests: Any, expect: Expectation = _expect_ok) -> Result:
         """Send `requests` and half-close, read everything, judge the ending."""
         call, seen = self.stream(), Seen()
-        await _send(call, *requests, close=True)
+        await send_requests(call, *requests, close=True)
         await _read(call, seen)
         return _judge(self.kind, seen, expect)
 
@@ -388,7 +383,7 @@ async def _normal(client: Client) -> Result:
 async def _cancelled(client: Client) -> Result:
     """A long turn, cancelled by the client (`call.cancel()`) at its first audio."""
     call, seen = client.stream(), Seen()
-    await _send(call, _config(client.voice), *client.long_turn(), _TURN_DONE)
+    await send_requests(call, _config(client.voice), *client.long_turn(), _TURN_DONE)
     if not await _read(call, seen, until_audio=True):
         return _judge(client.kind, seen, _expect_first_audio)
     call.cancel()
@@ -398,10 +393,10 @@ async def _cancelled(client: Client) -> Result:
 async def _barge_in(client: Client) -> Result:
     """A long turn, a `cancel` request at its first audio, then a new turn; half-close."""
     call, seen = client.stream(), Seen()
-    await _send(call, _config(client.voice), *client.long_turn(), _TURN_DONE)
+    await send_requests(call, _config(client.voice), *client.long_turn(), _TURN_DONE)
     if await _read(call, seen, until_audio=True):
         after = _text(_sentences(client.rng, 2))
-        await _send(call, _CANCEL, after, _TURN_DONE, close=True)
+        await send_requests(call, _CANCEL, after, _TURN_DONE, close=True)
         await _read(call, seen)
     return _judge(client.kind, seen, _expect_barge_in)
 
@@ -411,7 +406,7 @@ async def _disconnected(client: Client) -> Result:
     channel = grpc.aio.insecure_channel(client.target, options=_LOCAL_POOL)
     try:
         call, seen = speech_pb2_grpc.SpeechStub(channel).Stream(), Seen()
-        await _send(call, _config(client.voice), *client.long_turn(), _TURN_DONE)
+        await send_requests(call, _config(client.voice), *client.long_turn(), _TURN_DONE)
         if not await _read(call, seen, until_audio=True):
             return _judge(client.kind, seen, _expect_first_audio)
         await channel.close()  # every call on it cancelled, its connection closed
@@ -427,7 +422,7 @@ async def _non_reading(client: Client) -> Result:
         text += _sentences(client.rng, 50)
     chunks = [text[i : min(i + 16000, size)] for i in range(0, size, 16000)]
     call, seen = client.stream(), Seen()
-    await _send(call, _config(client.voice), *map(_text, chunks), _TURN_DONE, close=True)
+    await send_requests(call, _config(client.voice), *map(_text, chunks), _TURN_DONE, close=True)
     await asyncio.sleep(NON_READING_PAUSE_S)
     await _read(call, seen)
     return _judge(client.kind, seen, _expect(grpc.StatusCode.DEADLINE_EXCEEDED, "did not read"))
@@ -494,14 +489,14 @@ async def _invalid_utf8(client: Client) -> Result:
         response_deserializer=speech_pb2.StreamResponse.FromString,
     )
     call, seen = raw(), Seen()
-    await _send(call, b"\x12\x02\xff\xfe", close=True)
+    await send_requests(call, b"\x12\x02\xff\xfe", close=True)
     await _read(call, seen)
     return _judge(client.kind, seen, _expect(_INVALID, "UTF-8"))
 
 
 async def _oversized(client: Client) -> Result:
     call, seen = client.stream(), Seen()
-    await _send(call, _text("x" * OVERSIZED_CHARS), close=True)
+    await send_requests(call, _text("x" * OVERSIZED_CHARS), close=True)
     await _read(call, seen)
     # gRPC refuses the message before the service sees it: its status, no messages.
     if (
@@ -649,17 +644,7 @@ class Monitor:
 
     def scrape(self) -> dict[str, float]:
         """Every sample of the server's /metrics, by name with labels; {} on failure."""
-        try:
-            with urllib.request.urlopen(self._url, timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return {}
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return scrape_metrics(self._url)
 
     async def read(self) -> Sample | None:
         """One reading now, kept in `samples`; None (and `crash` set) if the server is gone."""
@@ -731,13 +716,7 @@ class Monitor:
     async def settled(self) -> tuple[Sample | None, float | None]:
         """Wait for no active session (up to `IDLE_WAIT_S`), then `SETTLE_S`, then a
         reading: it, and how long the wait took (None when it never came)."""
-        started = time.monotonic()
-        waited: float | None = None
-        while self.crash is None and time.monotonic() - started < IDLE_WAIT_S:
-            if (await asyncio.to_thread(self.scrape)).get("voxrelay_active_sessions") == 0:
-                waited = time.monotonic() - started
-                break
-            await asyncio.sleep(0.25)
+        waited = await no_active_sessions(self._url, IDLE_WAIT_S, self.crashed)
         await asyncio.sleep(SETTLE_S)
         await self.check()
         if self.crash is not None:
@@ -979,11 +958,7 @@ def _plot(run: Soak, path: Path) -> Path:
         axes.set_xlabel("sessions done")
         axes.grid(True, alpha=0.3)
         axes.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def section(run: Soak) -> Section:

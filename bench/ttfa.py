@@ -41,7 +41,7 @@ from agents.voice import (
 )
 
 from bench.reference import LatencyTTSModel, reference_result
-from bench.report import PLOTS, Goal, Section, median, percentile, spread
+from bench.report import PLOTS, Goal, Section, median, percentile, save_figure, spread
 from bench.servers import BareSpeechServicer, in_process_server, lifecycle_response
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.app import server_options
@@ -506,12 +506,7 @@ def plot(results: Mapping[int, Sequence[Side]], path_name: str = "ttfa.png") -> 
     figure.suptitle(
         "Time to first audio, one session (CDF); red lines: the 1 ms p50 and 5 ms p99 goals"
     )
-    figure.tight_layout()
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    path = PLOTS / path_name
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, PLOTS / path_name, dpi=100)
 
 
 def _slow_turns(results: Mapping[int, Sequence[Side]], threshold: float = 0.005) -> str:

@@ -38,10 +38,10 @@ from tests.conftest import (
     wait_for,
 )
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server import memory
 from voxrelay_server.engines import espeak_engine
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
-from voxrelay_server import memory
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
 from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode

@@ -5,7 +5,7 @@ The bound is the growth above the server's idle level (engines loaded, no sessio
 each term is a bound the server enforces, times a measured constant:
 
 - each piper worker: one run of the model, at most `MAX_PHONEMES_PER_RUN` phonemes
-  (`PIPER_RUN_BYTES`, measured on numbers spelled out, the costliest text there is);
+  (`PIPER_RUN_BYTES`, measured on the costliest texts and speeds found);
 - each session: its undelivered audio. New segments start only while it is under
   `--session-audio-buffer-bytes`, and a segment's synthesis pauses once the segment
   alone holds that much (after the engine chunk that crossed it), so a session holds at
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 MIB = 1 << 20
-PIPER_RUN_BYTES = 400 * MIB
-"""Peak memory of one piper run of 300 phonemes above the loaded voice: 330 MiB
-measured on digits at normal speed and at a quarter of it, with room to spare."""
+PIPER_RUN_BYTES = 600 * MIB
+"""Peak memory of one piper run above the loaded voice (at most 300 x speed phonemes,
+about 15 s of speech): 157 to 421 MiB measured on numbers, braille, English and
+punctuation at speeds 0.25, 1 and 4, and up to 521 MiB on pause marks at speed 0.25."""
 MAX_CHUNK_S = 32.0
 """Most audio one engine chunk holds: a piper run, up to 28.7 s measured (at speed 4,
 where a run holds 1,200 phonemes); espeak-ng's and openai's chunks are far shorter."""
