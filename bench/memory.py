@@ -58,7 +58,13 @@ from bench.servers import (
 )
 from bench.soak import LogSummary, read_log
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
-from voxrelay_server.memory import MIB, PIPER_RUN_BYTES, MemoryBound, memory_bound
+from voxrelay_server.memory import (
+    MAX_AUDIO_S_PER_CHAR,
+    MIB,
+    PIPER_RUN_BYTES,
+    MemoryBound,
+    memory_bound,
+)
 from voxrelay_server.settings import MAX_TEXT_CHUNK_CHARS, MAX_WHOLE_TEXT_CHARS, MIN_SPEED
 
 PIPER, ESPEAK = "piper/en_US-joe-medium", "espeak/en-us"
@@ -145,7 +151,7 @@ class Plan:
             max_sessions=self.max_sessions if sessions is None else sessions,
             piper_workers=WORKERS,
             synthesis_slots=WORKERS + ESPEAK_SLOTS_PER_WORKER * ESPEAK_WORKERS,
-            slots_per_session=max(WORKERS, ESPEAK_SLOTS_PER_WORKER * ESPEAK_WORKERS),
+            max_segment_chars=MAX_SEGMENT_CHARS,
             session_audio_buffer_bytes=AUDIO_BUFFER_BYTES,
             max_buffered_text_chars=MAX_BUFFERED_TEXT_CHARS,
         )
@@ -893,13 +899,12 @@ def section(measured: Measured, runs: Sequence[Direct]) -> Section:
                 "**it drops the rest of a long clause of numbers**, so less is spoken (and "
                 "less memory taken) than the text asks for"
             )
-        segment_s = most * MAX_SEGMENT_CHARS
-        buffer_s = AUDIO_BUFFER_BYTES / (2 * 22050)
         notes.append(
-            f"Speech per character of this text: {most:.2f} s at speed 0.25, so a "
-            f"{MAX_SEGMENT_CHARS}-character segment of it makes about {segment_s:.0f} s of "
-            f"audio, {segment_s / buffer_s:.0f} times what the session's audio buffer holds "
-            f"({buffer_s:.0f} s): its synthesis pauses while that much is unread" + dropped + "."
+            f"Speech per character of this text: {most:.2f} s at speed 0.25, against the "
+            f"{MAX_AUDIO_S_PER_CHAR:g} s the bound assumes (`MAX_AUDIO_S_PER_CHAR`)"
+            + (" (**more**)" if most > MAX_AUDIO_S_PER_CHAR else "")
+            + dropped
+            + "."
         )
     log = measured.log
     notes += [

@@ -19,15 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_quick_runs_and_writes_its_report(tmp_path: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
-    env = {**os.environ, "VOXRELAY_BENCH_PLOTS": str(tmp_path / "plots")}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(report)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_module(
+        "bench", "--quick", "--output", str(report), plots=tmp_path / "plots", timeout_s=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text(encoding="utf-8")
@@ -41,13 +34,18 @@ def test_bench_quick_runs_and_writes_its_report(tmp_path: Path) -> None:
         assert (tmp_path / "plots" / name).stat().st_size > 10_000  # a real picture
 
 
-def run_module(*arguments: str) -> subprocess.CompletedProcess[str]:
+def run_module(
+    *arguments: str, plots: Path | None = None, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGUMENTS` from the repository, its plots (if any) written to `plots`."""
+    env = {**os.environ, "VOXRELAY_BENCH_PLOTS": str(plots)} if plots is not None else None
     return subprocess.run(
         [sys.executable, "-m", *arguments],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
         check=False,
     )
 
@@ -108,18 +106,9 @@ def test_realtime_compare_measures_a_base_revision_against_this_tree() -> None:
 
 
 def test_the_soak_runs_mixed_sessions_and_checks_their_endings(tmp_path: Path) -> None:
-    env = {**os.environ, "VOXRELAY_BENCH_PLOTS": str(tmp_path / "plots")}
     log = tmp_path / "server.log"
     limits = ["--sessions", "300", "--warm-up", "100", "--minutes", "0.5"]
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.soak", *limits, "--log", str(log)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_module("bench.soak", *limits, "--log", str(log), plots=tmp_path / "plots")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(baseline)" in result.stdout and "(final)" in result.stdout, result.stdout
     assert re.search(r"\] RSS, fds, threads, tasks flat: .*RSS [+-][\d.]+%", result.stdout)
@@ -133,17 +122,8 @@ def test_the_soak_runs_mixed_sessions_and_checks_their_endings(tmp_path: Path) -
 
 
 def test_the_memory_benchmark_measures_every_phase_against_the_bound(tmp_path: Path) -> None:
-    env = {**os.environ, "VOXRELAY_BENCH_PLOTS": str(tmp_path / "plots")}
     log = tmp_path / "server.log"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.memory", "--quick", "--log", str(log)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_module("bench.memory", "--quick", "--log", str(log), plots=tmp_path / "plots")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "== Worst-case memory" in out, out

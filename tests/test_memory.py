@@ -5,7 +5,12 @@ from __future__ import annotations
 from voxrelay_server.app import settings_memory_bound
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.tone import ToneEngine
-from voxrelay_server.memory import CHUNK_BYTES, MIB, PIPER_RUN_BYTES, memory_bound
+from voxrelay_server.memory import (
+    MIB,
+    PIPER_RUN_BYTES,
+    memory_bound,
+    segment_audio_bytes,
+)
 from voxrelay_server.service import SpeechService
 from voxrelay_server.voices import VoiceCatalog
 
@@ -15,34 +20,31 @@ def test_each_setting_moves_its_own_term() -> None:
         "max_sessions": 10,
         "piper_workers": 2,
         "synthesis_slots": 4,
-        "slots_per_session": 2,
+        "max_segment_chars": 400,
         "session_audio_buffer_bytes": MIB,
         "max_buffered_text_chars": 65536,
     }
     bound = memory_bound(**base)
+    segment = segment_audio_bytes(400)
     assert bound.piper_runs == 2 * PIPER_RUN_BYTES
-    # A buffer, and for each segment being made a buffer and the chunk that crossed it.
-    assert bound.session_audio == 10 * (MIB + 2 * (MIB + CHUNK_BYTES))
-    assert bound.slot_audio == 4 * CHUNK_BYTES
+    assert bound.session_audio == 10 * (MIB + segment)
+    assert bound.slot_audio == 4 * segment
     assert bound.total == sum(vars(bound).values())
     # Twice the sessions: every per-session term doubles, the others stay.
     doubled = memory_bound(**(base | {"max_sessions": 20}))
     assert doubled.session_audio == 2 * bound.session_audio
     assert doubled.session_text == 2 * bound.session_text
     assert (doubled.piper_runs, doubled.slot_audio) == (bound.piper_runs, bound.slot_audio)
-    # A smaller buffer lowers what a session can hold, whatever its text.
-    smaller = memory_bound(**(base | {"session_audio_buffer_bytes": MIB // 4}))
-    assert smaller.session_audio == 10 * (MIB // 4 + 2 * (MIB // 4 + CHUNK_BYTES))
+    # Half the segment length halves what one segment's audio can be.
+    assert segment_audio_bytes(200) == segment // 2
     assert "MiB above idle" in bound.describe()
 
 
 def test_a_servers_bound_follows_its_settings_and_engines() -> None:
     tone = ToneEngine(concurrency=8)
     service = SpeechService(VoiceCatalog([tone], "tone/square"), default_max_inflight_segments=4)
-    settings = ServerSettings(engines=("tone",), max_sessions=3, session_audio_buffer_bytes=MIB)
+    settings = ServerSettings(engines=("tone",), max_sessions=3, max_segment_chars=100)
     bound = settings_memory_bound(settings, service)
     assert bound.piper_runs == 0  # no piper engine loaded
-    assert bound.slot_audio == 8 * CHUNK_BYTES
-    # A session can have as many segments made at once as its engine has slots.
-    assert bound.session_audio == 3 * (MIB + 8 * (MIB + CHUNK_BYTES))
+    assert bound.slot_audio == 8 * segment_audio_bytes(100)
     assert bound.session_overhead == 3 * MIB

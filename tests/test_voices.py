@@ -345,36 +345,6 @@ async def test_espeak_closing_a_synthesis_early_stops_its_worker(
     )
 
 
-async def test_espeak_stops_while_its_consumer_takes_no_audio_and_loses_none() -> None:
-    """A consumer that stops taking audio stops the worker (no audio piles up in the
-    server); taking again resumes it, and the audio is all there, in order."""
-    engine = EspeakEngine(workers=1)
-    try:
-        voice = voice_named(engine, "espeak/en-us")
-        long_text = " ".join(f"Sentence number {n} is here to be spoken." for n in range(200))
-        whole = await synthesize(engine, voice, long_text)
-        assert 2 * len(whole) > 4 * espeak_engine.QUEUED_AUDIO_BYTES
-
-        stream = engine.synthesize(voice, long_text, SynthesisOptions())
-        chunks = [await anext(stream)]
-        (pid,) = engine.worker_pids
-        assert pid is not None
-        worker = psutil.Process(pid)
-        # Speaking the whole text takes the worker about a second of CPU; once its
-        # reads are not taken it stops, within what the pipe and the queue hold.
-        await asyncio.sleep(PAUSE_WINDOW_S)
-        before = sum(worker.cpu_times()[:2])
-        await asyncio.sleep(PAUSE_WINDOW_S)
-        assert sum(worker.cpu_times()[:2]) - before < 0.1 * PAUSE_WINDOW_S
-
-        chunks += [chunk async for chunk in stream]
-        resumed = np.frombuffer(b"".join(chunks), dtype="<i2")
-        assert abs(len(resumed) - len(whole)) < 0.02 * len(whole)
-        assert same_speech(resumed, whole)
-    finally:
-        await engine.aclose()
-
-
 async def test_a_thread_engine_runs_at_most_one_chunk_ahead_of_its_consumer() -> None:
     """piper's worker thread waits while its audio is not taken, and a consumer that
     stops gives the thread back at once."""

@@ -33,7 +33,6 @@ from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
 from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, CallLimits, ServiceHolder
-from voxrelay_server.settings import MAX_INFLIGHT_SEGMENTS
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
@@ -142,12 +141,11 @@ def build_service(
 
 def settings_memory_bound(settings: ServerSettings, service: SpeechService) -> MemoryBound:
     """How far the memory of a server with these settings and engines can grow."""
-    slots = [scheduler.slots for scheduler in service.schedulers.values()]
     return memory_bound(
         max_sessions=settings.max_sessions,
         piper_workers=settings.workers if "piper" in settings.engines else 0,
-        synthesis_slots=sum(slots),
-        slots_per_session=min(max(slots, default=0), MAX_INFLIGHT_SEGMENTS),
+        synthesis_slots=sum(scheduler.slots for scheduler in service.schedulers.values()),
+        max_segment_chars=settings.max_segment_chars,
         session_audio_buffer_bytes=settings.session_audio_buffer_bytes,
         max_buffered_text_chars=settings.max_buffered_text_chars,
     )

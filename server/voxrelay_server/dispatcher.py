@@ -178,8 +178,6 @@ class _SegmentJob:
     ahead_s: float = 0.0
     """Its estimated audio not yet sent, counted in the session's playback clock from
     when it got a synthesis slot until it is delivered or dropped."""
-    undelivered_bytes: int = 0
-    """Its audio produced and not yet taken by the merger."""
     text_settled: bool = False
     """Its text no longer counts as buffered (synthesized, failed or dropped)."""
     cancelled: bool = False
@@ -573,7 +571,6 @@ class SessionDispatcher:
             size += len(queued)
         pcm = parts[0] if len(parts) == 1 else b"".join(parts)
         self._buffered_audio_bytes -= len(pcm)
-        job.undelivered_bytes -= len(pcm)
         self._wake_audio_waiters()
         return pcm
 
@@ -662,7 +659,6 @@ class SessionDispatcher:
                 if not chunk:
                     continue
                 self._buffered_audio_bytes += len(chunk)
-                job.undelivered_bytes += len(chunk)
                 job.audio.put(chunk)
                 if first:
                     first = False
@@ -671,11 +667,9 @@ class SessionDispatcher:
                         # The merger waits for exactly this: let it send the first audio
                         # now, not once the engine next pauses (it may not for a while).
                         await asyncio.sleep(0)
-                if job.undelivered_bytes >= self._limits.audio_buffer_bytes:
-                    await self._wait_until_read(job)
         finally:
             if isinstance(chunks, AsyncGenerator):
-                await chunks.aclose()  # a paused engine stops now, not when collected
+                await chunks.aclose()  # a cancelled engine stops now, not when collected
 
     # The playback clock: how urgent this session's next segment is.
 
@@ -700,18 +694,6 @@ class SessionDispatcher:
         The head job never waits: the merger needs it to make progress at all.
         """
         while self._audio_buffer_full and job is not self._head_job():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._audio_waiters.append(waiter)
-            await waiter
-
-    async def _wait_until_read(self, job: _SegmentJob) -> None:
-        """Pause a segment's synthesis while it alone holds a full audio buffer.
-
-        However much speech its text makes, a segment holds at most about one
-        buffer of audio the client has not read (plus the engine's chunk in hand).
-        The merger never waits for this: it only waits on a segment with no audio.
-        """
-        while job.undelivered_bytes >= self._limits.audio_buffer_bytes:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._audio_waiters.append(waiter)
             await waiter
@@ -757,7 +739,6 @@ class SessionDispatcher:
                 if isinstance(item, bytes):
                     self._buffered_audio_bytes -= len(item)
             job.audio.items.clear()
-            job.undelivered_bytes = 0
             self._wake_audio_waiters()
         job.cancel()
         self._settle_text(job)

@@ -6,17 +6,15 @@ each term is a bound the server enforces, times a measured constant:
 
 - each piper worker: one run of the model, at most `MAX_PHONEMES_PER_RUN` phonemes
   (`PIPER_RUN_BYTES`, measured on the costliest texts and speeds found);
-- each session: its undelivered audio. New segments start only while it is under
-  `--session-audio-buffer-bytes`, and a segment's synthesis pauses once the segment
-  alone holds that much (after the engine chunk that crossed it), so a session holds at
-  most one buffer plus, for each segment being made when the last one started, a buffer
-  and a chunk: however much speech its text makes. Plus its text: a `Synthesize`
-  request of up to 1,000,000 characters, or `--max-buffered-text-chars`;
-- each synthesis slot: the chunk its engine has ready for a paused segment (piper's
-  worker runs one chunk ahead; espeak's output is read up to `QUEUED_AUDIO_BYTES` plus
-  one pipe's worth ahead).
+- each session: its undelivered audio up to `--session-audio-buffer-bytes`, plus the
+  segment being delivered, which finishes even past that ceiling, plus its text: a
+  `Synthesize` request of up to 1,000,000 characters, or `--max-buffered-text-chars`;
+- each synthesis slot: the segment it is making, which may finish past its session's
+  ceiling (the merger waits for it);
 
-espeak-ng runs in worker processes of its own, a few megabytes each, outside this bound.
+where a segment's audio is at most `--max-segment-chars` characters times
+`MAX_AUDIO_S_PER_CHAR` at the slowest speed, at the voice's rate. espeak-ng runs in
+worker processes of its own, a few megabytes each, outside this bound.
 """
 
 from __future__ import annotations
@@ -33,14 +31,13 @@ PIPER_RUN_BYTES = 600 * MIB
 """Peak memory of one piper run above the loaded voice (at most 300 x speed phonemes,
 about 15 s of speech): 157 to 421 MiB measured on numbers, braille, English and
 punctuation at speeds 0.25, 1 and 4, and up to 521 MiB on pause marks at speed 0.25."""
-MAX_CHUNK_S = 32.0
-"""Most audio one engine chunk holds: a piper run, up to 28.7 s measured (at speed 4,
-where a run holds 1,200 phonemes); espeak-ng's and openai's chunks are far shorter."""
+MAX_AUDIO_S_PER_CHAR = 9.0
+"""Most speech one character of text was seen to make, at the slowest speed (0.25):
+a braille pattern, which espeak-ng's phonemizer reads by name ("braille one two three
+...", 45 phonemes), 8.5 s with piper; Myanmar letters 7.3 s, numbers 2.3 s, emoji 2.6 s.
+English text makes about 0.06 s a character at normal speed."""
 NATIVE_RATE_HZ = 24000
 """The highest native rate of the engines (piper and espeak-ng 22050 Hz, openai 24000)."""
-CHUNK_BYTES = int(MAX_CHUNK_S * NATIVE_RATE_HZ * 2)
-"""The longest engine chunk in bytes (16-bit samples); it also covers what espeak's
-output reader holds for a paused segment (256 KiB plus one 1 MiB read)."""
 BYTES_PER_TEXT_CHAR = 8
 """A character held as a Python string (up to 4 bytes) and in its request (up to 4)."""
 SESSION_OVERHEAD_BYTES = 1 * MIB
@@ -77,27 +74,27 @@ class MemoryBound:
         return f"{self.total / MIB:.0f} MiB above idle ({terms})"
 
 
+def segment_audio_bytes(max_segment_chars: int) -> int:
+    """The most engine audio one segment can make (16-bit samples at the native rate)."""
+    return int(max_segment_chars * MAX_AUDIO_S_PER_CHAR * NATIVE_RATE_HZ * 2)
+
+
 def memory_bound(
     *,
     max_sessions: int,
     piper_workers: int,
     synthesis_slots: int,
-    slots_per_session: int,
+    max_segment_chars: int,
     session_audio_buffer_bytes: int,
     max_buffered_text_chars: int,
 ) -> MemoryBound:
-    """The bound for these settings.
-
-    `synthesis_slots` is every engine's slots summed; `slots_per_session` the most
-    segments one session can have made at once (its engine's slots, at most its
-    in-flight limit).
-    """
-    buffer = session_audio_buffer_bytes
+    """The bound for these settings (`synthesis_slots`: every engine's, summed)."""
+    segment = segment_audio_bytes(max_segment_chars)
     text_chars = max(MAX_WHOLE_TEXT_CHARS, max_buffered_text_chars)
     return MemoryBound(
         piper_runs=piper_workers * PIPER_RUN_BYTES,
-        session_audio=max_sessions * (buffer + slots_per_session * (buffer + CHUNK_BYTES)),
-        slot_audio=synthesis_slots * CHUNK_BYTES,
+        session_audio=max_sessions * (session_audio_buffer_bytes + segment),
+        slot_audio=synthesis_slots * segment,
         session_text=max_sessions * text_chars * BYTES_PER_TEXT_CHAR,
         session_overhead=max_sessions * SESSION_OVERHEAD_BYTES,
     )

@@ -4,9 +4,7 @@ Its many languages become voices named `espeak/<language>`, e.g. `espeak/en-us`.
 Each worker process (`espeak_worker`) holds one espeak-ng and speaks one segment
 at a time; the engine keeps one more segment queued at each worker, so a worker
 goes from one segment to the next without waiting for the server. A worker that
-dies fails the segments it held and is started again for the next one. Its output
-is not read while the segment it speaks has `QUEUED_AUDIO_BYTES` its consumer has not
-taken, so a paused consumer pauses the worker rather than let audio pile up here.
+dies fails the segments it held and is started again for the next one.
 """
 
 from __future__ import annotations
@@ -39,8 +37,6 @@ QUEUED_PER_WORKER = 1
 """Segments waiting at each worker behind the one it speaks."""
 WORKER_COMMAND: Sequence[str] = (sys.executable, "-m", "voxrelay_server.engines.espeak_worker")
 """How a worker process is started."""
-QUEUED_AUDIO_BYTES = 256 * 1024
-"""Audio of a segment read from its worker and not yet taken, past which reading waits."""
 _PIPE_BYTES = 1 << 20
 """Pipe buffers of a worker: a segment's text always fits, and the worker's audio does
 not wait while the server's event loop is busy."""
@@ -52,8 +48,6 @@ class _Job:
 
     number: int
     queue: asyncio.Queue[bytes | EngineError | None] = field(default_factory=asyncio.Queue)
-    queued_bytes: int = 0
-    """Audio on `queue`, not yet taken by the consumer."""
     over: bool = False
 
 
@@ -71,8 +65,6 @@ class _Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         """The loop reading the worker's output; None until a job is submitted."""
         self._buffer = bytearray()
-        self._paused_by: _Job | None = None
-        """The job whose untaken audio stopped the reading of the output, if any."""
         self._output_closed = False
         """Its output ended: it is gone, even if it is not reaped yet."""
         self.ready: dict[str, Any] = {}
@@ -147,32 +139,10 @@ class _Worker:
         """Ask the worker to stop `job`; its audio is dropped from now on."""
         if self._jobs.pop(job.number, None) is not None:
             self._send({"op": "stop", "job": job.number})
-        if self._paused_by is job:
-            self._resume()  # the worker must write the rest of it to see the stop
-
-    def taken(self, job: _Job, size: int) -> None:
-        """The consumer of `job` took `size` bytes of its audio: read on if it was waiting."""
-        job.queued_bytes -= size
-        if self._paused_by is job and job.queued_bytes < QUEUED_AUDIO_BYTES:
-            self._resume()
-
-    def _pause(self, job: _Job) -> None:
-        if self._paused_by is None and self._loop is not None and self._process is not None:
-            assert self._process.stdout is not None
-            self._loop.remove_reader(self._process.stdout.fileno())
-            self._paused_by = job
-
-    def _resume(self) -> None:
-        self._paused_by = None
-        process, loop = self._process, self._loop
-        if loop is not None and not loop.is_closed() and process is not None:
-            assert process.stdout is not None
-            loop.add_reader(process.stdout.fileno(), self._on_readable, process)
 
     def detach(self) -> None:
         """Stop reading the worker's output on the loop (call it on that loop)."""
         loop, self._loop = self._loop, None
-        self._paused_by = None
         if loop is not None and not loop.is_closed() and self._process is not None:
             assert self._process.stdout is not None
             loop.remove_reader(self._process.stdout.fileno())
@@ -239,9 +209,6 @@ class _Worker:
             return  # stopped: its last frames are dropped
         if kind == AUDIO:
             job.queue.put_nowait(payload)
-            job.queued_bytes += len(payload)
-            if job.queued_bytes >= QUEUED_AUDIO_BYTES:
-                self._pause(job)
             return
         del self._jobs[number]
         if kind == DONE:
@@ -360,7 +327,6 @@ class EspeakEngine(SpeechEngine):
             while (item := await job.queue.get()) is not None:
                 if isinstance(item, EngineError):
                     raise item
-                worker.taken(job, len(item))
                 yield item
             job.over = True
         finally:
