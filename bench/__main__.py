@@ -37,7 +37,7 @@ async def run_all(names: list[str], quick: bool) -> list[Section]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 1 minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a few minutes)")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     parser.add_argument(
         "--output", default=str(ROOT / "BENCHMARKS.md"), help="report file to write"

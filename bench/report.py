@@ -156,7 +156,7 @@ def write_report(sections: Sequence[Section], *, quick: bool, command: str, path
         "measured side by side in the same run; read medians and ratios, not single runs.",
         "Spreads are half the 10th-90th percentile range unless a table says otherwise.",
         "",
-        "Reproduce: `make bench` (a few minutes) or `make bench-quick` (under a minute).",
+        "Reproduce: `make bench` (about 15 minutes) or `make bench-quick` (a few minutes).",
         "",
     ]
     body = "\n\n".join(section.markdown() for section in sections)
