@@ -3,8 +3,8 @@
 Engines such as piper (onnxruntime) and espeak-ng block while they work; this
 keeps them off the event loop and lets the consumer stop them: closing the
 async iterator sets a stop flag the worker checks between chunks. The worker runs
-at most `CHUNKS_AHEAD` chunks ahead of the consumer, so a consumer that pauses
-(its client is not reading) pauses the engine too, rather than let its audio pile up.
+at most `CHUNKS_AHEAD` chunks ahead of the consumer, so a consumer that stops taking
+chunks stops the engine too, rather than let its audio pile up in the queue.
 """
 
 from __future__ import annotations
