@@ -28,7 +28,7 @@ from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.health import HealthServicer
-from voxrelay_server.memory import MemoryBound, memory_bound, tune_allocator
+from voxrelay_server.memory import MemoryBound, memory_bound, trim_when_idle, tune_allocator
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
@@ -134,6 +134,7 @@ def build_service(
         ),
         observer_factory=observability.observer_factory,
         on_rejected=observability.session_rejected,
+        on_idle=trim_when_idle,  # a burst's freed memory goes back to the system
     )
     observability.watch(service)
     return service

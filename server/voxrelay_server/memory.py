@@ -19,9 +19,11 @@ worker processes of its own, a few megabytes each, outside this bound.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 from dataclasses import dataclass
 
 from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
@@ -43,6 +45,8 @@ BYTES_PER_TEXT_CHAR = 8
 SESSION_OVERHEAD_BYTES = 1 * MIB
 """The rest of a session: its call's buffers and one outgoing message (at most a
 second of audio, 384 KiB at 96 kHz in 32-bit floats), its tasks and bookkeeping."""
+IDLE_TRIM_DELAY_S = 2.0
+"""How long after the last session ended the heap is trimmed."""
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -108,10 +112,38 @@ def tune_allocator() -> bool:
     that size stays in the heap and the process keeps the memory of its worst moment.
     A fixed threshold (128 KiB, glibc's default start) keeps the heap small.
     """
+    libc = _libc()
+    with contextlib.suppress(AttributeError):
+        return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+    return False
+
+
+def trim_heap() -> bool:
+    """Return the free memory inside glibc's heaps to the system (False elsewhere).
+
+    Blocks under the mmap threshold (espeak's audio chunks, requests, messages) are
+    freed into the heap, and a burst leaves it large and full of holes that glibc
+    keeps; `malloc_trim` gives their pages back. It takes a few milliseconds.
+    """
+    libc = _libc()
+    with contextlib.suppress(AttributeError):
+        return libc is not None and bool(libc.malloc_trim(0))
+    return False
+
+
+def trim_when_idle() -> None:
+    """Trim the heap `IDLE_TRIM_DELAY_S` after the server's last session ended (call it
+    on the server's loop then): the engine work of ended sessions is over by then."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(IDLE_TRIM_DELAY_S, loop.run_in_executor, None, trim_heap)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
-    return False
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None

@@ -25,15 +25,19 @@ class CallSlot:
     """A call's place under `max_sessions`, held from the moment the call opens (before
     its first message) until its session ends or the call ends without one."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "_on_idle")
 
-    def __init__(self, held: set[CallSlot]) -> None:
+    def __init__(self, held: set[CallSlot], on_idle: Callable[[], None] | None = None) -> None:
         self._held = held
+        self._on_idle = on_idle
         held.add(self)
 
     def release(self) -> None:
-        """Give the place back (again: no effect)."""
-        self._held.discard(self)
+        """Give the place back (again: no effect); `on_idle` if it was the last one."""
+        if self in self._held:
+            self._held.discard(self)
+            if not self._held and self._on_idle is not None:
+                self._on_idle()
 
 
 class SpeechService:
@@ -48,6 +52,7 @@ class SpeechService:
         limits: SessionLimits | None = None,
         observer_factory: ObserverFactory | None = None,
         on_rejected: RejectionHook | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.default_max_inflight_segments = default_max_inflight_segments
@@ -55,6 +60,8 @@ class SpeechService:
         self.limits = limits or SessionLimits()
         self._observer_factory = observer_factory
         self._on_rejected = on_rejected
+        self._on_idle = on_idle
+        """Called on the loop when the last call holding a place has ended."""
         # One pool per engine, shared by every session of the server.
         self.schedulers = {
             engine.name: DeadlineScheduler(engine.max_concurrency) for engine in catalog.engines
@@ -82,7 +89,7 @@ class SpeechService:
                     "retry shortly, or raise --max-sessions",
                 )
             )
-        return CallSlot(self._slots)
+        return CallSlot(self._slots, self._on_idle)
 
     def reject(self, error: SpeechError) -> NoReturn:
         """Report a call that ends before its session started, then raise `error`."""
