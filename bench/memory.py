@@ -59,6 +59,7 @@ from bench.servers import (
 from bench.soak import LogSummary, read_log
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.memory import (
+    IDLE_TRIM_DELAY_S,
     MAX_AUDIO_S_PER_CHAR,
     MIB,
     PIPER_RUN_BYTES,
@@ -500,6 +501,12 @@ class Measured:
     log_path: Path = Path()
 
 
+async def _after_the_trim(idle_at: float) -> None:
+    """Wait until the heap trim the server runs `IDLE_TRIM_DELAY_S` after its last
+    session ended (`idle_at`) is done."""
+    await asyncio.sleep(max(0.0, idle_at + IDLE_TRIM_DELAY_S + 1.0 - time.monotonic()))
+
+
 def logged_bound(path: Path) -> str | None:
     """The bound the server logged at start-up: "N MiB above idle (terms)"."""
     with contextlib.suppress(OSError):
@@ -529,7 +536,9 @@ async def measure(plan: Plan, log_path: Path) -> Measured:
         for voice in (PIPER, ESPEAK):
             await clients.reading("warm-up", voice, "Warm up, please.", DRAIN_S)
         await no_active_sessions(url, plan.idle_limit_s, clients.gone)
+        idle_at = time.monotonic()
         await sampler.quiet(QUIET_LIMIT_S)
+        await _after_the_trim(idle_at)
         measured.idle, measured.idle_children = sampler.rss(), sampler.children_rss()
         before = measured.idle
         for burst in bursts(plan):
@@ -541,7 +550,9 @@ async def measure(plan: Plan, log_path: Path) -> Measured:
             if clients.gone():
                 break  # noted below
             phase.idle_wait_s = await no_active_sessions(url, plan.idle_limit_s, clients.gone)
+            idle_at = time.monotonic()
             phase.quiet_s = await sampler.quiet(QUIET_LIMIT_S)
+            await _after_the_trim(idle_at)
             phase.ended_s = sampler.elapsed()
             phase.peak, phase.children_peak = sampler.peak(
                 phase.started_s, measured.high_water_mark
@@ -853,7 +864,8 @@ def section(measured: Measured, runs: Sequence[Direct]) -> Section:
         )
         + "; a phase runs from its first request until the server has no active session "
         f"and then uses under {QUIET_CPU:.0%} of a core over a second (engine work of "
-        "ended sessions done). The server took "
+        "ended sessions done), and its heap has been trimmed (a second after the "
+        f"{IDLE_TRIM_DELAY_S:g} s it waits once idle). The server took "
         + ", ".join(
             f"{p.idle_wait_s:.1f} s" if p.idle_wait_s is not None else "never" for p in phases
         )
