@@ -86,13 +86,18 @@ class PiperEngine(SpeechEngine):
         config = SynthesisConfig(length_scale=1.0 / options.speed)
         most = max(16, round(MAX_PHONEMES_PER_RUN * options.speed))
 
+        phonemized: dict[str, list[list[str]]] = {}
+        """Each part's phonemes, as measured: a part is phonemized once."""
+
         def largest_sentence(part: str) -> int:
-            return max((len(sentence) for sentence in piper_voice.phonemize(part)), default=0)
+            phonemized[part] = piper_voice.phonemize(part)
+            return max((len(sentence) for sentence in phonemized[part]), default=0)
 
         def speak(emit: Emit, stop: threading.Event) -> None:
             # One run per sentence, or per piece of a long one: stop between runs when asked.
             for part in whole_pieces(text, largest_sentence):
-                for sentence in piper_voice.phonemize(part):
+                sentences = phonemized.pop(part, None) or piper_voice.phonemize(part)
+                for sentence in sentences:
                     for piece in phoneme_pieces(sentence, most):
                         if stop.is_set():
                             return
