@@ -38,6 +38,7 @@ def make_dispatcher(
     chunk_ms: int = 0,
     limits: SessionLimits | None = None,
     synthesis_slot: SlotFactory | None = None,
+    paused_segment_bytes: int = 0,
 ) -> SessionDispatcher:
     voice = tone.voices()[0]
     return SessionDispatcher(
@@ -48,6 +49,7 @@ def make_dispatcher(
         max_inflight_segments=max_inflight,
         limits=limits,
         synthesis_slot=synthesis_slot,
+        paused_segment_bytes=paused_segment_bytes,
     )
 
 
@@ -469,12 +471,73 @@ async def test_segments_that_waited_for_a_slot_add_nothing_to_audio_not_yet_read
     for sentence in sentences:
         dispatcher.send_text(sentence + " ")
     dispatcher.close()
-    # Nobody reads. The head segment fills the buffer past its ceiling; the seven that
-    # queued for the one slot while it was empty find it full when they get the slot.
-    await wait_for(lambda: tone.stats.finished == 1 and scheduler.in_use == 0)
+    # Nobody reads. The head segment fills the buffer past its ceiling and pauses,
+    # giving its slot back; the seven that queued for the one slot while the buffer was
+    # empty find it full when they get the slot, and give it back too.
+    await wait_for(lambda: tone.stats.active == 1 and scheduler.in_use == 0)
     await wait_for(lambda: scheduler.queued == 0)
     assert tone.stats.started == 1
     assert dispatcher.buffered_audio_bytes == 2 * tone.samples_for(sentences[0])
 
     events = await drain(dispatcher.events())  # reading lets every segment through
     check_wire_order(events, {1: sentences})
+
+
+async def test_a_segment_pauses_while_its_client_is_behind_and_lends_its_slot() -> None:
+    """A long segment stops taking its engine's audio once its session's buffer is
+    full, holding no synthesis slot meanwhile, and goes on where it stopped."""
+    tone = ToneEngine(ms_per_char=200)  # 1 s chunks: 350 characters make 70 s
+    scheduler = DeadlineScheduler(1)
+    second = SAMPLE_RATE_HZ * 2
+    behind = make_dispatcher(
+        tone, limits=SessionLimits(audio_buffer_bytes=3 * second), synthesis_slot=scheduler.slot
+    )
+    reader = make_dispatcher(tone, synthesis_slot=scheduler.slot)
+    long_text = " ".join(["word"] * 70) + "."
+    behind.send_text(long_text)
+    behind.turn_done()
+    await wait_for(lambda: scheduler.in_use == 0 and tone.stats.active == 1)
+    # Paused at its ceiling: it holds its buffer and no more, and the only slot is free.
+    assert behind.buffered_audio_bytes == 3 * second
+
+    reader.send_text("Another session speaks meanwhile.")
+    reader.close()
+    spoken = await asyncio.wait_for(drain(reader.events()), timeout=10)
+    check_wire_order(spoken, {1: ["Another session speaks meanwhile."]})
+    assert behind.buffered_audio_bytes == 3 * second
+
+    behind.close()
+    events = await drain(behind.events())  # reading lets it go on to its end
+    check_wire_order(events, {1: [long_text]})
+    sent = sum(len(e.data) for e in events if isinstance(e, AudioOut))
+    assert sent == 2 * tone.samples_for(long_text)
+
+
+async def test_what_an_engine_keeps_for_paused_segments_counts_against_the_buffer() -> None:
+    """An engine with look-ahead keeps audio for each paused segment outside the buffer,
+    so paused segments count as that much: a client reading slowly, each read making a
+    little room, does not get segment after segment started and paused."""
+    tone = ToneEngine(ms_per_char=100)  # 1 s chunks; each segment makes 20 s
+    slots = 2
+    scheduler = DeadlineScheduler(slots)
+    buffer = 8 * SAMPLE_RATE_HZ * 2
+    dispatcher = make_dispatcher(
+        tone,
+        max_inflight=8,
+        limits=SessionLimits(audio_buffer_bytes=buffer),
+        synthesis_slot=scheduler.slot,
+        paused_segment_bytes=buffer,
+    )
+    sentences = [" ".join(["Long"] * 39) + f" {n}." for n in range(8)]
+    for sentence in sentences:
+        dispatcher.send_text(sentence + " ")
+    dispatcher.close()
+
+    events = []
+    async for event in dispatcher.events():
+        events.append(event)
+        for _ in range(10):  # reading slowly: what the read woke runs before the next
+            await asyncio.sleep(0)
+    check_wire_order(events, {1: sentences})
+    # Segments made at once: those holding a slot and the head (which may be paused).
+    assert tone.stats.peak_active <= slots + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from voxrelay_server.app import settings_memory_bound
 from voxrelay_server.config import ServerSettings
@@ -11,45 +12,56 @@ from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.memory import (
     MIB,
     PIPER_RUN_BYTES,
+    EngineMemory,
+    MemoryBound,
     memory_bound,
-    segment_audio_bytes,
 )
 from voxrelay_server.service import CallSlot, SpeechService
 from voxrelay_server.voices import VoiceCatalog
 
+PIPER = EngineMemory(slots=2, max_chunk_bytes=MIB, paused_segment_bytes=0)
+ESPEAK = EngineMemory(slots=2, max_chunk_bytes=MIB // 8, paused_segment_bytes=4 * MIB)
+
+
+def bound_for(
+    *, max_sessions: int = 10, engines: Sequence[EngineMemory] = (PIPER, ESPEAK)
+) -> MemoryBound:
+    return memory_bound(
+        max_sessions=max_sessions,
+        piper_workers=2,
+        engines=engines,
+        session_audio_buffer_bytes=MIB,
+        max_buffered_text_chars=65536,
+    )
+
 
 def test_each_setting_moves_its_own_term() -> None:
-    base = {
-        "max_sessions": 10,
-        "piper_workers": 2,
-        "synthesis_slots": 4,
-        "max_segment_chars": 400,
-        "session_audio_buffer_bytes": MIB,
-        "max_buffered_text_chars": 65536,
-    }
-    bound = memory_bound(**base)
-    segment = segment_audio_bytes(400)
+    bound = bound_for()
     assert bound.piper_runs == 2 * PIPER_RUN_BYTES
-    assert bound.session_audio == 10 * (MIB + segment)
-    assert bound.slot_audio == 4 * segment
+    # Every session on the costliest engine: espeak's look-ahead outweighs piper's runs.
+    assert bound.session_audio == 10 * (2 * MIB + 3 * MIB // 8)
+    assert bound.engine_lookahead == 10 * (MIB + 3 * 4 * MIB)
     assert bound.total == sum(vars(bound).values())
     # Twice the sessions: every per-session term doubles, the others stay.
-    doubled = memory_bound(**(base | {"max_sessions": 20}))
+    doubled = bound_for(max_sessions=20)
     assert doubled.session_audio == 2 * bound.session_audio
     assert doubled.session_text == 2 * bound.session_text
-    assert (doubled.piper_runs, doubled.slot_audio) == (bound.piper_runs, bound.slot_audio)
-    # Half the segment length halves what one segment's audio can be.
-    assert segment_audio_bytes(200) == segment // 2
+    assert doubled.piper_runs == bound.piper_runs
+    # An engine that makes audio only when asked keeps nothing for paused segments.
+    piper_only = bound_for(engines=[PIPER])
+    assert piper_only.engine_lookahead == 0
+    assert piper_only.session_audio == 10 * (2 * MIB + 3 * MIB)
     assert "MiB above idle" in bound.describe()
 
 
 def test_a_servers_bound_follows_its_settings_and_engines() -> None:
     tone = ToneEngine(concurrency=8)
     service = SpeechService(VoiceCatalog([tone], "tone/square"), default_max_inflight_segments=4)
-    settings = ServerSettings(engines=("tone",), max_sessions=3, max_segment_chars=100)
+    settings = ServerSettings(engines=("tone",), max_sessions=3, session_audio_buffer_bytes=MIB)
     bound = settings_memory_bound(settings, service)
     assert bound.piper_runs == 0  # no piper engine loaded
-    assert bound.slot_audio == 8 * segment_audio_bytes(100)
+    assert bound.session_audio == 3 * (2 * MIB + 9 * tone.max_chunk_bytes)
+    assert bound.engine_lookahead == 0
     assert bound.session_overhead == 3 * MIB
 
 

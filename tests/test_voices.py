@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import grpc
@@ -41,9 +40,9 @@ from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server import memory
 from voxrelay_server.engines import espeak_engine
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
-from voxrelay_server.engines.espeak_engine import EspeakEngine
+from voxrelay_server.engines.espeak_engine import AHEAD_BYTES, EspeakEngine
+from voxrelay_server.engines.espeak_library import EspeakLibrary
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
-from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode
 
 PIPER_VOICE = "piper/en_US-joe-medium"
@@ -53,8 +52,6 @@ MIN_S_PER_CHAR = 0.03
 MAX_S_PER_CHAR = 0.2
 SILENCE_RMS = 200.0
 """RMS of int16 samples below which audio counts as silent (speech measures in thousands)."""
-PAUSE_WINDOW_S = 0.3
-"""How long a paused engine is watched for work it should not do."""
 SAME_ENVELOPE = 0.85
 """Envelope correlation above which two espeak results count as the same speech."""
 
@@ -345,42 +342,97 @@ async def test_espeak_closing_a_synthesis_early_stops_its_worker(
     )
 
 
-async def test_a_thread_engine_runs_at_most_one_chunk_ahead_of_its_consumer() -> None:
-    """piper's worker thread waits while its audio is not taken, and a consumer that
-    stops gives the thread back at once."""
-    executor = ThreadPoolExecutor(max_workers=1)
-    emitted: list[int] = []
-    waiting = threading.Event()
-
-    def count_to_twenty(emit: Emit, stop: threading.Event) -> None:
-        for number in range(20):
-            if stop.is_set():
-                return
-            if len(emitted) == 2:
-                waiting.set()  # the third chunk is next: it must wait for the consumer
-            emit(bytes([number]))
-            emitted.append(number)
-
+async def test_a_piper_segment_whose_consumer_stops_asking_holds_no_thread() -> None:
+    """A segment's runs start only as its consumer asks for audio: one that stops
+    asking (its client is behind) leaves the pool to other segments, and picks up
+    where it stopped."""
+    engine = PiperEngine([bundled_joe_voice()], workers=1)
     try:
-        stream = stream_from_thread(executor, count_to_twenty, describe="counting")
-        assert await anext(stream) == bytes([0])
-        await asyncio.to_thread(waiting.wait, 5)
-        await asyncio.sleep(PAUSE_WINDOW_S)  # were it not waiting, it would be done by now
-        assert emitted == [0, 1]
-        assert [chunk async for chunk in stream] == [bytes([n]) for n in range(1, 20)]
+        voice = voice_named(engine, PIPER_VOICE)
+        sentences = [f"This is sentence number {n}, one run of the model." for n in range(4)]
+        stream = engine.synthesize(voice, " ".join(sentences), SynthesisOptions())
+        first = await anext(stream)
 
-        stream = stream_from_thread(executor, count_to_twenty, describe="counting")
-        emitted.clear()
-        waiting.clear()
-        await anext(stream)
-        await asyncio.to_thread(waiting.wait, 5)
-        assert isinstance(stream, AsyncGenerator)
-        await stream.aclose()  # the one worker thread waits for room: it is let go
-        emitted.clear()
-        again = stream_from_thread(executor, count_to_twenty, describe="counting")
-        assert len([chunk async for chunk in again]) == 20
+        # On a pool of one thread: were the paused segment holding it, this never ends.
+        hello = await asyncio.wait_for(synthesize(engine, voice, HELLO), timeout=60)
+        assert_speech(hello, HELLO)
+
+        rest = [chunk async for chunk in stream]
+        assert len(rest) == len(sentences) - 1  # one chunk a run, none lost in the pause
+        whole = np.frombuffer(first + b"".join(rest), dtype="<i2")
+        assert_speech(whole, " ".join(sentences))
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        await engine.aclose()
+
+
+async def test_an_espeak_segment_not_taken_is_cut_at_a_word_and_goes_on(
+    espeak_engine: EspeakEngine,
+) -> None:
+    """A consumer that stops taking audio holds at most `AHEAD_BYTES` and a word: the
+    worker is stopped at a word, speaks other segments, and the rest follows later."""
+    voice = voice_named(espeak_engine, "espeak/en-us")
+    long_text = " ".join(f"Sentence number {n} goes on a little." for n in range(30))
+    whole = await synthesize(espeak_engine, voice, long_text)
+    assert duration_s(whole) > 4 * AHEAD_BYTES / 2 / NATIVE_RATE_HZ
+
+    stream = espeak_engine.synthesize(voice, long_text, SynthesisOptions())
+    taken = [await anext(stream)]
+    # The worker takes segments in order: this one is done once the first is cut.
+    assert_speech(await synthesize(espeak_engine, voice, HELLO), HELLO)
+    longest_word = NATIVE_RATE_HZ * 2  # "Sentence", with room to spare
+    assert 0 < espeak_engine.waiting_audio_bytes <= AHEAD_BYTES + 2 * longest_word
+
+    taken += [chunk async for chunk in stream]
+    assert espeak_engine.waiting_audio_bytes == 0
+    spoken = np.frombuffer(b"".join(taken), dtype="<i2")
+    assert_speech(spoken, long_text)
+    # Nothing lost or said twice at the cut: its one word spoken again, at most.
+    assert abs(duration_s(spoken) - duration_s(whole)) < 0.1 * duration_s(whole)
+
+
+def test_espeak_reports_where_each_word_starts_in_the_text() -> None:
+    """Word starts (where a segment may be cut) are code point indices in the text: each
+    word after a space is reported, and some inside a run (a number's digit groups)."""
+    library = EspeakLibrary()
+    text = (
+        "Héllo wörld, 日本 and 😀 emoji, ⠁⠃⠉⠙ braille 1234567890123456789 end; "
+        "\U0001d518\U0001d52b test."  # letters outside the Basic Multilingual Plane
+    )
+    starts: list[tuple[int, int]] = []
+    samples = 0
+
+    def on_audio(pcm: bytes) -> bool:
+        nonlocal samples
+        samples += len(pcm) // 2
+        return True
+
+    library.synthesize(library.languages()["en-us"], text, 175, on_audio, starts.extend)
+    characters = [character for character, _ in starts]
+    words = [match.start() for match in re.finditer(r"\S+", text)]
+    assert set(words) <= set(characters)  # every word: its own start
+    assert characters == sorted(set(characters))
+    assert characters[0] >= 0 and characters[-1] < len(text)
+    first_samples = [sample for _, sample in starts]
+    assert first_samples == sorted(first_samples) and first_samples[-1] < samples
+
+
+@pytest.mark.parametrize(
+    ("text", "character", "cut"),
+    [
+        ("Hello there", 6, True),  # after a space
+        ("1,234,567 and", 2, False),  # a digit group of a number read whole
+        ("10th", 2, False),  # a suffix of a number
+        ("⠁⠃⠉⠙", 2, True),  # a braille pattern: read on its own
+        ("a1b2", 2, False),
+        ("1,2,3," * 10, 36, True),  # far into a run: no number is read whole
+        ("Hello there", 5, False),  # the space itself
+        ("Hello", 0, False),  # the start: nothing would be cut off
+    ],
+)
+def test_an_espeak_segment_is_cut_only_where_the_rest_means_the_same(
+    text: str, character: int, cut: bool
+) -> None:
+    assert espeak_engine._cut_point(text, character) is cut
 
 
 async def test_a_killed_espeak_worker_fails_its_segment_and_is_replaced() -> None:

@@ -28,7 +28,13 @@ from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.health import HealthServicer
-from voxrelay_server.memory import MemoryBound, memory_bound, trim_when_idle, tune_allocator
+from voxrelay_server.memory import (
+    EngineMemory,
+    MemoryBound,
+    memory_bound,
+    trim_when_idle,
+    tune_allocator,
+)
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
@@ -145,8 +151,7 @@ def settings_memory_bound(settings: ServerSettings, service: SpeechService) -> M
     return memory_bound(
         max_sessions=settings.max_sessions,
         piper_workers=settings.workers if "piper" in settings.engines else 0,
-        synthesis_slots=sum(scheduler.slots for scheduler in service.schedulers.values()),
-        max_segment_chars=settings.max_segment_chars,
+        engines=[EngineMemory.of(engine) for engine in service.catalog.engines],
         session_audio_buffer_bytes=settings.session_audio_buffer_bytes,
         max_buffered_text_chars=settings.max_buffered_text_chars,
     )

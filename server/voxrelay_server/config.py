@@ -103,7 +103,7 @@ class ServerSettings:
     )
     session_audio_buffer_bytes: int = _setting(
         1 << 20,
-        "undelivered audio per session at which new synthesis pauses until the client reads",
+        "undelivered audio per session at which synthesis pauses until the client reads",
         minimum=1,
     )
     idle_timeout_s: float = _setting(

@@ -7,7 +7,8 @@ A short pipeline, each stage with one job and explicit state:
                scheduler: starts up to `max_inflight_segments` jobs, in order;
                each waits for room in the audio buffer and for a server-wide
                synthesis slot (`DeadlineScheduler`, which serves first the
-               segment whose audio is due first) before its engine runs
+               segment whose audio is due first) before its engine runs, and
+               pauses, giving its slot back, while the client is behind
                                       │
     events() <── merger: walks the timeline in order, streaming the head job's
                  audio through a SegmentEncoder as it is produced
@@ -94,7 +95,8 @@ class SessionLimits:
     max_segment_chars: int = DEFAULT_MAX_SEGMENT_CHARS
     """Longest segment given to an engine; longer runs are cut (see `SentenceSplitter`)."""
     audio_buffer_bytes: int = 1 << 20
-    """Undelivered engine audio at which new segments wait until the client reads."""
+    """Undelivered engine audio at which new segments wait, and segments being made
+    pause, until the client reads (see `SessionDispatcher._behind`)."""
     idle_timeout_s: float = 0.0
     """No request and nothing to speak for this long ends the session; 0 = never."""
 
@@ -173,6 +175,11 @@ class _SegmentJob:
     text: str
     audio: _SegmentAudio = field(default_factory=_SegmentAudio)
     task: asyncio.Task[None] | None = None
+    buffered_bytes: int = 0
+    """Its engine audio not yet taken by the merger."""
+    made_audio: bool = False
+    paused: bool = False
+    """Started, and waiting for the client to read before it goes on."""
     holds_slot: bool = False
     """Counts against the in-flight limit: started and not yet delivered or dropped."""
     ahead_s: float = 0.0
@@ -230,6 +237,7 @@ class SessionDispatcher:
         max_inflight_segments: int,
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
+        paused_segment_bytes: int = 0,
         observer: SessionObserver | None = None,
         session_id: str = "",
     ) -> None:
@@ -242,6 +250,9 @@ class SessionDispatcher:
         self._max_inflight = max_inflight_segments
         self._limits = limits or SessionLimits()
         self._synthesis_slot = synthesis_slot or _unlimited_slot
+        self._paused_segment_bytes = paused_segment_bytes
+        """What the engine may keep for each paused segment, outside this session's buffer."""
+        self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
         """When this session's audio is due: the scheduler serves the most urgent first."""
         self._spoken_s = 0.0  # audio and text of the segments delivered whole
@@ -571,6 +582,7 @@ class SessionDispatcher:
             size += len(queued)
         pcm = parts[0] if len(parts) == 1 else b"".join(parts)
         self._buffered_audio_bytes -= len(pcm)
+        job.buffered_bytes -= len(pcm)
         self._wake_audio_waiters()
         return pcm
 
@@ -600,22 +612,30 @@ class SessionDispatcher:
     async def _run(self, job: _SegmentJob) -> None:
         error: SpeechError | None = None
         started = False
+        chunks: AsyncIterator[bytes] | None = None
         try:
             estimate_s = self._estimated_audio_s(job.text)
-            while not started:
-                if self._audio_buffer_full:  # checked here too: most segments need not wait
-                    await self._wait_for_audio_room(job)
-                async with self._synthesis_slot(self._playback, estimate_s):
-                    if self._audio_buffer_full and job is not self._head_job():
-                        # The client fell behind while this waited for a slot: give the slot
-                        # (and the estimate it counted) back rather than add to the audio
-                        # the client has not read, so only segments already being made
-                        # go past the ceiling.
-                        self._playback.finished(estimate_s)
-                        continue
-                    started = True
-                    job.ahead_s = estimate_s  # counted in the clock by the slot's grant
-                    await self._synthesize_into(job)
+            while True:
+                await self._wait_for_audio_room(job, started=started)
+                # A segment counts its estimate in the playback clock once, when it first
+                # gets a slot; a paused one takes a slot again as a segment due when its
+                # session's audio runs out, which is far off while the client is behind.
+                async with self._synthesis_slot(self._playback, 0.0 if started else estimate_s):
+                    if chunks is None:
+                        if self._behind(job):
+                            # The client fell behind while this waited for a slot: give
+                            # the slot (and the estimate it counted) back rather than add
+                            # to the audio the client has not read.
+                            self._playback.finished(estimate_s)
+                            continue
+                        started = True
+                        job.ahead_s = estimate_s  # counted in the clock by the slot's grant
+                        self._observer.segment_started(job.turn.number, job.number)
+                        chunks = self._synthesize(job.text)
+                    if await self._synthesize_into(job, chunks):
+                        break
+                # Paused: the client is behind, and the slot went back to the server
+                # until it has read enough of this session's audio.
         except asyncio.CancelledError:
             if started:
                 self._observer.segment_synthesized(
@@ -645,31 +665,32 @@ class SessionDispatcher:
             )
         finally:
             self._settle_text(job)
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()  # a cancelled engine stops now, not when collected
         self._observer.segment_synthesized(
             job.turn.number, job.number, error=error, cancelled=False
         )
         job.audio.put(error if error is not None else _END_OF_AUDIO)
 
-    async def _synthesize_into(self, job: _SegmentJob) -> None:
-        self._observer.segment_started(job.turn.number, job.number)
-        first = True
-        chunks = self._synthesize(job.text)
-        try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                self._buffered_audio_bytes += len(chunk)
-                job.audio.put(chunk)
-                if first:
-                    first = False
-                    self._observer.segment_engine_first_audio(job.turn.number, job.number)
-                    if job is self._delivering:
-                        # The merger waits for exactly this: let it send the first audio
-                        # now, not once the engine next pauses (it may not for a while).
-                        await asyncio.sleep(0)
-        finally:
-            if isinstance(chunks, AsyncGenerator):
-                await chunks.aclose()  # a cancelled engine stops now, not when collected
+    async def _synthesize_into(self, job: _SegmentJob, chunks: AsyncIterator[bytes]) -> bool:
+        """Move the engine's audio into `job` until the engine is done (True) or the
+        client is so far behind that the segment must pause (False)."""
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            self._buffered_audio_bytes += len(chunk)
+            job.buffered_bytes += len(chunk)
+            job.audio.put(chunk)
+            if not job.made_audio:
+                job.made_audio = True
+                self._observer.segment_engine_first_audio(job.turn.number, job.number)
+                if job is self._delivering:
+                    # The merger waits for exactly this: let it send the first audio
+                    # now, not once the engine next pauses (it may not for a while).
+                    await asyncio.sleep(0)
+            if self._behind(job):
+                return False
+        return True
 
     # The playback clock: how urgent this session's next segment is.
 
@@ -688,19 +709,40 @@ class SessionDispatcher:
         job.ahead_s -= estimated
         self._playback.sent(audio_s, estimated)
 
-    async def _wait_for_audio_room(self, job: _SegmentJob) -> None:
-        """Pause before synthesis while the client is behind on reading.
+    async def _wait_for_audio_room(self, job: _SegmentJob, *, started: bool) -> None:
+        """Wait while the client is behind on reading (`_behind`): before a segment
+        starts, or while a started one is paused."""
+        if not self._behind(job):
+            return
+        job.paused = started
+        self._paused += started
+        try:
+            while self._behind(job):
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._audio_waiters.append(waiter)
+                await waiter
+        finally:
+            self._paused -= started
+            job.paused = False
+            if started:
+                self._wake_audio_waiters()  # it no longer counts against the others
 
-        The head job never waits: the merger needs it to make progress at all.
+    def _behind(self, job: _SegmentJob) -> bool:
+        """Whether `job` must wait before it starts, or pause once started, because the
+        client is behind on reading.
+
+        The head segment (the only one the merger takes audio from) never waits to
+        start, and pauses once its own undelivered audio fills the buffer. Any other
+        waits or pauses once the session's does, counting for each paused segment
+        what its engine may keep for it. So a session holds about twice its buffer
+        plus its paused segments' engine look-ahead, whatever its text, and a paused
+        segment holds no synthesis slot.
         """
-        while self._audio_buffer_full and job is not self._head_job():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._audio_waiters.append(waiter)
-            await waiter
-
-    @property
-    def _audio_buffer_full(self) -> bool:
-        return self._buffered_audio_bytes >= self._limits.audio_buffer_bytes
+        limit = self._limits.audio_buffer_bytes
+        if job is self._head_job():
+            return job.made_audio and job.buffered_bytes >= limit
+        paused_others = self._paused - job.paused
+        return self._buffered_audio_bytes + paused_others * self._paused_segment_bytes >= limit
 
     def _wake_audio_waiters(self) -> None:
         waiters, self._audio_waiters = self._audio_waiters, []
@@ -735,9 +777,8 @@ class SessionDispatcher:
             job.ahead_s = 0.0
         if not job.cancelled:
             # Audio it produced but nobody will deliver no longer counts as buffered.
-            for item in job.audio.items:
-                if isinstance(item, bytes):
-                    self._buffered_audio_bytes -= len(item)
+            self._buffered_audio_bytes -= job.buffered_bytes
+            job.buffered_bytes = 0
             job.audio.items.clear()
             self._wake_audio_waiters()
         job.cancel()

@@ -6,15 +6,19 @@ each term is a bound the server enforces, times a measured constant:
 
 - each piper worker: one run of the model, at most `MAX_PHONEMES_PER_RUN` phonemes
   (`PIPER_RUN_BYTES`, measured on the costliest texts and speeds found);
-- each session: its undelivered audio up to `--session-audio-buffer-bytes`, plus the
-  segment being delivered, which finishes even past that ceiling, plus its text: a
-  `Synthesize` request of up to 1,000,000 characters, or `--max-buffered-text-chars`;
-- each synthesis slot: the segment it is making, which may finish past its session's
-  ceiling (the merger waits for it);
+- each session: its undelivered audio. Segments stop taking their engine's audio
+  once it fills `--session-audio-buffer-bytes` (the head segment once its own does),
+  so it is at most twice the buffer plus a chunk for each segment being made (at most
+  the engine's slots, and the head); see `SessionDispatcher._behind`;
+- each session, for an engine that makes audio ahead of its consumer (espeak-ng's
+  workers): what it keeps for the session's paused segments, which count against the
+  buffer at that size, so at most the buffer plus one for each slot and the head;
+- each session: its text, a `Synthesize` request of up to 1,000,000 characters, or
+  `--max-buffered-text-chars`, and its call's buffers and bookkeeping;
 
-where a segment's audio is at most `--max-segment-chars` characters times
-`MAX_AUDIO_S_PER_CHAR` at the slowest speed, at the voice's rate. espeak-ng runs in
-worker processes of its own, a few megabytes each, outside this bound.
+whatever the text: a segment's audio is not bounded by its text, which may make
+hours of speech. espeak-ng runs in worker processes of its own, a few megabytes each,
+outside this bound.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 MIB = 1 << 20
@@ -33,13 +39,6 @@ PIPER_RUN_BYTES = 600 * MIB
 """Peak memory of one piper run above the loaded voice (at most 300 x speed phonemes,
 about 15 s of speech): 157 to 421 MiB measured on numbers, braille, English and
 punctuation at speeds 0.25, 1 and 4, and up to 521 MiB on pause marks at speed 0.25."""
-MAX_AUDIO_S_PER_CHAR = 9.0
-"""Most speech one character of text was seen to make, at the slowest speed (0.25):
-a braille pattern, which espeak-ng's phonemizer reads by name ("braille one two three
-...", 45 phonemes), 8.5 s with piper; Myanmar letters 7.3 s, numbers 2.3 s, emoji 2.6 s.
-English text makes about 0.06 s a character at normal speed."""
-NATIVE_RATE_HZ = 24000
-"""The highest native rate of the engines (piper and espeak-ng 22050 Hz, openai 24000)."""
 BYTES_PER_TEXT_CHAR = 8
 """A character held as a Python string (up to 4 bytes) and in its request (up to 4)."""
 SESSION_OVERHEAD_BYTES = 1 * MIB
@@ -51,12 +50,37 @@ _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 @dataclass(frozen=True)
+class EngineMemory:
+    """What an engine's sessions can hold, from its `SpeechEngine` attributes."""
+
+    slots: int
+    """Segments it synthesizes at once, server-wide (`max_concurrency`)."""
+    max_chunk_bytes: int
+    paused_segment_bytes: int
+
+    @classmethod
+    def of(cls, engine: SpeechEngine) -> EngineMemory:
+        return cls(engine.max_concurrency, engine.max_chunk_bytes, engine.paused_segment_bytes)
+
+    def session_audio(self, buffer_bytes: int) -> int:
+        """A session's undelivered audio: twice its buffer, and a chunk for each
+        segment being made (one a slot, and the head)."""
+        return 2 * buffer_bytes + (self.slots + 1) * self.max_chunk_bytes
+
+    def session_lookahead(self, buffer_bytes: int) -> int:
+        """What the engine keeps for a session's paused segments."""
+        if not self.paused_segment_bytes:
+            return 0
+        return buffer_bytes + (self.slots + 1) * self.paused_segment_bytes
+
+
+@dataclass(frozen=True)
 class MemoryBound:
     """The most a server's memory can grow above its idle level, term by term (bytes)."""
 
     piper_runs: int
     session_audio: int
-    slot_audio: int
+    engine_lookahead: int
     session_text: int
     session_overhead: int
 
@@ -65,7 +89,7 @@ class MemoryBound:
         return (
             self.piper_runs
             + self.session_audio
-            + self.slot_audio
+            + self.engine_lookahead
             + self.session_text
             + self.session_overhead
         )
@@ -78,27 +102,26 @@ class MemoryBound:
         return f"{self.total / MIB:.0f} MiB above idle ({terms})"
 
 
-def segment_audio_bytes(max_segment_chars: int) -> int:
-    """The most engine audio one segment can make (16-bit samples at the native rate)."""
-    return int(max_segment_chars * MAX_AUDIO_S_PER_CHAR * NATIVE_RATE_HZ * 2)
-
-
 def memory_bound(
     *,
     max_sessions: int,
     piper_workers: int,
-    synthesis_slots: int,
-    max_segment_chars: int,
+    engines: Sequence[EngineMemory],
     session_audio_buffer_bytes: int,
     max_buffered_text_chars: int,
 ) -> MemoryBound:
-    """The bound for these settings (`synthesis_slots`: every engine's, summed)."""
-    segment = segment_audio_bytes(max_segment_chars)
+    """The bound for these settings, every session on the costliest engine."""
+    buffer = session_audio_buffer_bytes
+    costliest = max(
+        engines,
+        key=lambda engine: engine.session_audio(buffer) + engine.session_lookahead(buffer),
+        default=EngineMemory(slots=0, max_chunk_bytes=0, paused_segment_bytes=0),
+    )
     text_chars = max(MAX_WHOLE_TEXT_CHARS, max_buffered_text_chars)
     return MemoryBound(
         piper_runs=piper_workers * PIPER_RUN_BYTES,
-        session_audio=max_sessions * (session_audio_buffer_bytes + segment),
-        slot_audio=synthesis_slots * segment,
+        session_audio=max_sessions * costliest.session_audio(buffer),
+        engine_lookahead=max_sessions * costliest.session_lookahead(buffer),
         session_text=max_sessions * text_chars * BYTES_PER_TEXT_CHAR,
         session_overhead=max_sessions * SESSION_OVERHEAD_BYTES,
     )

@@ -137,6 +137,7 @@ class SpeechService:
             max_inflight_segments=settings.max_inflight_segments,
             limits=self.limits,
             synthesis_slot=scheduler.slot,
+            paused_segment_bytes=engine.paused_segment_bytes,
             observer=CompositeObserver(observers),
             session_id=session_id,
         )

@@ -41,6 +41,11 @@ class SpeechEngine(abc.ABC):
     """The engine's name, the prefix of its voices' names."""
     max_concurrency: int = 8
     """Segments it can usefully synthesize at once, server-wide (its cores, its connections)."""
+    max_chunk_bytes: int = 64 * 1024
+    """Largest chunk `synthesize` yields."""
+    paused_segment_bytes: int = 0
+    """Most audio it keeps for a segment whose consumer stops taking it (its look-ahead);
+    0 for an engine that makes audio only when asked for more."""
 
     @abc.abstractmethod
     def voices(self) -> Sequence[VoiceInfo]:
@@ -53,7 +58,9 @@ class SpeechEngine(abc.ABC):
         """Yield little-endian int16 PCM at `voice.native_sample_rate_hz`.
 
         Chunks may have any length, odd ones included. Raises `EngineError` on
-        failure. Closing the iterator early stops the synthesis promptly.
+        failure. Closing the iterator early stops the synthesis promptly. While the
+        consumer takes no chunk, the engine holds at most `paused_segment_bytes` of
+        audio for it and no resource other segments need.
         """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, no-op by default

@@ -5,6 +5,12 @@ Each worker process (`espeak_worker`) holds one espeak-ng and speaks one segment
 at a time; the engine keeps one more segment queued at each worker, so a worker
 goes from one segment to the next without waiting for the server. A worker that
 dies fails the segments it held and is started again for the next one.
+
+A segment whose consumer stops taking its audio (its client is behind) does not hold
+a worker: once `AHEAD_BYTES` of its audio wait, its worker is stopped at the start of
+the last word received, and the text from that word is given to a worker again when
+the consumer has taken the audio before it. The rest of a segment cut there starts
+as a new utterance would, which a listener hears only in such a long segment.
 """
 
 from __future__ import annotations
@@ -25,7 +31,16 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
-from voxrelay_server.engines.espeak_worker import AUDIO, DONE, FAILED, FRAME_HEADER, READY
+from voxrelay_server.engines.espeak_library import BUFFER_MS
+from voxrelay_server.engines.espeak_worker import (
+    AUDIO,
+    DONE,
+    FAILED,
+    FRAME_HEADER,
+    READY,
+    WORD_START,
+    WORDS,
+)
 from voxrelay_server.errors import EngineError, ErrorCode
 
 _LOG = logging.getLogger(__name__)
@@ -37,18 +52,47 @@ QUEUED_PER_WORKER = 1
 """Segments waiting at each worker behind the one it speaks."""
 WORKER_COMMAND: Sequence[str] = (sys.executable, "-m", "voxrelay_server.engines.espeak_worker")
 """How a worker process is started."""
+AHEAD_BYTES = 512 * 1024
+"""A segment's audio not taken by its consumer (12 s at 22050 Hz) at which its worker is
+stopped at a word (`_cut_point`)."""
+MAX_UNCUT_AUDIO_S = 90.0
+"""Most speech between two places a segment can be cut, at the slowest rate: 77 s
+measured, for 400 braille patterns read by name (CJK 67 s, Myanmar 51 s, numbers with
+separators 25 s, English 4 s). The look-ahead of a segment not taken is at most
+`AHEAD_BYTES` plus this, plus a chunk on its way (`paused_segment_bytes`)."""
+NUMBER_TOKEN_CHARS = 32
+"""A run of characters with no space that espeak-ng may read as one number is cut
+inside only this far into it: a longer one is not a number it reads whole."""
 _PIPE_BYTES = 1 << 20
 """Pipe buffers of a worker: a segment's text always fits, and the worker's audio does
 not wait while the server's event loop is busy."""
 
 
+@dataclass(frozen=True)
+class _Resume:
+    """Where a segment cut at a word goes on: that word's first character in its job's text."""
+
+    character: int
+
+
 @dataclass(eq=False)
 class _Job:
-    """One segment given to a worker: its audio arrives on `queue`, then None or an error."""
+    """Part of a segment given to a worker (all of it, unless it was cut at a word).
+
+    Its audio arrives on `queue`, then None, an error, or `_Resume` after a cut.
+    """
 
     number: int
-    queue: asyncio.Queue[bytes | EngineError | None] = field(default_factory=asyncio.Queue)
+    text: str
+    queue: asyncio.Queue[bytes | EngineError | _Resume | None] = field(
+        default_factory=asyncio.Queue
+    )
     over: bool = False
+    waiting_bytes: int = 0
+    """Audio on `queue` not yet taken by the consumer."""
+    taken_samples: int = 0
+    words: list[tuple[int, int]] = field(default_factory=list)
+    """Where each word received so far starts: its first character, its first sample."""
 
 
 class _Worker:
@@ -209,6 +253,12 @@ class _Worker:
             return  # stopped: its last frames are dropped
         if kind == AUDIO:
             job.queue.put_nowait(payload)
+            job.waiting_bytes += len(payload)
+            if job.waiting_bytes >= AHEAD_BYTES:
+                self._cut(job)
+            return
+        if kind == WORDS:
+            job.words.extend(WORD_START.iter_unpack(payload))
             return
         del self._jobs[number]
         if kind == DONE:
@@ -219,6 +269,31 @@ class _Worker:
         else:
             message = f"the espeak-ng worker sent an unknown frame {kind!r}"
             job.queue.put_nowait(EngineError(ErrorCode.INTERNAL, message))
+
+    def _cut(self, job: _Job) -> None:
+        """Stop `job` at the last word that starts in the audio its consumer has not
+        taken, drop the audio from there, and leave a `_Resume` for the consumer."""
+        cut = next(
+            (
+                (character, sample)
+                for character, sample in reversed(job.words)
+                if sample >= job.taken_samples and _cut_point(job.text, character)
+            ),
+            None,
+        )
+        if cut is None:
+            return  # no word starts in it yet
+        self.stop(job)
+        keep = (cut[1] - job.taken_samples) * 2
+        audio = bytearray()
+        while not job.queue.empty():
+            item = job.queue.get_nowait()
+            assert isinstance(item, bytes)  # the job was running: no end mark yet
+            audio += item
+        if keep:
+            job.queue.put_nowait(bytes(audio[:keep]))
+        job.queue.put_nowait(_Resume(cut[0]))
+        job.waiting_bytes = keep
 
     def abandon(self) -> None:
         """The worker is gone (its output closed, or it exited): fail the jobs it held."""
@@ -234,6 +309,37 @@ class _Worker:
             )
         for job in orphans:
             job.queue.put_nowait(_worker_exited(self._process))
+
+
+def chunk_bytes(rate_hz: int) -> int:
+    """The size of the chunks espeak-ng makes (`BUFFER_MS` of audio)."""
+    return rate_hz * BUFFER_MS // 1000 * 2
+
+
+def paused_segment_bytes(rate_hz: int) -> int:
+    """The most audio kept for a segment whose consumer takes none: `AHEAD_BYTES`, then
+    audio until a place it can be cut, and a chunk on its way from the worker."""
+    return AHEAD_BYTES + int(MAX_UNCUT_AUDIO_S * rate_hz) * 2 + 2 * chunk_bytes(rate_hz)
+
+
+def _cut_point(text: str, character: int) -> bool:
+    """Whether a segment may be cut before `character`, where espeak-ng reported a
+    word start, and the rest spoken on its own with the same meaning.
+
+    After a space, yes. Inside a run of characters with no space, espeak-ng reports
+    words (braille patterns, CJK characters, a letter after a digit) but also digit
+    groups of a number it reads whole ("1,234,567"): there only away from digits, or
+    far enough into the run that it is not a number read whole.
+    """
+    if not 0 < character < len(text) or text[character].isspace():
+        return False
+    before = text[character - 1]
+    if before.isspace() or not (before.isdigit() or text[character].isdigit()):
+        return True
+    start = character
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    return character - start >= NUMBER_TOKEN_CHARS
 
 
 def _worker_exited(process: subprocess.Popen[bytes] | None) -> EngineError:
@@ -280,6 +386,8 @@ class EspeakEngine(SpeechEngine):
         self._workers = [_Worker() for _ in range(workers)]
         self._job_numbers = itertools.count(1)
         self._restart_lock = threading.Lock()
+        self._live: set[_Job] = set()
+        """The job of each segment being spoken."""
         try:
             for worker in self._workers:
                 worker.start()
@@ -290,6 +398,8 @@ class EspeakEngine(SpeechEngine):
         self.max_concurrency = workers * (1 + QUEUED_PER_WORKER)
         ready = self._workers[0].ready
         rate = int(ready["sample_rate_hz"])
+        self.max_chunk_bytes = chunk_bytes(rate)
+        self.paused_segment_bytes = paused_segment_bytes(rate)
         languages: dict[str, str] = ready["languages"]
         self._identifiers = {
             f"{ENGINE_NAME}/{language}": identifier for language, identifier in languages.items()
@@ -308,6 +418,11 @@ class EspeakEngine(SpeechEngine):
         return list(self._voices.values())
 
     @property
+    def waiting_audio_bytes(self) -> int:
+        """Audio received from the workers that the segments' consumers have not taken."""
+        return sum(job.waiting_bytes for job in self._live)
+
+    @property
     def worker_pids(self) -> list[int | None]:
         """The process id of each worker; None for one not running."""
         return [worker.pid for worker in self._workers]
@@ -317,21 +432,38 @@ class EspeakEngine(SpeechEngine):
     ) -> AsyncIterator[bytes]:
         words_per_minute = round(NORMAL_WORDS_PER_MINUTE * options.speed)
         words_per_minute = max(MIN_WORDS_PER_MINUTE, min(MAX_WORDS_PER_MINUTE, words_per_minute))
-        worker = min(self._workers, key=lambda w: w.outstanding)
-        if not worker.running:
-            worker.abandon()  # its output may not have reported the end yet
-            await asyncio.to_thread(self._restart, worker)
-        job = _Job(next(self._job_numbers))
-        worker.submit(job, self._identifiers[voice.name], text, words_per_minute)
+        identifier = self._identifiers[voice.name]
+        worker, job = await self._submit(identifier, text, words_per_minute)
         try:
             while (item := await job.queue.get()) is not None:
                 if isinstance(item, EngineError):
                     raise item
+                if isinstance(item, _Resume):  # cut at a word: the rest, anew
+                    self._live.discard(job)
+                    rest = job.text[item.character :]
+                    worker, job = await self._submit(identifier, rest, words_per_minute)
+                    continue
+                job.waiting_bytes -= len(item)
+                job.taken_samples += len(item) // 2
                 yield item
             job.over = True
         finally:
+            self._live.discard(job)
             if not job.over:
                 worker.stop(job)
+
+    async def _submit(
+        self, identifier: str, text: str, words_per_minute: int
+    ) -> tuple[_Worker, _Job]:
+        """Give `text` to the worker with the fewest jobs (started again if it died)."""
+        worker = min(self._workers, key=lambda w: w.outstanding)
+        if not worker.running:
+            worker.abandon()  # its output may not have reported the end yet
+            await asyncio.to_thread(self._restart, worker)
+        job = _Job(next(self._job_numbers), text)
+        self._live.add(job)
+        worker.submit(job, identifier, text, words_per_minute)
+        return worker, job
 
     def _restart(self, worker: _Worker) -> None:
         with self._restart_lock:

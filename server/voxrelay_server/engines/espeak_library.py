@@ -31,10 +31,30 @@ of espeak audio fell from 1.22 ms to 0.72 ms (see bench/optimisations.md)."""
 
 OnAudio = Callable[[bytes], bool]
 """Receives each chunk of int16 PCM; returns False to stop the synthesis."""
+OnWords = Callable[[list[tuple[int, int]]], None]
+"""Receives, before each chunk, the words starting in it: (index of the word's first
+character in the text, in code points; index of its first sample in the audio)."""
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
 
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
+
+
+class _EspeakEvent(ctypes.Structure):
+    """speak_lib.h's espeak_EVENT."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based, in characters of the text
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds
+        ("sample", ctypes.c_int),  # samples since the synthesis started
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
 
 
 class _EspeakVoice(ctypes.Structure):
@@ -87,6 +107,10 @@ class EspeakLibrary:
         self.sample_rate_hz: int = sample_rate
         self._lib = lib
         self._on_audio: OnAudio | None = None
+        self._on_words: OnWords | None = None
+        self._word_base = (0, 0)
+        """Where the piece being spoken starts in the text (code points) and in its audio."""
+        self._last_word = -1
         self._voice: str | None = None
         self._words_per_minute: int | None = None
         # Kept referenced for the library's lifetime: espeak-ng calls it from C.
@@ -127,9 +151,15 @@ class EspeakLibrary:
         return (self._data_path / f"{dictionary}_dict").is_file()
 
     def synthesize(
-        self, identifier: str, text: str, words_per_minute: int, on_audio: OnAudio
+        self,
+        identifier: str,
+        text: str,
+        words_per_minute: int,
+        on_audio: OnAudio,
+        on_words: OnWords | None = None,
     ) -> bool:
-        """Speak `text` with the voice file `identifier`, chunk by chunk to `on_audio`.
+        """Speak `text` with the voice file `identifier`, chunk by chunk to `on_audio`,
+        and where each word starts to `on_words`.
 
         Returns False when `on_audio` stopped it. Raises `EngineError` when the
         voice cannot be selected or the synthesis fails.
@@ -147,23 +177,29 @@ class EspeakLibrary:
             self._lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
             self._words_per_minute = words_per_minute
         stopped = False
+        samples = 0
 
         def deliver(pcm: bytes) -> bool:
-            nonlocal stopped
+            nonlocal stopped, samples
+            samples += len(pcm) // 2
             stopped = stopped or not on_audio(pcm)
             return not stopped
 
         # A clause too long for espeak-ng's phoneme list would lose its end: such text
         # is spoken in pieces, one synthesis each.
+        characters = 0
+        self._last_word = -1
         for piece in whole_pieces(text, self._largest_clause):
             encoded = piece.encode("utf-8") + b"\0"
-            self._on_audio = deliver
+            self._on_audio, self._on_words = deliver, on_words
+            self._word_base = (characters, samples)
             try:
                 status = self._lib.espeak_Synth(
                     encoded, len(encoded), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
                 )
             finally:
-                self._on_audio = None
+                self._on_audio = self._on_words = None
+            characters += len(piece)
             if stopped:
                 return False
             if status != _EE_OK:
@@ -185,11 +221,29 @@ class EspeakLibrary:
         return largest
 
     def _audio_callback(
-        self, samples: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None
+        self, samples: ctypes._Pointer[ctypes.c_short], count: int, events: int | None
     ) -> int:
         on_audio = self._on_audio
         if on_audio is None:
             return 1  # nobody listens: abort
+        if self._on_words is not None and events:
+            self._on_words(self._word_starts(events))
         if count > 0 and not on_audio(ctypes.string_at(samples, count * 2)):
             return 1  # tells espeak-ng to abort this synthesis
         return 0
+
+    def _word_starts(self, events: int) -> list[tuple[int, int]]:
+        """The words starting in this callback's audio, each once: espeak-ng reports some
+        words (braille, for one) with an event for each of their parts."""
+        event = ctypes.cast(events, ctypes.POINTER(_EspeakEvent))
+        characters, samples = self._word_base
+        starts = []
+        index = 0
+        while event[index].type != _EVENT_LIST_TERMINATED:
+            if event[index].type == _EVENT_WORD:
+                character = characters + event[index].text_position - 1
+                if character > self._last_word:
+                    self._last_word = character
+                    starts.append((character, samples + event[index].sample))
+            index += 1
+        return starts

@@ -11,6 +11,9 @@ server -> worker, one JSON object per line:
 worker -> server, frames of kind (1 byte), job (uint32), payload length (uint32),
 payload:
     R  (job 0, once, first) ready: JSON {"sample_rate_hz": ..., "languages": {...}}
+    W  words of job N starting in its next audio frame: pairs of uint32 (index of the
+       word's first character in the job's text, in code points; index of its first
+       sample in the job's audio)
     A  audio of job N: int16 little-endian PCM
     D  job N is over: finished, or stopped
     E  job N failed: JSON {"code": <ErrorCode number>, "message": "..."}
@@ -38,7 +41,9 @@ from voxrelay_server.errors import EngineError
 
 FRAME_HEADER = struct.Struct("<cII")
 """kind, job, payload length."""
-READY, AUDIO, DONE, FAILED = b"R", b"A", b"D", b"E"
+READY, WORDS, AUDIO, DONE, FAILED = b"R", b"W", b"A", b"D", b"E"
+WORD_START = struct.Struct("<II")
+"""One word in a WORDS frame: its first character, its first sample."""
 
 
 class _Requests:
@@ -118,8 +123,14 @@ def serve(requests_fd: int, out: BinaryIO) -> None:
             frames.send(AUDIO, job, pcm)
             return True
 
+        def on_words(starts: list[tuple[int, int]], job: int = job) -> None:
+            if starts and job not in requests.stopped:
+                frames.send(WORDS, job, b"".join(WORD_START.pack(*start) for start in starts))
+
         try:
-            library.synthesize(request["voice"], request["text"], int(request["wpm"]), on_audio)
+            library.synthesize(
+                request["voice"], request["text"], int(request["wpm"]), on_audio, on_words
+            )
         except EngineError as error:
             failure = {"code": int(error.code), "message": error.message}
             frames.send(FAILED, job, json.dumps(failure).encode())

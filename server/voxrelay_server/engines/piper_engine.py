@@ -11,6 +11,7 @@ clause espeak-ng's phonemizer would cut short is phonemized in pieces (`clauses`
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,6 @@ from piper.config import PiperConfig
 
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.clauses import whole_pieces
-from voxrelay_server.engines.threaded import Emit, stream_from_thread
 from voxrelay_server.errors import EngineError, ErrorCode
 
 ENGINE_NAME = "piper"
@@ -32,9 +32,17 @@ MAX_PHONEMES_PER_RUN = 300
 """Most phonemes one run of the model speaks at normal speed; at speed s, 300 x s. About
 280 characters of English or 14 s of speech: the model's memory for it is about 300 MiB
 above the loaded voice, and nearly every sentence fits in one run."""
+MAX_RUN_AUDIO_S = 30.0
+"""Most speech one run makes, whatever the speed: 18 s measured (braille patterns read by
+name at speed 1; 15 s at 0.25, where a run has a quarter of the phonemes)."""
 _WORD_BREAK = " "
 _PAUSE_MARKS = frozenset(",;:\u2014\u2013")  # and the em and en dashes
 _INT16_MAX = 32767.0
+
+
+def run_bytes(rate_hz: int) -> int:
+    """The most audio one run makes (`MAX_RUN_AUDIO_S`, 16-bit samples)."""
+    return int(MAX_RUN_AUDIO_S * rate_hz) * 2
 
 
 def bundled_joe_voice() -> tuple[Path, Path]:
@@ -45,10 +53,11 @@ def bundled_joe_voice() -> tuple[Path, Path]:
 
 
 class PiperEngine(SpeechEngine):
-    """Runs piper voices on a worker pool; each worker runs one segment at a time.
+    """Runs piper voices on a pool of `workers` threads, one run of the model each.
 
-    Each inference session uses `threads_per_segment` threads so that a pool of
-    `workers` segments in parallel fills the machine's cores without oversubscribing them.
+    A segment's runs are jobs on the pool, one after the other, each started when the
+    segment's consumer asks for more audio. Each run uses `threads_per_segment` threads
+    so that `workers` runs in parallel fill the machine's cores without oversubscribing.
     """
 
     name = ENGINE_NAME
@@ -62,9 +71,11 @@ class PiperEngine(SpeechEngine):
     ) -> None:
         self.max_concurrency = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
-        self._running = 0
-        """Segments being spoken now, by all workers; guarded by `_running_lock`."""
-        self._running_lock = threading.Lock()
+        self._segments = 0
+        """Segments being spoken (paused ones too); guarded by `_lock`."""
+        self._runs = 0
+        """Runs of the model going on, a stopped segment's last one too; guarded by `_lock`."""
+        self._lock = threading.Lock()
         self._voices: dict[str, tuple[VoiceInfo, PiperVoice]] = {}
         for model_path, config_path in model_paths:
             voice = _load(model_path, config_path, threads_per_segment)
@@ -75,50 +86,70 @@ class PiperEngine(SpeechEngine):
                 native_sample_rate_hz=voice.config.sample_rate,
             )
             self._voices[info.name] = (info, voice)
+        self.max_chunk_bytes = max(run_bytes(info.native_sample_rate_hz) for info in self.voices())
 
     def voices(self) -> Sequence[VoiceInfo]:
         return [info for info, _ in self._voices.values()]
 
-    def synthesize(
+    async def synthesize(
         self, voice: VoiceInfo, text: str, options: SynthesisOptions
     ) -> AsyncIterator[bytes]:
         piper_voice = self._voices[voice.name][1]
         config = SynthesisConfig(length_scale=1.0 / options.speed)
         most = max(16, round(MAX_PHONEMES_PER_RUN * options.speed))
+        loop = asyncio.get_running_loop()
 
-        phonemized: dict[str, list[list[str]]] = {}
-        """Each part's phonemes, as measured: a part is phonemized once."""
+        def phonemize() -> list[list[str]]:
+            phonemized: dict[str, list[list[str]]] = {}
+            """Each part's phonemes, as measured: a part is phonemized once."""
 
-        def largest_sentence(part: str) -> int:
-            phonemized[part] = piper_voice.phonemize(part)
-            return max((len(sentence) for sentence in phonemized[part]), default=0)
+            def largest_sentence(part: str) -> int:
+                phonemized[part] = piper_voice.phonemize(part)
+                return max((len(sentence) for sentence in phonemized[part]), default=0)
 
-        def speak(emit: Emit, stop: threading.Event) -> None:
-            # One run per sentence, or per piece of a long one: stop between runs when asked.
-            for part in whole_pieces(text, largest_sentence):
-                sentences = phonemized.pop(part, None) or piper_voice.phonemize(part)
-                for sentence in sentences:
-                    for piece in phoneme_pieces(sentence, most):
-                        if stop.is_set():
-                            return
-                        ids = piper_voice.phonemes_to_ids(piece)
-                        audio = piper_voice.phoneme_ids_to_audio(ids, config)
-                        assert isinstance(audio, np.ndarray)  # not asked for alignments
-                        emit(_int16_bytes(audio))
+            return [
+                piece
+                for part in whole_pieces(text, largest_sentence)
+                for sentence in phonemized.pop(part, None) or piper_voice.phonemize(part)
+                for piece in phoneme_pieces(sentence, most)
+            ]
 
-        def run(emit: Emit, stop: threading.Event) -> None:
-            with self._running_lock:
-                self._running += 1
+        def run(piece: list[str]) -> bytes:
+            audio = piper_voice.phoneme_ids_to_audio(piper_voice.phonemes_to_ids(piece), config)
+            assert isinstance(audio, np.ndarray)  # not asked for alignments
+            return _int16_bytes(audio)
+
+        def speak(piece: list[str]) -> bytes:
+            with self._lock:
+                self._runs += 1
             try:
-                speak(emit, stop)
-            finally:
-                with self._running_lock:
-                    self._running -= 1
-                    idle = not self._running
-                if idle:  # `speak` has returned: nothing holds its runs' output now
+                return run(piece)
+            finally:  # `run` has returned: nothing holds the model's output now
+                if self._ended(runs=1):
                     _give_back_memory(piper_voice)
 
-        return stream_from_thread(self._executor, run, describe=f"piper voice {voice.name}")
+        # Each run is a job of its own on the pool, started only when the consumer asks
+        # for more: a consumer that stops asking (its client is behind) holds no thread.
+        with self._lock:
+            self._segments += 1
+        try:
+            for piece in await loop.run_in_executor(self._executor, phonemize):
+                yield await loop.run_in_executor(self._executor, speak, piece)
+        finally:
+            if self._ended(segments=1):
+                # Shielded: a session closing cancels its tasks again while they end,
+                # which would take the job off the pool before it ran.
+                await asyncio.shield(
+                    loop.run_in_executor(self._executor, _give_back_memory, piper_voice)
+                )
+
+    def _ended(self, *, segments: int = 0, runs: int = 0) -> bool:
+        """Count a segment or run as over: whether it was the last of both, so that
+        nothing holds a run's output and the voice's memory can be given back."""
+        with self._lock:
+            self._segments -= segments
+            self._runs -= runs
+            return not (self._segments or self._runs)
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

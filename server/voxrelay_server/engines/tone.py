@@ -62,6 +62,7 @@ class ToneEngine(SpeechEngine):
         concurrency: int = 64,
     ) -> None:
         self.max_concurrency = concurrency
+        self.max_chunk_bytes = SAMPLE_RATE_HZ * 2  # a second, when not paced
         self.first_audio_ms = first_audio_ms
         self.ms_per_char = ms_per_char
         self.realtime_factor = realtime_factor
