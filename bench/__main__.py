@@ -17,7 +17,17 @@ from typing import cast
 
 from bench.report import PLOTS, ROOT, Section, write_report
 
-SECTIONS = ("ttfa", "ordering", "messages", "real_voice", "idle", "barge_in", "soak", "memory")
+SECTIONS = (
+    "ttfa",
+    "ordering",
+    "messages",
+    "real_voice",
+    "first_audio",
+    "idle",
+    "barge_in",
+    "soak",
+    "memory",
+)
 """Modules of this package, each with `async def run(quick: bool) -> Section`."""
 
 

@@ -59,7 +59,7 @@ from bench.servers import (
 from bench.soak import LogSummary, read_log
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.engines.espeak_engine import chunk_bytes, paused_segment_bytes
-from voxrelay_server.engines.piper_engine import run_bytes
+from voxrelay_server.engines.piper_engine import run_bytes, runs_held
 from voxrelay_server.memory import (
     IDLE_TRIM_DELAY_S,
     MIB,
@@ -164,7 +164,7 @@ class Plan:
         )
         return memory_bound(
             max_sessions=self.max_sessions if sessions is None else sessions,
-            piper_workers=WORKERS,
+            piper_runs=runs_held(WORKERS),
             engines=[piper, espeak],
             session_audio_buffer_bytes=AUDIO_BUFFER_BYTES,
             max_buffered_text_chars=MAX_BUFFERED_TEXT_CHARS,

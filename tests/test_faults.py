@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -191,18 +192,23 @@ async def test_piper_raising_mid_segment_fails_that_segment_only(
 ) -> None:
     server = await start_server(extra_engines=[piper_engine])
     voice = piper_engine.voices()[0]
-    piper_voice = piper_engine._voices[voice.name][1]
+    loaded = piper_engine._voices[voice.name]
     runs = 0
-    real_run = piper_voice.phoneme_ids_to_audio
 
-    def second_run_fails(ids: list[int], config: SynthesisConfig) -> object:
-        nonlocal runs
-        runs += 1
-        if runs == 2:
-            raise RuntimeError("onnxruntime fell over")
-        return real_run(ids, config)
+    def second_run_fails(real_run: Callable[..., object]) -> Callable[..., object]:
+        def run(ids: list[int], config: SynthesisConfig) -> object:
+            nonlocal runs
+            runs += 1
+            if runs == 2:
+                raise RuntimeError("onnxruntime fell over")
+            return real_run(ids, config)
 
-    monkeypatch.setattr(piper_voice, "phoneme_ids_to_audio", second_run_fails)
+        return run
+
+    for model in (loaded.shared, loaded.lone):  # a copy for lone runs, one for the others
+        if model is not None:
+            real = model.voice.phoneme_ids_to_audio
+            monkeypatch.setattr(model.voice, "phoneme_ids_to_audio", second_run_fails(real))
     requests: list[Request] = [
         config(voice=voice.name, min_sentence_chars=200),
         text("The first sentence is fine. The second one is where it breaks."),

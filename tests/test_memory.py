@@ -28,7 +28,7 @@ def bound_for(
 ) -> MemoryBound:
     return memory_bound(
         max_sessions=max_sessions,
-        piper_workers=2,
+        piper_runs=2,
         engines=engines,
         session_audio_buffer_bytes=MIB,
         max_buffered_text_chars=65536,

@@ -11,6 +11,7 @@ by duration and by their loudness envelope rather than byte for byte.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import re
@@ -557,6 +558,10 @@ async def test_a_long_run_with_no_space_is_spoken_to_its_end(
     assert duration_s(whole) == pytest.approx(sum(map(duration_s, eighths)), rel=0.3)
 
 
+def given_back_times(engine: PiperEngine, times: int) -> bool:
+    return engine.stats.memory_given_back >= times
+
+
 async def test_piper_gives_its_memory_back_once_it_is_idle() -> None:
     """The arena of a run is freed by the next one; after the last segments of a burst
     the engine frees it itself, rather than keep hundreds of MiB until the next."""
@@ -575,11 +580,34 @@ async def test_piper_gives_its_memory_back_once_it_is_idle() -> None:
                 " ".join(str(314159265358 + 9973 * n) for n in range(k, k + 2 + burst % 2))
                 for k in (0, 3)
             ]
+            given_back = engine.stats.memory_given_back + 1
             spoken = await asyncio.gather(
                 *(synthesize(engine, voice, t, speed=0.25) for t in numbers)
             )
             assert all(duration_s(samples) > 10 for samples in spoken)
+            await wait_for(functools.partial(given_back_times, engine, given_back), 30)
             kept.append((psutil.Process().memory_info().rss - before) >> 20)
         assert max(kept) < 64, f"MiB kept after each burst: {kept}"
+    finally:
+        await engine.aclose()
+
+
+async def test_a_lone_piper_run_uses_every_core_and_runs_side_by_side_do_not() -> None:
+    """The runs of the only segment being spoken use the voice loaded with every core's
+    threads; segments spoken side by side use one thread each, so the pool does not
+    oversubscribe the machine."""
+    engine = PiperEngine([bundled_joe_voice()], workers=2, lone_run_threads=2)
+    try:
+        voice = voice_named(engine, PIPER_VOICE)
+        alone = await synthesize(engine, voice, HELLO)  # two sentences, one after the other
+        assert_speech(alone, HELLO)
+        assert engine.stats.runs == engine.stats.runs_alone == 2
+
+        sentences = [f"Sentence number {n} is spoken beside another one." for n in range(2)]
+        both = await asyncio.gather(*(synthesize(engine, voice, s) for s in sentences))
+        for samples, sentence in zip(both, sentences, strict=True):
+            assert_speech(samples, sentence)
+        assert engine.stats.runs == 4
+        assert engine.stats.runs_alone == 2  # none of the two side by side
     finally:
         await engine.aclose()

@@ -150,7 +150,11 @@ def settings_memory_bound(settings: ServerSettings, service: SpeechService) -> M
     """How far the memory of a server with these settings and engines can grow."""
     return memory_bound(
         max_sessions=settings.max_sessions,
-        piper_workers=settings.workers if "piper" in settings.engines else 0,
+        piper_runs=sum(
+            engine.runs_held
+            for engine in service.catalog.engines
+            if isinstance(engine, PiperEngine)
+        ),
         engines=[EngineMemory.of(engine) for engine in service.catalog.engines],
         session_audio_buffer_bytes=settings.session_audio_buffer_bytes,
         max_buffered_text_chars=settings.max_buffered_text_chars,

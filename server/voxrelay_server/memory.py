@@ -4,8 +4,10 @@ settings that give memory back once a burst is over.
 The bound is the growth above the server's idle level (engines loaded, no session);
 each term is a bound the server enforces, times a measured constant:
 
-- each piper worker: one run of the model, at most `MAX_PHONEMES_PER_RUN` phonemes
-  (`PIPER_RUN_BYTES`, measured on the costliest texts and speeds found);
+- each piper run whose memory can be held at once (`PiperEngine.runs_held`: one a
+  worker, and one for the copy of each voice that uses every core): at most
+  `MAX_PHONEMES_PER_RUN` phonemes (`PIPER_RUN_BYTES`, measured on the costliest texts
+  and speeds found);
 - each session: its undelivered audio. Segments stop taking their engine's audio
   once it fills `--session-audio-buffer-bytes` (the head segment once its own does),
   so it is at most twice the buffer plus a chunk for each segment being made (at most
@@ -105,7 +107,7 @@ class MemoryBound:
 def memory_bound(
     *,
     max_sessions: int,
-    piper_workers: int,
+    piper_runs: int,
     engines: Sequence[EngineMemory],
     session_audio_buffer_bytes: int,
     max_buffered_text_chars: int,
@@ -119,7 +121,7 @@ def memory_bound(
     )
     text_chars = max(MAX_WHOLE_TEXT_CHARS, max_buffered_text_chars)
     return MemoryBound(
-        piper_runs=piper_workers * PIPER_RUN_BYTES,
+        piper_runs=piper_runs * PIPER_RUN_BYTES,
         session_audio=max_sessions * costliest.session_audio(buffer),
         engine_lookahead=max_sessions * costliest.session_lookahead(buffer),
         session_text=max_sessions * text_chars * BYTES_PER_TEXT_CHAR,
