@@ -39,6 +39,8 @@ def make_dispatcher(
     limits: SessionLimits | None = None,
     synthesis_slot: SlotFactory | None = None,
     paused_segment_bytes: int = 0,
+    first_clause_words: int = 0,
+    stall_s: float = 0.0,
 ) -> SessionDispatcher:
     voice = tone.voices()[0]
     return SessionDispatcher(
@@ -47,6 +49,8 @@ def make_dispatcher(
         output=OutputFormat(AudioEncoding.PCM_S16LE, SAMPLE_RATE_HZ, chunk_ms),
         min_sentence_chars=min_chars,
         max_inflight_segments=max_inflight,
+        first_clause_words=first_clause_words,
+        stall_s=stall_s,
         limits=limits,
         synthesis_slot=synthesis_slot,
         paused_segment_bytes=paused_segment_bytes,
@@ -541,3 +545,22 @@ async def test_what_an_engine_keeps_for_paused_segments_counts_against_the_buffe
     check_wire_order(events, {1: sentences})
     # Segments made at once: those holding a slot and the head (which may be paused).
     assert tone.stats.peak_active <= slots + 1
+
+
+async def test_a_stalled_turn_start_speaks_its_complete_words() -> None:
+    """No clause mark yet and no new text: the words waiting at the start of the turn
+    are spoken after the stall time, the word still being written waits for more."""
+    tone = ToneEngine()
+    dispatcher = make_dispatcher(tone, min_chars=20, first_clause_words=4, stall_s=0.02)
+    dispatcher.send_text("Let me check")
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    audio = await anext(events)  # comes with no turn_done: the stall released it
+    assert isinstance(audio, AudioOut) and audio.segment == 1
+    assert amplitudes(audio) == {ToneEngine.amplitude_for("Let me")}
+    dispatcher.send_text("ing on that.")
+    dispatcher.close()
+    rest = [event async for event in events]
+    second = [e for e in rest if isinstance(e, AudioOut)]
+    assert second[-1].segment == 2
+    assert amplitudes(second[-1]) == {ToneEngine.amplitude_for("checking on that.")}

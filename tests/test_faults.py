@@ -27,6 +27,7 @@ from tests.conftest import (
     turn_done,
     wait_for,
 )
+from voxrelay.v1 import speech_pb2
 from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
 from voxrelay_server.engines.piper_engine import PiperEngine
 
@@ -210,7 +211,12 @@ async def test_piper_raising_mid_segment_fails_that_segment_only(
             real = model.voice.phoneme_ids_to_audio
             monkeypatch.setattr(model.voice, "phoneme_ids_to_audio", second_run_fails(real))
     requests: list[Request] = [
-        config(voice=voice.name, min_sentence_chars=200),
+        # One segment of two sentences: its second run fails.
+        config(
+            voice=voice.name,
+            min_sentence_chars=200,
+            segmentation=speech_pb2.SEGMENTATION_SENTENCES,
+        ),
         text("The first sentence is fine. The second one is where it breaks."),
         turn_done(),
     ]

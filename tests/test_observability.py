@@ -587,8 +587,9 @@ async def test_summary_of_a_failed_session_names_its_status(
     observed_server: ObservedFactory,
 ) -> None:
     observed = await observed_server()
+    whole = config(segmentation=speech_pb2.SEGMENTATION_SENTENCES)  # one segment
     await run_failing_session(
-        observed, [config(), text(FAILING_TEXT), turn_done()], grpc.StatusCode.INTERNAL
+        observed, [whole, text(FAILING_TEXT), turn_done()], grpc.StatusCode.INTERNAL
     )
     (summary,) = [line for line in observed.log_lines() if line["message"] == SUMMARY_MESSAGE]
     assert summary["outcome"] == "INTERNAL"

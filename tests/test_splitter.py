@@ -11,8 +11,90 @@ from voxrelay_server.splitter import SentenceSplitter
 LIMIT = 400
 
 
-def splitter_of(min_chars: int, max_chars: int = LIMIT) -> SentenceSplitter:
-    return SentenceSplitter(min_chars, max_chars)
+def splitter_of(
+    min_chars: int, max_chars: int = LIMIT, first_clause_words: int = 0
+) -> SentenceSplitter:
+    return SentenceSplitter(min_chars, max_chars, first_clause_words)
+
+
+def tokens(text: str) -> list[str]:
+    """`text` as an LLM streams it: a word at a time, each with its leading space."""
+    words = text.split(" ")
+    return [words[0], *(" " + word for word in words[1:])]
+
+
+def released_while_streaming(splitter: SentenceSplitter, text: str) -> list[tuple[str, str]]:
+    """(segment, the text streamed when it was released) for each segment of `text`."""
+    streamed = ""
+    released = []
+    for token in tokens(text):
+        streamed += token
+        released += [(segment, streamed) for segment in splitter.feed(token)]
+    rest = splitter.flush().strip()
+    return [*released, (rest, streamed)] if rest else released
+
+
+FIRST_CLAUSES = [
+    # (text, first segment): it ends at the first clause mark or sentence end with at
+    # least four words before it.
+    (
+        "Sure thing, I moved your appointment to Friday at ten, and I sent a reminder.",
+        "Sure thing, I moved your appointment to Friday at ten,",
+    ),
+    ("Sure, I can help with that. First, open the settings.", "Sure, I can help with that."),
+    ("Yes. The store opens at nine; it closes at six.", "Yes. The store opens at nine;"),
+    ("Here is the plan: we leave at noon.", "Here is the plan:"),
+    ("Well — to be honest — I am not sure.", "Well — to be honest —"),
+    ("The total (with tax) comes to forty dollars.", "The total (with tax)"),
+    ("Hi! How are you doing today? I hope well.", "Hi! How are you doing today?"),
+]
+
+
+@pytest.mark.parametrize(("text", "first"), FIRST_CLAUSES)
+def test_the_first_segment_of_a_turn_ends_at_its_first_clause_with_enough_words(
+    text: str, first: str
+) -> None:
+    segments = released_while_streaming(splitter_of(20, first_clause_words=4), text)
+    segment, streamed = segments[0]
+    assert segment == first
+    # Released as soon as the whitespace after its last mark arrived (with a token).
+    assert streamed.startswith(first) and len(streamed.split()) <= len(first.split()) + 1
+    assert " ".join(s for s, _ in segments) == text
+
+
+def test_later_segments_and_the_sentence_mode_end_at_sentence_ends() -> None:
+    text = "Sure thing, I moved your appointment, and your reminder. It is on Friday, at ten."
+    first_clause = [
+        s for s, _ in released_while_streaming(splitter_of(20, first_clause_words=4), text)
+    ]
+    # After the first, a segment waits for its sentences to reach 20 characters.
+    assert first_clause == [
+        "Sure thing, I moved your appointment,",
+        "and your reminder. It is on Friday, at ten.",
+    ]
+    sentences = [s for s, _ in released_while_streaming(splitter_of(20), text)]
+    assert sentences == [
+        "Sure thing, I moved your appointment, and your reminder.",
+        "It is on Friday, at ten.",
+    ]
+
+
+def test_every_turn_starts_with_a_first_clause() -> None:
+    splitter = splitter_of(1, first_clause_words=2)
+    assert splitter.feed("One two, three four. ") == ["One two,", "three four."]
+    assert splitter.flush() == ""
+    assert splitter.at_turn_start
+    assert splitter.feed("Five six, seven eight. ") == ["Five six,", "seven eight."]
+
+
+def test_a_stall_at_the_start_of_a_turn_releases_its_complete_words() -> None:
+    splitter = splitter_of(20, first_clause_words=4)
+    assert splitter.feed("Let me check") == []
+    assert splitter.take_words() == "Let me"  # "check" may still be growing
+    assert splitter.buffered == " check"
+    assert splitter.take_words() is None  # the turn has started: sentences from now on
+    assert splitter.feed("ing that for you. ") == ["checking that for you."]
+    assert splitter_of(20, first_clause_words=4).take_words() is None  # nothing buffered
 
 
 def feed_all(splitter: SentenceSplitter, chunks: list[str]) -> list[str]:
@@ -150,12 +232,18 @@ def _cut_is_clean(original: str, segment: str, end: int, max_chars: int) -> bool
     ),
     min_chars=st.integers(0, 80),
     max_chars=st.integers(1, 60),
+    first_clause_words=st.integers(0, 6),
+    stalls=st.sets(st.integers(0, 30)),
 )
 def test_segments_keep_every_word_in_order_within_the_limit(
-    chunks: list[str], min_chars: int, max_chars: int
+    chunks: list[str], min_chars: int, max_chars: int, first_clause_words: int, stalls: set[int]
 ) -> None:
-    splitter = SentenceSplitter(min_chars, max_chars)
-    released = [segment for chunk in chunks for segment in splitter.feed(chunk)]
+    splitter = SentenceSplitter(min_chars, max_chars, first_clause_words)
+    released = []
+    for index, chunk in enumerate(chunks):
+        released += splitter.feed(chunk)
+        if index in stalls and (words := splitter.take_words()):
+            released.append(words)
     assert len(splitter.buffered) <= max_chars
     rest = splitter.flush().strip()
     segments = [*released, rest] if rest else released

@@ -223,6 +223,15 @@ BAD_INPUTS = {
         "encoding 9 is unknown",
     ),
     "chunk_ms too long": ([config(chunk_ms=60000)], "chunk_ms 60000 is out of range"),
+    "unknown segmentation": (
+        [config(segmentation=speech_pb2.Segmentation.ValueType(9))],
+        "segmentation 9 is unknown",
+    ),
+    "first_clause_min_words too many": (
+        [config(first_clause_min_words=51)],
+        "first_clause_min_words 51 is out of range: use 0 to 50",
+    ),
+    "stall_ms too long": ([config(stall_ms=10001)], "stall_ms 10001 is out of range"),
     "min_sentence_chars too big": ([config(min_sentence_chars=10**6)], "min_sentence_chars"),
     "max_inflight_segments too big": ([config(max_inflight_segments=65)], "use 0 to 64"),
     "empty request": ([Request()], "empty StreamRequest"),
@@ -348,3 +357,18 @@ async def test_idle_sessions_cost_no_cpu(
     for call in calls:
         call.cancel()
     assert cpu / wall < 0.1, f"50 idle sessions used {cpu / wall:.1%} of a core"
+
+
+async def test_a_turns_first_segment_ends_at_a_clause_unless_sentences_are_asked_for(
+    tone_server: RunningServer,
+) -> None:
+    reply = "Sure thing, I moved your appointment to Friday at ten, and I sent a reminder."
+    sentences = speech_pb2.SEGMENTATION_SENTENCES
+    async with grpc.aio.insecure_channel(tone_server.target) as channel:
+        stub = tone_server.stub(channel)
+        default = await collect(stub, [config(), text(reply), turn_done()])
+        whole = await collect(stub, [config(segmentation=sentences), text(reply), turn_done()])
+        fewer = await collect(stub, [config(first_clause_min_words=11), text(reply), turn_done()])
+    assert {chunk.segment for chunk in audio_of(default)} == {1, 2}  # "...at ten," first
+    assert {chunk.segment for chunk in audio_of(whole)} == {1}
+    assert {chunk.segment for chunk in audio_of(fewer)} == {1}  # ten words before "ten,"

@@ -150,6 +150,12 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     say.add_argument("--speed", type=float, default=0.0, help="0.25 to 4.0; 0 = normal")
     say.add_argument("--instructions", default="", help="speaking instructions (openai voices)")
     say.add_argument("--chunk-ms", type=int, default=0, help="target audio message length")
+    say.add_argument(
+        "--segmentation",
+        choices=("first_clause", "sentences"),
+        default="first_clause",
+        help="how a turn is cut: its first segment at a clause (earliest audio), or at sentences",
+    )
     say.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     say.set_defaults(run=_say)
 
@@ -162,6 +168,7 @@ def _say(args: argparse.Namespace) -> int:
         speed=args.speed,
         instructions=args.instructions,
         chunk_ms=args.chunk_ms,
+        segmentation=args.segmentation,
     )
     chunks = _stdin_lines() if args.text == "-" else _single(args.text)
     report = _Reporter(quiet=args.quiet)

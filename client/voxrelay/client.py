@@ -42,6 +42,12 @@ _ENCODINGS = {
     "int16": speech_pb2.AUDIO_ENCODING_PCM_S16LE,
     "float32": speech_pb2.AUDIO_ENCODING_PCM_F32LE,
 }
+Segmentation = Literal["", "first_clause", "sentences"]
+_SEGMENTATIONS = {
+    "": speech_pb2.SEGMENTATION_UNSPECIFIED,
+    "first_clause": speech_pb2.SEGMENTATION_FIRST_CLAUSE,
+    "sentences": speech_pb2.SEGMENTATION_SENTENCES,
+}
 _DTYPES: dict[int, np.dtype[Any]] = {
     speech_pb2.AUDIO_ENCODING_PCM_S16LE: np.dtype("<i2"),
     speech_pb2.AUDIO_ENCODING_PCM_F32LE: np.dtype("<f4"),
@@ -118,10 +124,22 @@ class SessionOptions:
     """Target duration of one audio message; 0 = as the engine produces it."""
     max_inflight_segments: int = 0
     """How far synthesis may run ahead of playback; 0 = server default."""
+    segmentation: Segmentation = ""
+    """"first_clause" (the server's default: a turn's first segment ends at its first
+    clause, for the earliest audio) or "sentences" (every segment a sentence)."""
+    first_clause_min_words: int = 0
+    """Words a turn's first segment holds before it may end at a clause; 0 = 4."""
+    stall_ms: int = 0
+    """A turn's start stalled this long speaks its complete words; 0 = 500 ms."""
 
     def to_proto(self) -> speech_pb2.SessionConfig:
         if self.dtype not in _ENCODINGS:
             raise ValueError(f"dtype must be 'int16' or 'float32', not {self.dtype!r}")
+        if self.segmentation not in _SEGMENTATIONS:
+            raise ValueError(
+                "segmentation must be 'first_clause', 'sentences' or '' (the server's "
+                f"default), not {self.segmentation!r}"
+            )
         return speech_pb2.SessionConfig(
             voice=self.voice,
             audio_format=speech_pb2.AudioFormat(
@@ -132,6 +150,9 @@ class SessionOptions:
             min_sentence_chars=self.min_sentence_chars,
             chunk_ms=self.chunk_ms,
             max_inflight_segments=self.max_inflight_segments,
+            segmentation=_SEGMENTATIONS[self.segmentation],
+            first_clause_min_words=self.first_clause_min_words,
+            stall_ms=self.stall_ms,
         )
 
 

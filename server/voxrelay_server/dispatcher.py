@@ -235,6 +235,8 @@ class SessionDispatcher:
         output: OutputFormat,
         min_sentence_chars: int,
         max_inflight_segments: int,
+        first_clause_words: int = 0,
+        stall_s: float = 0.0,
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
@@ -258,7 +260,12 @@ class SessionDispatcher:
         self._spoken_s = 0.0  # audio and text of the segments delivered whole
         self._spoken_chars = 0
         self._observer = observer or SessionObserver()
-        self._splitter = SentenceSplitter(min_sentence_chars, self._limits.max_segment_chars)
+        self._splitter = SentenceSplitter(
+            min_sentence_chars, self._limits.max_segment_chars, first_clause_words
+        )
+        self._stall_s = stall_s
+        """The start of a turn stalled this long speaks its complete words; 0 = never."""
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._timeline: collections.deque[_Entry] = collections.deque()
         self._timeline_grew = asyncio.Event()
         self._waiting_jobs: collections.deque[_SegmentJob] = collections.deque()
@@ -341,6 +348,8 @@ class SessionDispatcher:
         turn = self._open_turn or self._start_turn()
         for segment in self._splitter.feed(clean_text(text)):
             self._release(turn, segment)
+        if self._stall_s:
+            self._watch_for_stall()
 
     async def send_text_when_room(self, text: str) -> None:
         """`send_text`, first waiting until the text budget has room for `text`.
@@ -408,8 +417,9 @@ class SessionDispatcher:
         if self._state in _RUNNING:
             self._error = error or SpeechError(ErrorCode.CANCELLED, "the caller went away")
         self._state = SessionState.CLOSED
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         self._drop_everything()
         for task in self._tasks:
             task.cancel()
@@ -527,6 +537,25 @@ class SessionDispatcher:
                 await self._timeline_grew.wait()
             finally:
                 self._awaiting_input = False
+
+    # The stall rule: words waiting at the start of a turn when the text stops coming.
+
+    def _watch_for_stall(self) -> None:
+        """(Re)start the stall timer while the start of a turn waits for more text."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._splitter.at_turn_start and self._splitter.buffered.strip():
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(self._stall_s, self._on_stall)
+
+    def _on_stall(self) -> None:
+        self._stall_timer = None
+        turn = self._open_turn
+        if self._accepting_input() and turn is not None:
+            words = self._splitter.take_words()
+            if words:
+                self._release(turn, words)
 
     # The idle timeout: one timer per session, moved on only when it fires, so
     # waiting for input costs no timer (or task) of its own.

@@ -37,6 +37,7 @@ from voxrelay_server.serving import (
 )
 from voxrelay_server.settings import (
     AudioEncoding,
+    Segmentation,
     SessionRequest,
     whole_text_chunks,
 )
@@ -47,6 +48,11 @@ _ENCODINGS_IN = {
     speech_pb2.AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.PCM_S16LE,
     speech_pb2.AUDIO_ENCODING_PCM_S16LE: AudioEncoding.PCM_S16LE,
     speech_pb2.AUDIO_ENCODING_PCM_F32LE: AudioEncoding.PCM_F32LE,
+}
+_SEGMENTATIONS_IN = {
+    speech_pb2.SEGMENTATION_UNSPECIFIED: Segmentation.FIRST_CLAUSE,
+    speech_pb2.SEGMENTATION_FIRST_CLAUSE: Segmentation.FIRST_CLAUSE,
+    speech_pb2.SEGMENTATION_SENTENCES: Segmentation.SENTENCES,
 }
 _ENCODINGS_OUT = {
     AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
@@ -72,6 +78,12 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
             f"audio_format.encoding {config.audio_format.encoding} is unknown: use "
             "AUDIO_ENCODING_PCM_S16LE or AUDIO_ENCODING_PCM_F32LE"
         )
+    segmentation = _SEGMENTATIONS_IN.get(config.segmentation)
+    if segmentation is None:
+        raise InvalidInput(
+            f"segmentation {config.segmentation} is unknown: use SEGMENTATION_FIRST_CLAUSE or "
+            "SEGMENTATION_SENTENCES"
+        )
     return SessionRequest(
         voice=config.voice,
         encoding=encoding,
@@ -81,6 +93,9 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
         min_sentence_chars=config.min_sentence_chars,
         chunk_ms=config.chunk_ms,
         max_inflight_segments=config.max_inflight_segments,
+        segmentation=segmentation,
+        first_clause_min_words=config.first_clause_min_words,
+        stall_ms=config.stall_ms,
     )
 
 

@@ -134,6 +134,8 @@ class SpeechService:
             native_rate_hz=voice.native_sample_rate_hz,
             output=settings.output,
             min_sentence_chars=settings.min_sentence_chars,
+            first_clause_words=settings.first_clause_words,
+            stall_s=settings.stall_s,
             max_inflight_segments=settings.max_inflight_segments,
             limits=self.limits,
             synthesis_slot=scheduler.slot,

@@ -26,6 +26,25 @@ MIN_SAMPLE_RATE_HZ = 8000
 MAX_SAMPLE_RATE_HZ = 96000
 MIN_SPEED = 0.25
 MAX_SPEED = 4.0
+DEFAULT_FIRST_CLAUSE_MIN_WORDS = 4
+"""Words the first segment of a turn holds before it may end at a clause: "Sure thing,
+I can" is the shortest first segment; "Sure," waits for more."""
+MAX_FIRST_CLAUSE_MIN_WORDS = 50
+DEFAULT_STALL_MS = 500
+"""How long the start of a turn may stall before its complete words are spoken: an LLM
+streams tokens every 12 to 50 ms (20 to 80 a second), so a pause ten times as long is a
+real stall (a tool call, a slow model), not the gap between two tokens."""
+MAX_STALL_MS = 10000
+
+
+class Segmentation(enum.Enum):
+    """How a turn's text is cut into segments."""
+
+    FIRST_CLAUSE = "first_clause"
+    """The first segment of a turn ends at its first clause with enough words (or when
+    the text stalls, at its last complete word); later ones at sentence ends."""
+    SENTENCES = "sentences"
+    """Every segment ends at a sentence end."""
 
 
 class AudioEncoding(enum.Enum):
@@ -53,6 +72,9 @@ class SessionRequest:
     min_sentence_chars: int = 0
     chunk_ms: int = 0
     max_inflight_segments: int = 0
+    segmentation: Segmentation = Segmentation.FIRST_CLAUSE
+    first_clause_min_words: int = 0
+    stall_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,11 @@ class SessionSettings:
     instructions: str
     min_sentence_chars: int
     max_inflight_segments: int
+    first_clause_words: int = 0
+    """The first segment of a turn may end at a clause once it has this many words;
+    0 with `Segmentation.SENTENCES`."""
+    stall_s: float = 0.0
+    """The start of a turn stalled this long speaks its complete words; 0 = never."""
 
 
 def validate_request(
@@ -108,6 +135,11 @@ def validate_request(
     _check_at_most("min_sentence_chars", request.min_sentence_chars, MAX_MIN_SENTENCE_CHARS)
     _check_at_most("chunk_ms", request.chunk_ms, MAX_CHUNK_MS)
     _check_at_most("max_inflight_segments", request.max_inflight_segments, MAX_INFLIGHT_SEGMENTS)
+    _check_at_most(
+        "first_clause_min_words", request.first_clause_min_words, MAX_FIRST_CLAUSE_MIN_WORDS
+    )
+    _check_at_most("stall_ms", request.stall_ms, MAX_STALL_MS)
+    first_clause = request.segmentation is Segmentation.FIRST_CLAUSE
     return SessionSettings(
         voice=voice,
         output=OutputFormat(request.encoding, rate, request.chunk_ms),
@@ -115,6 +147,12 @@ def validate_request(
         instructions=request.instructions,
         min_sentence_chars=request.min_sentence_chars or DEFAULT_MIN_SENTENCE_CHARS,
         max_inflight_segments=request.max_inflight_segments or default_max_inflight_segments,
+        first_clause_words=(
+            (request.first_clause_min_words or DEFAULT_FIRST_CLAUSE_MIN_WORDS)
+            if first_clause
+            else 0
+        ),
+        stall_s=(request.stall_ms or DEFAULT_STALL_MS) / 1000 if first_clause else 0.0,
     )
 
 

@@ -2,9 +2,15 @@
 
 Rules (those of the reference voice pipeline, minus its defects):
 - a sentence ends at `.`, `!` or `?` followed by whitespace;
+- with `first_clause_words`, the first segment of each turn ends at the first
+  clause mark (`,` `;` `:` a dash or a closing bracket, followed by whitespace)
+  or sentence end that has at least that many words before it: synthesis of a
+  turn starts as soon as its first clause is complete, not its first sentence;
 - the complete sentences in the buffer are released as one segment once they
   reach `min_chars` characters; the text after the last sentence end stays
   buffered, whitespace included, so "He " + "arrived" becomes "He arrived";
+- `take_words()` releases the complete words waiting at the start of a turn
+  (the caller's text stalled: they should not wait for more);
 - no segment is longer than `max_chars`: text that would make a longer one is
   cut at the last sentence end that fits, else at the last clause mark (`,`
   `;` `:` a dash or a closing bracket, followed by whitespace) in the second
@@ -21,18 +27,29 @@ import re
 
 _SENTENCE_END = re.compile(r"[.!?]\s+")
 _CLAUSE_END = re.compile(r"[,;:)\]\u2013\u2014]\s")
+_CLAUSE_OR_SENTENCE_END = re.compile(r"[,;:)\]\u2013\u2014.!?]\s")
 _WHITESPACE = re.compile(r"\s")
+_WORD = re.compile(r"\S*\w\S*")
 
 
 class SentenceSplitter:
     """Accumulates text chunks and releases segments at sentence ends."""
 
-    def __init__(self, min_chars: int, max_chars: int) -> None:
+    def __init__(self, min_chars: int, max_chars: int, first_clause_words: int = 0) -> None:
         if max_chars < 1:
             raise ValueError(f"segments need room for at least one character, not {max_chars}")
         self._min_chars = min_chars
         self._max_chars = max_chars
+        self._first_clause_words = first_clause_words
+        """0: every segment ends at a sentence end (or the limit)."""
         self._buffer = ""
+        self._turn_start = True
+        """No segment of the current turn has been released yet."""
+
+    @property
+    def at_turn_start(self) -> bool:
+        """Whether no segment of the current turn has been released yet."""
+        return self._turn_start
 
     @property
     def buffered(self) -> str:
@@ -48,21 +65,38 @@ class SentenceSplitter:
         return segments
 
     def flush(self) -> str:
-        """Return and clear everything buffered (the rest of a turn)."""
+        """Return and clear everything buffered (the rest of a turn); a new turn starts."""
         rest, self._buffer = self._buffer, ""
+        self._turn_start = True
         return rest
 
     def clear(self) -> bool:
-        """Drop the buffer; return whether it held any text."""
+        """Drop the buffer; return whether it held any text. A new turn starts."""
         had_text = bool(self._buffer)
         self._buffer = ""
+        self._turn_start = True
         return had_text
+
+    def take_words(self) -> str | None:
+        """At the start of a turn, release the complete words buffered (all but a word
+        that may still be growing); None when there are none, or the turn has started."""
+        buffer = self._buffer.lstrip()
+        if not self._turn_start:
+            return None
+        ends = [match.start() for match in _WHITESPACE.finditer(buffer)]
+        if not ends:
+            return None
+        self._buffer = buffer[ends[-1] :]
+        self._turn_start = False
+        return buffer[: ends[-1]].strip()
 
     def _next_segment(self) -> str | None:
         # Leading whitespace joins nothing: segments are stripped anyway.
         buffer = self._buffer.lstrip()
         if len(buffer) > self._max_chars:
             cut = self._cut_within_limit(buffer)
+        elif self._turn_start and (first := self._first_clause_end(buffer)) is not None:
+            cut = first
         else:
             last_end = None
             for match in _SENTENCE_END.finditer(buffer):
@@ -72,7 +106,21 @@ class SentenceSplitter:
                 return None
             cut = last_end.end()
         self._buffer = buffer[cut:]
+        self._turn_start = False
         return buffer[:cut].strip()
+
+    def _first_clause_end(self, buffer: str) -> int | None:
+        """Where the first segment of a turn ends: after the first clause mark or
+        sentence end with `first_clause_words` words before it; None if none yet."""
+        if not self._first_clause_words:
+            return None
+        words = position = 0
+        for match in _CLAUSE_OR_SENTENCE_END.finditer(buffer):
+            words += len(_WORD.findall(buffer, position, match.start() + 1))
+            position = match.start() + 1
+            if words >= self._first_clause_words:
+                return position
+        return None
 
     def _cut_within_limit(self, buffer: str) -> int:
         """Where to end a segment of `buffer`, which is over the limit: a position at
