@@ -178,6 +178,7 @@ class _SegmentJob:
     buffered_bytes: int = 0
     """Its engine audio not yet taken by the merger."""
     made_audio: bool = False
+    """Its engine has produced audio (the observer has been told of its first)."""
     paused: bool = False
     """Started, and waiting for the client to read before it goes on."""
     holds_slot: bool = False

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import re
 
+_CLAUSE_MARKS = r",;:)\]\u2013\u2014"
+"""End a clause when whitespace follows: `,` `;` `:` a closing bracket, an en or em dash."""
 _SENTENCE_END = re.compile(r"[.!?]\s+")
-_CLAUSE_END = re.compile(r"[,;:)\]\u2013\u2014]\s")
-_CLAUSE_OR_SENTENCE_END = re.compile(r"[,;:)\]\u2013\u2014.!?]\s")
+_CLAUSE_END = re.compile(rf"[{_CLAUSE_MARKS}]\s")
+_CLAUSE_OR_SENTENCE_END = re.compile(rf"[{_CLAUSE_MARKS}.!?]\s")
 _WHITESPACE = re.compile(r"\s")
 _WORD = re.compile(r"\S*\w\S*")
 
