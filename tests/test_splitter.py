@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -217,10 +219,12 @@ def test_one_huge_chunk_becomes_many_segments_within_the_limit() -> None:
 
 def _cut_is_clean(original: str, segment: str, end: int, max_chars: int) -> bool:
     """A cut after `segment` (ending at `end` in `original`) falls between words, or
-    the segment is a run over the limit without whitespace."""
+    after a mark (a sentence mark of a script written without spaces, a CJK comma),
+    or the segment is a run over the limit without whitespace: never inside a word."""
     return (
         end == len(original)
         or original[end].isspace()
+        or unicodedata.category(segment[-1]).startswith("P")
         or (len(segment) == max_chars and not any(c.isspace() for c in segment))
     )
 
@@ -228,7 +232,7 @@ def _cut_is_clean(original: str, segment: str, end: int, max_chars: int) -> bool
 @settings(max_examples=300)
 @given(
     chunks=st.lists(
-        st.text(alphabet=st.sampled_from("ab .,!?;\n\t—é語"), max_size=60), max_size=30
+        st.text(alphabet=st.sampled_from("ab .,!?;\n\t—é語。，1#-*"), max_size=60), max_size=30
     ),
     min_chars=st.integers(0, 80),
     max_chars=st.integers(1, 60),
@@ -257,3 +261,114 @@ def test_segments_keep_every_word_in_order_within_the_limit(
         position = start + len(segment)
         assert _cut_is_clean(original, segment, position, max_chars)
     assert not original[position:].strip()
+
+
+def streamed(text: str) -> list[str]:
+    """`text` as an LLM streams it: word pieces with their leading space, or a character
+    at a time in scripts written without spaces."""
+    return tokens(text) if " " in text.strip() else list(text)
+
+
+READS_REAL_TEXT = [
+    # Titles, abbreviations, initials.
+    ("en", "Dr. Smith will see you at 3 p.m. on Friday. Please arrive early.",
+     ["Dr. Smith will see you at 3 p.m. on Friday.", "Please arrive early."]),
+    ("en", "Mr. and Mrs. Lee live in the U.S. now. They moved last year.",
+     ["Mr. and Mrs. Lee live in the U.S. now.", "They moved last year."]),
+    ("en", "We flew to St. Louis with Prof. Jones. It rained.",
+     ["We flew to St. Louis with Prof. Jones.", "It rained."]),
+    ("en", "J. R. R. Tolkien wrote it. It is long.",
+     ["J. R. R. Tolkien wrote it.", "It is long."]),
+    ("en", "Bring fruit, e.g. apples, i.e. something fresh. Okay?",
+     ["Bring fruit, e.g. apples, i.e. something fresh.", "Okay?"]),
+    ("en", "We met at 10 a.m. The meeting ran late.",
+     ["We met at 10 a.m.", "The meeting ran late."]),
+    ("en", "Apples vs. oranges is an old debate. Both are fine.",
+     ["Apples vs. oranges is an old debate.", "Both are fine."]),
+    ("de", "Das ist z. B. gut. Am 3. Oktober kam er. Er ging.",
+     ["Das ist z. B. gut.", "Am 3. Oktober kam er.", "Er ging."]),
+    # Numbers, prices, versions.
+    ("en", "The total is $3.50 for 2.5 km. That is cheap.",
+     ["The total is $3.50 for 2.5 km.", "That is cheap."]),
+    ("en", "Use version 2.0.1 or later. See No. 5 for details.",
+     ["Use version 2.0.1 or later.", "See No. 5 for details."]),
+    ("en", "I was born in 1999. Then we moved.", ["I was born in 1999.", "Then we moved."]),
+    # Ellipses, addresses.
+    ("en", "Wait... what happened? Nothing much.", ["Wait... what happened?", "Nothing much."]),
+    ("en", "Visit https://example.com/docs/v1.2/index.html today. "
+           "Or email help@example.co.uk. Thanks.",
+     ["Visit https://example.com/docs/v1.2/index.html today.",
+      "Or email help@example.co.uk.", "Thanks."]),
+    # Numbered and bulleted lists, headings, quotes, fences.
+    ("en", "Here are the steps:\n1. Open the app.\n2. Tap Settings.\n3. Choose Voice.",
+     ["Here are the steps:", "1. Open the app.", "2. Tap Settings.", "3. Choose Voice."]),
+    ("en", "# Summary\nThe plan works. It costs more.",
+     ["# Summary", "The plan works.", "It costs more."]),
+    ("en", "> Quoted line here.\nMy reply follows.", ["> Quoted line here.", "My reply follows."]),
+    ("en", "```python\nprint(1)\n```\nThat prints one.",
+     ["```python\nprint(1)\n```", "That prints one."]),
+    # Closing quotes, brackets and emphasis stay with their sentence.
+    ("en", 'He said "Stop." Then she left. "Really?" he asked.',
+     ['He said "Stop."', "Then she left.", '"Really?" he asked.']),
+    ("en", "It works. Mostly **done.** Next we test (quietly.)",
+     ["It works.", "Mostly **done.**", "Next we test (quietly.)"]),
+    ("en", "She asked: “Is it open?” It was. ‘Fine.’ We left.",
+     ["She asked: “Is it open?”", "It was.", "‘Fine.’", "We left."]),
+    # Other scripts' sentence marks, with or without a space after them.
+    ("zh", "今天天气很好。我们去公园吧！你想去吗？好的。",
+     ["今天天气很好。", "我们去公园吧！", "你想去吗？", "好的。"]),
+    ("ja", "こんにちは。元気ですか？はい、元気です。",
+     ["こんにちは。", "元気ですか？", "はい、元気です。"]),
+    ("hi", "मैं घर जा रहा हूँ। तुम कहाँ हो? ठीक है।", ["मैं घर जा रहा हूँ।", "तुम कहाँ हो?", "ठीक है।"]),
+    ("ar", "كيف حالك؟ أنا بخير. شكرا لك.", ["كيف حالك؟", "أنا بخير.", "شكرا لك."]),
+    ("hy", "Բարեւ։ Ինչպես ես։ Լավ եմ։", ["Բարեւ։", "Ինչպես ես։", "Լավ եմ։"]),
+    ("am", "ሰላም ነው። እንዴት ነህ፧ ደህና ነኝ።", ["ሰላም ነው።", "እንዴት ነህ፧", "ደህና ነኝ።"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("language", "text", "sentences"), READS_REAL_TEXT)
+def test_sentences_end_where_a_reader_would_end_them(
+    language: str, text: str, sentences: list[str]
+) -> None:
+    splitter = SentenceSplitter(0, LIMIT, 0, language)
+    assert feed_all(splitter, streamed(text)) == sentences
+
+
+@pytest.mark.parametrize(
+    ("streamed_so_far", "released"),
+    [
+        ("We are ready. ", ["We are ready."]),  # no word after it could continue it
+        ("It is done! ", ["It is done!"]),
+        ("今天天气很好。", ["今天天气很好。"]),  # no space needed after `。`
+        ("I will call Dr. ", []),  # the next word decides
+        ("They live in the U.S. ", []),
+        ("Let me think... ", []),
+        ("Here is the list:\n1. ", ["Here is the list:"]),
+        ("It costs $3.", []),  # "$3." + "50"
+        ("Open example.", []),  # "example." + "com"
+    ],
+)
+def test_a_sentence_end_at_the_end_of_the_text_so_far_waits_only_when_it_may_not_be_one(
+    streamed_so_far: str, released: list[str]
+) -> None:
+    assert splitter_of(0).feed(streamed_so_far) == released
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "first"),
+    [
+        (
+            "en",
+            "Dr. Smith can see you on Friday, if that works.",
+            "Dr. Smith can see you on Friday,",
+        ),
+        ("en", "It is 5 p.m. in London now, so it is late.", "It is 5 p.m. in London now,"),
+        ("zh", "今天天气很好，我们去公园吧。", "今天天气很好，"),  # each character a word
+        ("ja", "はい、元気です。ありがとう。", "はい、元気です。"),  # two characters are not enough
+    ],
+)
+def test_a_first_clause_does_not_end_inside_an_abbreviation_and_counts_cjk_characters(
+    language: str, text: str, first: str
+) -> None:
+    splitter = SentenceSplitter(0, LIMIT, 4, language)
+    assert feed_all(splitter, streamed(text))[0] == first

@@ -512,22 +512,57 @@ async def test_control_characters_are_spoken_as_spaces_by_every_engine(
 ) -> None:
     server = await start_server(extra_engines=[piper_engine, espeak_engine])
     cleaned = "".join(" " if not c.isprintable() else c for c in CONTROLLED)
+    spoken = [await speech_of(server.target, voice, t) for t in (CONTROLLED, cleaned)]
+    assert_speech(spoken[0], cleaned)
+    assert_same_speech(voice, spoken[0], spoken[1])
+
+
+async def speech_of(target: str, voice: str, sent: str) -> npt.NDArray[np.int16]:
+    """The audio of one session that sends `sent` and half-closes."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = speech_pb2_grpc.SpeechStub(channel)
+        responses = await collect(stub, [config(voice=voice), text(sent)])
+    return np.frombuffer(b"".join(c.data for c in audio_of(responses)), dtype="<i2")
+
+
+def assert_same_speech(
+    voice: str, one: npt.NDArray[np.int16], other: npt.NDArray[np.int16]
+) -> None:
+    if voice == PIPER_VOICE:  # a neural voice's timing varies from run to run
+        assert len(one) == pytest.approx(len(other), rel=0.35)
+    else:
+        assert same_speech(one, other)
+
+
+MARKDOWN = "## Plan\n**Note:** the *first* step is `setup`.\n- See [the guide](https://x.y/guide)."
+SAID = "Plan. Note: the first step is setup. See the guide."
+
+
+@pytest.mark.parametrize("voice", [PIPER_VOICE, "espeak/en-us"])
+async def test_markdown_is_not_read_aloud_as_symbols(
+    start_server: StartServer, piper_engine: PiperEngine, espeak_engine: EspeakEngine, voice: str
+) -> None:
+    server = await start_server(extra_engines=[piper_engine, espeak_engine])
+    spoken = await speech_of(server.target, voice, MARKDOWN)
+    said = await speech_of(server.target, voice, SAID)
+    # Read out, the marks ("asterisk asterisk", the address) made it half as long again.
+    assert len(spoken) == pytest.approx(len(said), rel=0.2)
+
+
+async def test_chinese_through_espeak_is_cut_into_its_sentences(
+    start_server: StartServer, espeak_engine: EspeakEngine
+) -> None:
+    server = await start_server(extra_engines=[espeak_engine])
+    sentences = ["今天天气很好。", "我们去公园吧！", "你想去吗？", "好的，我们走吧。"]  # noqa: RUF001
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = speech_pb2_grpc.SpeechStub(channel)
-        spoken = [
-            np.frombuffer(
-                b"".join(
-                    c.data for c in audio_of(await collect(stub, [config(voice=voice), text(t)]))
-                ),
-                dtype="<i2",
-            )
-            for t in (CONTROLLED, cleaned)
+        streamed = "".join(sentences)  # as an LLM streams it: a few characters at a time
+        requests = [
+            config(voice="espeak/cmn", min_sentence_chars=1),
+            *(text(streamed[start : start + 3]) for start in range(0, len(streamed), 3)),
         ]
-    assert_speech(spoken[0], cleaned)
-    if voice == PIPER_VOICE:  # a neural voice's timing varies from run to run
-        assert len(spoken[0]) == pytest.approx(len(spoken[1]), rel=0.35)
-    else:
-        assert same_speech(spoken[0], spoken[1])
+        chunks = audio_of(await collect(stub, requests))
+    assert len({chunk.segment for chunk in chunks}) == len(sentences)
 
 
 @pytest.mark.parametrize("engine_name", ["piper", "espeak"])

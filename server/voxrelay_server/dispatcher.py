@@ -237,6 +237,7 @@ class SessionDispatcher:
         min_sentence_chars: int,
         max_inflight_segments: int,
         first_clause_words: int = 0,
+        language: str = "",
         stall_s: float = 0.0,
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
@@ -262,7 +263,7 @@ class SessionDispatcher:
         self._spoken_chars = 0
         self._observer = observer or SessionObserver()
         self._splitter = SentenceSplitter(
-            min_sentence_chars, self._limits.max_segment_chars, first_clause_words
+            min_sentence_chars, self._limits.max_segment_chars, first_clause_words, language
         )
         self._stall_s = stall_s
         """The start of a turn stalled this long speaks its complete words; 0 = never."""

@@ -12,6 +12,7 @@ from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.observer import CompositeObserver, SessionObserver
 from voxrelay_server.scheduler import DeadlineScheduler
 from voxrelay_server.settings import SessionRequest, SessionSettings, validate_request
+from voxrelay_server.textclean import without_markup
 from voxrelay_server.voices import VoiceCatalog
 
 ObserverFactory = Callable[[str, SessionSettings], SessionObserver]
@@ -130,10 +131,11 @@ class SpeechService:
         scheduler = self.schedulers[engine.name]
         options = SynthesisOptions(speed=settings.speed, instructions=settings.instructions)
         session = SessionDispatcher(
-            lambda text: engine.synthesize(voice, text, options),
+            lambda text: engine.synthesize(voice, without_markup(text), options),
             native_rate_hz=voice.native_sample_rate_hz,
             output=settings.output,
             min_sentence_chars=settings.min_sentence_chars,
+            language=voice.language_codes[0] if voice.language_codes else "",
             first_clause_words=settings.first_clause_words,
             stall_s=settings.stall_s,
             max_inflight_segments=settings.max_inflight_segments,
