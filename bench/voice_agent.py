@@ -128,18 +128,21 @@ def first_clause(tokens: Sequence[str]) -> tuple[int, str]:
     return len(tokens) - 1, text.strip()
 
 
-def worst_gap(arrivals: Sequence[tuple[float, float]]) -> float:
+def worst_gap(arrivals: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """The longest silence mid-turn for a listener who starts playing at the first audio
     and plays each message at real time as soon as it is there and the audio before it
-    has played: `arrivals` are (arrival time, seconds of audio) in order."""
+    has played, and the seconds of audio played before it: `arrivals` are (arrival time,
+    seconds of audio) in order."""
     if not arrivals:
-        return 0.0
-    plays_out, worst = arrivals[0][0], 0.0
+        return 0.0, 0.0
+    plays_out, worst, before, played = arrivals[0][0], 0.0, 0.0, 0.0
     for arrived, seconds in arrivals:
         starts = max(plays_out, arrived)
-        worst = max(worst, starts - plays_out)
+        if starts - plays_out > worst:
+            worst, before = starts - plays_out, played
         plays_out = starts + seconds
-    return worst
+        played += seconds
+    return worst, before
 
 
 def words(text: str) -> list[str]:
@@ -175,6 +178,8 @@ class Turn:
 
     first_audio_s: float
     worst_gap_s: float
+    gap_after_s: float
+    """Seconds of the turn's audio played before its worst gap."""
     segments: int
     audio_s: float
     first_segment_s: float
@@ -218,7 +223,7 @@ def _turn(
         raise RuntimeError("a turn had no audio")
     return Turn(
         arrivals[0][0] - started,
-        worst_gap(arrivals),
+        *worst_gap(arrivals),
         segments,
         sum(seconds for _, seconds in arrivals),
         first_segment_s,
@@ -489,6 +494,39 @@ def section(
         "difference between the modes is meaningful; piper's synthesis is not "
         "deterministic, so the same text sounds a little different in each mode.",
     ]
+    clause_inside = {
+        index
+        for index, reply in enumerate(runs.texts)
+        if not first_clause(pieces(reply))[1].endswith(("!", "?", "."))
+        and first_clause(pieces(reply))[1] != reply.strip()
+    }
+
+    def median_of(mode: str, inside: bool) -> float:
+        turns = runs.turns[(PIPER, FULL_PACE, mode)]
+        return median(
+            [t.first_audio_s for i, t in enumerate(turns) if (i in clause_inside) == inside]
+        )
+
+    if 0 < len(clause_inside) < len(runs.texts):
+        split = [
+            f"{'ends inside' if inside else 'is'} the first sentence"
+            f"{'' if inside else ' (or the whole reply)'} "
+            f"({len(clause_inside) if inside else len(runs.texts) - len(clause_inside)} "
+            f"replies): {_ms(median_of(FIRST_CLAUSE, inside))} against "
+            f"{_ms(median_of(SENTENCES, inside))} ms, "
+            f"{median_of(FIRST_CLAUSE, inside) / median_of(SENTENCES, inside):.2f}x"
+            for inside in (True, False)
+        ]
+        notes.append(
+            f"First audio of {PIPER} at {FULL_PACE} tokens/s, first clause against "
+            "sentences (medians), where the first clause " + "; where it ".join(split) + ". "
+            f"{FIRST_AUDIO_RATIO}x the sentences median is "
+            f"{_ms(FIRST_AUDIO_RATIO * median(sentences))} ms, "
+            f"{'below' if FIRST_AUDIO_RATIO * median(sentences) < floor else 'above'} the "
+            f"floor median ({_ms(floor)} ms): where a reply's first clause is its first "
+            "sentence both modes cut the same first segment, so the median ratio over a "
+            "corpus depends on how many replies open with a short sentence."
+        )
     late = sorted(
         (
             (turn.worst_gap_s, voice, pace, mode, turn)
@@ -504,8 +542,8 @@ def section(
             + (f" ({LATE_SHOWN} of {len(late)})" if len(late) > LATE_SHOWN else "")
             + ": "
             + "; ".join(
-                f"{voice}, {pace} tokens/s, {mode}, reply {turn.reply}: {_ms(gap)} ms, "
-                f"{turn.segments} segments"
+                f"{voice}, {pace} tokens/s, {mode}, reply {turn.reply}: {_ms(gap)} ms "
+                f"after {turn.gap_after_s:.1f} s of audio, {turn.segments} segments"
                 + (
                     f", the first {turn.first_segment_s:.1f} s of audio"
                     if turn.first_segment_s

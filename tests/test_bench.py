@@ -196,9 +196,10 @@ def test_the_floor_waits_for_the_first_clause_of_four_words_and_its_whitespace()
 
 
 def test_a_listener_hears_a_gap_only_when_audio_comes_after_the_audio_before_it_ran_out() -> None:
-    assert worst_gap([]) == 0.0
-    assert worst_gap([(0.0, 1.0), (0.5, 1.0), (1.9, 1.0)]) == 0.0  # always ahead
-    assert worst_gap([(0.0, 1.0), (1.2, 1.0), (2.5, 1.0)]) == pytest.approx(0.3)
+    assert worst_gap([]) == (0.0, 0.0)
+    assert worst_gap([(0.0, 1.0), (0.5, 1.0), (1.9, 1.0)]) == (0.0, 0.0)  # always ahead
+    gap, after = worst_gap([(0.0, 1.0), (1.1, 1.0), (2.5, 1.0)])  # 0.1 s, then 0.4 s
+    assert gap == pytest.approx(0.4) and after == 2.0
 
 
 def test_word_errors_compare_normalised_words() -> None:
