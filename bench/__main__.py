@@ -23,6 +23,7 @@ SECTIONS = (
     "messages",
     "real_voice",
     "first_audio",
+    "voice_agent",
     "idle",
     "barge_in",
     "soak",

@@ -156,7 +156,7 @@ def write_report(sections: Sequence[Section], *, quick: bool, command: str, path
         "measured side by side in the same run; read medians and ratios, not single runs.",
         "Spreads are half the 10th-90th percentile range unless a table says otherwise.",
         "",
-        "Reproduce: `make bench` (about 15 minutes) or `make bench-quick` (a few minutes).",
+        "Reproduce: `make bench` (about 25 minutes) or `make bench-quick` (a few minutes).",
         "",
     ]
     body = "\n\n".join(section.markdown() for section in sections)

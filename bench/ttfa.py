@@ -221,6 +221,8 @@ class ReferenceConsumer:
     def __init__(self, result: StreamedAudioResult) -> None:
         self.result = result
         self.audio_times: list[float] = []
+        self.audio_samples: list[int] = []
+        """Samples in each audio event, beside `audio_times`."""
         self.audio_bytes = 0
         self.lifecycle: list[tuple[str, float]] = []
         self._changed = asyncio.Event()
@@ -231,6 +233,7 @@ class ReferenceConsumer:
             now = time.perf_counter()
             if isinstance(event, VoiceStreamEventAudio):
                 self.audio_times.append(now)
+                self.audio_samples.append(0 if event.data is None else event.data.size)
                 self.audio_bytes += 0 if event.data is None else event.data.nbytes
             elif isinstance(event, VoiceStreamEventLifecycle):
                 self.lifecycle.append((event.event, now))

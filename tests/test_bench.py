@@ -13,6 +13,7 @@ import pytest
 from bench.__main__ import SECTIONS
 from bench.real_voice import Arrivals
 from bench.report import at_least
+from bench.voice_agent import first_clause, load_replies, pieces, word_errors, words, worst_gap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_runs_and_writes_its_report(tmp_path: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
     result = run_module(
-        "bench", "--quick", "--output", str(report), plots=tmp_path / "plots", timeout_s=600
+        "bench", "--quick", "--output", str(report), plots=tmp_path / "plots", timeout_s=660
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text(encoding="utf-8")
@@ -171,3 +172,47 @@ def test_a_run_with_too_few_arrivals_has_no_steady_rate() -> None:
     arrivals = Arrivals()
     arrivals.add(5.0, when=1.0)
     assert arrivals.steady_rate() == 0.0
+
+
+def test_a_reply_streams_as_word_pieces_that_join_back_into_it() -> None:
+    replies = load_replies()
+    assert len(replies) >= 40
+    for reply in replies:
+        assert "".join(pieces(reply)) == reply
+    assert pieces("Sure, your appointment is set.") == [
+        "Sure,",
+        " your",
+        " appoi",  # a long word in two pieces
+        "ntment",
+        " is",
+        " set.",
+    ]
+
+
+def test_the_floor_waits_for_the_first_clause_of_four_words_and_its_whitespace() -> None:
+    tokens = pieces("Sure, I can do that, and more. Bye.")
+    assert first_clause(tokens) == (5, "Sure, I can do that,")  # " and" brings the space
+    assert first_clause(pieces("Sure, done.")) == (1, "Sure, done.")  # the whole reply
+
+
+def test_a_listener_hears_a_gap_only_when_audio_comes_after_the_audio_before_it_ran_out() -> None:
+    assert worst_gap([]) == (0.0, 0.0)
+    assert worst_gap([(0.0, 1.0), (0.5, 1.0), (1.9, 1.0)]) == (0.0, 0.0)  # always ahead
+    gap, after = worst_gap([(0.0, 1.0), (1.1, 1.0), (2.5, 1.0)])  # 0.1 s, then 0.4 s
+    assert gap == pytest.approx(0.4) and after == 2.0
+
+
+def test_word_errors_compare_normalised_words() -> None:
+    assert words("**Sure**, it's $3.50 at 3:30 p.m. - a follow-up?") == [
+        "sure",
+        "it's",
+        "3.50",
+        "at",
+        "3:30",
+        "pm",
+        "a",
+        "follow",
+        "up",
+    ]
+    assert word_errors(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
+    assert word_errors([], ["a"]) == 1
