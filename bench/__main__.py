@@ -23,6 +23,7 @@ SECTIONS = (
     "messages",
     "real_voice",
     "first_audio",
+    "piper_servers",
     "idle",
     "barge_in",
     "soak",
