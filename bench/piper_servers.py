@@ -558,10 +558,20 @@ def section(results: Results, config: Config) -> Section:
         "onnxruntime session with the default options (an intra-op pool of one thread per "
         f"physical core, {physical} here, shared by them). "
         f"{results.threads[HTTP]} threads in the process after warm-up.",
-        "1 client: one-sentence turns' audio per wall second of their turns: "
+        "What the figures show: these sentences have no clause mark, so a one-sentence "
+        "turn is one piper run on every server (voxrelay's first segment is the whole "
+        "sentence), and on an idle server all three run it on an onnxruntime pool of "
+        f"{physical} threads: the same work, so at 1 client the first-audio ratio is the "
+        "servers' overheads and the machine's noise. Under load all three are bound by the "
+        "same CPU (the server CPU rows): each client asks for one sentence at a time, so a "
+        "turn waits for about the other clients' sentences however they are scheduled "
+        "(wyoming-piper one after another on both threads, http_server all at once on one "
+        f"shared pool, voxrelay {cores} at once, one thread each), and its first audio comes "
+        "at its sentence's end on all three; what differs is how much of the cores each "
+        "server turns into audio, and how fair its order is (the p90). One-sentence turns "
+        "at 1 client made audio at "
         + ", ".join(f"{name} {rate:.2f}" for name, rate in single.items())
-        + "; a server that runs one synthesis at a time cannot go much beyond that at any "
-        "number of clients.",
+        + " audio s/s of their turns.",
         f"Under load: the clients of one server start together, each says one sentence "
         f"after another (the next when the last has ended) and starts no new turn once "
         f"the window ({config.window_s:g} s, {config.rounds} per server and client count, "
@@ -625,6 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.quick))
     print(result.console())
+    print("\n".join(f"- {note}" for note in result.notes))  # how each server was run
     return 0 if all(goal.met for goal in result.goals) else 1
 
 
