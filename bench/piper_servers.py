@@ -526,6 +526,10 @@ def section(results: Results, config: Config) -> Section:
                 f"{clients} clients: turns / server CPU (cores)",
                 *(f"{len(loads[n].turns)} / {loads[n].cores:.2f}" for n in SERVERS),
             ),
+            (
+                f"{clients} clients: audio s per server CPU s",
+                *(f"{loads[n].audio_s / loads[n].server_cpu_s:.1f}" for n in SERVERS),
+            ),
         ]
     cores = os.cpu_count() or 1
     physical = psutil.cpu_count(logical=False) or cores
@@ -567,9 +571,10 @@ def section(results: Results, config: Config) -> Section:
         "turn waits for about the other clients' sentences however they are scheduled "
         "(wyoming-piper one after another on both threads, http_server all at once on one "
         f"shared pool, voxrelay {cores} at once, one thread each), and its first audio comes "
-        "at its sentence's end on all three; what differs is how much of the cores each "
-        "server turns into audio, and how fair its order is (the p90). One-sentence turns "
-        "at 1 client made audio at "
+        "at its sentence's end on all three; what differs is how much audio each server "
+        "makes of the CPU it gets (audio s per server CPU s; what it gets moves with the "
+        "other work on the machine, window by window) and how fair its order is (the "
+        "p90). One-sentence turns at 1 client made audio at "
         + ", ".join(f"{name} {rate:.2f}" for name, rate in single.items())
         + " audio s/s of their turns.",
         f"Under load: the clients of one server start together, each says one sentence "
