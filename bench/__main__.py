@@ -24,6 +24,7 @@ SECTIONS = (
     "real_voice",
     "first_audio",
     "voice_agent",
+    "piper_servers",
     "idle",
     "barge_in",
     "soak",
