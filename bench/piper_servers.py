@@ -20,10 +20,12 @@ A turn's first audio is the time from sending it to its first audio message
 (voxrelay, wyoming-piper) or first bytes of the response body (http_server); its end,
 to `TurnEnded`, `SynthesizeStopped` or the body's last byte. Audio seconds are
 bytes / 2 / 22050 for all three (16-bit mono at the voice's rate; the WAV header is
-not audio). Measured: one client saying one sentence, then a paragraph, the servers
-alternating turn by turn; then 4 and 16 clients together, each saying one sentence
-after another for a fixed window (first audio of every turn started in it, and the
-audio that arrived in it per wall second).
+not audio). The texts are the voice-agent section's assistant replies
+(`bench/corpus/replies.json`): one client saying the first sentence of each reply, then
+whole replies of three sentences or more, the servers alternating turn by turn; then
+4 and 16 clients together, each saying one reply after another for a fixed window
+(first audio of every turn started in it, and the audio that arrived in it per wall
+second).
 
 `python -m bench.piper_servers [--quick]` runs it alone; the suite runs it as a section.
 """
@@ -54,7 +56,6 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
-from bench.real_voice import SENTENCES
 from bench.report import Goal, Section, median, percentile
 from bench.servers import (
     ServerProcess,
@@ -62,8 +63,10 @@ from bench.servers import (
     start_server_process,
     stop_server_process,
 )
+from bench.voice_agent import load_replies
 from voxrelay import AsyncClient, Audio, TurnEnded
 from voxrelay_server.engines.piper_engine import bundled_joe_voice
+from voxrelay_server.splitter import SentenceSplitter
 
 VOXRELAY, WYOMING, HTTP = "voxrelay", "wyoming-piper", "piper http_server"
 SERVERS = (VOXRELAY, WYOMING, HTTP)
@@ -81,7 +84,8 @@ P90_GOALS = {4: 0.41, 16: 0.30}
 THROUGHPUT_GOAL = 1.09
 """voxrelay's audio throughput at 4 and 16 clients, at least this x the better other."""
 
-PARAGRAPH_SENTENCES = 4
+PARAGRAPH_SENTENCES = 3
+"""The fewest sentences of a reply said as a paragraph."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class Config:
     """Windows per server and client count, the servers in a rotating order."""
 
 
-FULL = Config(sentence_turns=15, paragraph_turns=15, window_s=12.0, rounds=2)
+FULL = Config(sentence_turns=24, paragraph_turns=15, window_s=12.0, rounds=2)
 QUICK = Config(sentence_turns=4, paragraph_turns=2, window_s=4.0, rounds=1)
 
 
@@ -331,15 +335,26 @@ def check_no_download(data_dir: Path) -> None:
             raise RuntimeError(f"{log.name} shows a download:\n{text[-2000:]}")
 
 
+def sentence_ends(reply: str) -> list[int]:
+    """Where the reply's sentences end, as voxrelay's splitter reads them."""
+    return SentenceSplitter(0, len(reply) + 1).sentence_ends(reply)
+
+
 def paragraphs(count: int) -> list[str]:
-    return [
-        " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(PARAGRAPH_SENTENCES))
-        for i in range(count)
-    ]
+    """The first `count` replies of `PARAGRAPH_SENTENCES` sentences or more."""
+    long = [r for r in load_replies() if len(sentence_ends(r)) >= PARAGRAPH_SENTENCES - 1]
+    return [long[i % len(long)] for i in range(count)]
 
 
-def sentences(count: int, start: int = 0) -> list[str]:
-    return [SENTENCES[(start + i) % len(SENTENCES)] for i in range(count)]
+def sentences(count: int) -> list[str]:
+    """The first sentence of each of the first `count` replies."""
+    replies = load_replies()
+    firsts = []
+    for i in range(count):
+        reply = replies[i % len(replies)]
+        ends = sentence_ends(reply)
+        firsts.append(reply[: ends[0]].strip() if ends else reply)
+    return firsts
 
 
 def ignore(_size: int) -> None:
@@ -367,7 +382,7 @@ async def one_client(
 
 @dataclass
 class Load:
-    """N clients on one server, each saying one sentence after another."""
+    """N clients on one server, each saying one reply after another."""
 
     turns: list[Turn] = field(default_factory=list)
     audio_s: float = 0.0
@@ -406,11 +421,13 @@ async def loaded(connect: Connect, pid: int, clients: int, window_s: float, load
         if time.perf_counter() <= closes:
             arrived += size
 
+    replies = load_replies()
+
     async def client(speaker: Speaker, offset: int) -> None:
         for index in range(offset, 1_000_000):
             if time.perf_counter() >= closes:
                 return
-            load.turns.append(await speaker(SENTENCES[index % len(SENTENCES)], on_audio))
+            load.turns.append(await speaker(replies[index % len(replies)], on_audio))
 
     async with AsyncExitStack() as stack:
         speakers = await asyncio.gather(
@@ -508,7 +525,7 @@ def section(results: Results, config: Config) -> Section:
     def row(what: str, cells: Callable[[str], str]) -> Sequence[str]:
         return (what, *(cells(name) for name in SERVERS))
 
-    paragraph = f"1 client, paragraph ({PARAGRAPH_SENTENCES} sentences)"
+    paragraph = f"1 client, paragraph ({PARAGRAPH_SENTENCES}+ sentences)"
     rows = [
         row("1 client, one sentence: first audio", lambda n: p50_p90(results.sentence[n])),
         row("1 client, one sentence: end of turn", lambda n: p50_p90(results.sentence[n], True)),
@@ -562,22 +579,20 @@ def section(results: Results, config: Config) -> Section:
         "onnxruntime session with the default options (an intra-op pool of one thread per "
         f"physical core, {physical} here, shared by them). "
         f"{results.threads[HTTP]} threads in the process after warm-up.",
-        "What the figures show: these sentences have no clause mark, so a one-sentence "
-        "turn is one piper run on every server (voxrelay's first segment is the whole "
-        "sentence), and on an idle server all three run it on an onnxruntime pool of "
-        f"{physical} threads: the same work, so at 1 client the first-audio ratio is the "
-        "servers' overheads and the machine's noise. Under load all three are bound by the "
-        "same CPU (the server CPU rows): each client asks for one sentence at a time, so a "
-        "turn waits for about the other clients' sentences however they are scheduled "
-        "(wyoming-piper one after another on both threads, http_server all at once on one "
-        f"shared pool, voxrelay {cores} at once, one thread each), and its first audio comes "
-        "at its sentence's end on all three; what differs is how much audio each server "
-        "makes of the CPU it gets (audio s per server CPU s; what it gets moves with the "
-        "other work on the machine, window by window) and how fair its order is (the "
-        "p90). One-sentence turns at 1 client made audio at "
+        "What the figures show: at 1 client, a first sentence with a clause of 4 words "
+        "or more before its end (most of an assistant's longer ones) is spoken from its "
+        "first clause by voxrelay and whole by the others, so voxrelay's first audio is "
+        "that much earlier; a short one ('Got it.') is one piper run on every server, on an "
+        f"onnxruntime pool of {physical} threads, the same work. Under load all three are "
+        "bound by the same CPU (the server CPU rows); what differs is how soon each gives "
+        "a turn its first audio (wyoming-piper one sentence at a time server-wide, "
+        "http_server only once the whole reply is synthesized, voxrelay the first clause of "
+        "every turn due first), how much audio each makes of the CPU it gets (audio s per "
+        "server CPU s; what it gets moves with the other work on the machine) and how fair "
+        "its order is (the p90). One-sentence turns at 1 client made audio at "
         + ", ".join(f"{name} {rate:.2f}" for name, rate in single.items())
         + " audio s/s of their turns.",
-        f"Under load: the clients of one server start together, each says one sentence "
+        f"Under load: the clients of one server start together, each says one reply "
         f"after another (the next when the last has ended) and starts no new turn once "
         f"the window ({config.window_s:g} s, {config.rounds} per server and client count, "
         "the servers in a rotating order) has closed; first audio counts every turn started "
@@ -595,7 +610,9 @@ def section(results: Results, config: Config) -> Section:
             "`piper.http_server` (`httpx`, `POST /synthesize`), all running in this run: "
             f"one client, {config.sentence_turns} one-sentence and {config.paragraph_turns} "
             "paragraph turns per server, the servers alternating turn by turn; then 4 and "
-            "16 clients at once, each saying one sentence after another for a window. "
+            "16 clients at once, each saying one reply after another for a window. The "
+            "texts: the voice-agent section's assistant replies (the first sentence of "
+            "each, whole replies of three sentences or more, and every reply under load). "
             "First audio: from sending a turn to its first audio message (or response body "
             "bytes); audio seconds are bytes / 2 / 22050 on all three."
         ),

@@ -547,6 +547,40 @@ async def test_what_an_engine_keeps_for_paused_segments_counts_against_the_buffe
     assert tone.stats.peak_active <= slots + 1
 
 
+@pytest.mark.parametrize("first_clause_words", [2, 0])
+async def test_words_waiting_mid_turn_are_spoken_before_the_listener_runs_out(
+    first_clause_words: int,
+) -> None:
+    """The dry rule (first-clause mode): after a short first clause, a long sentence
+    still being written would leave the listener without audio; the complete words
+    waiting are spoken before the first clause has played. Sentence mode waits."""
+    tone = ToneEngine(ms_per_char=30.0)  # "Okay then," is 0.3 s of audio
+    dispatcher = make_dispatcher(tone, first_clause_words=first_clause_words, stall_s=0.02)
+    dispatcher.send_text(
+        "Okay then. I will look" if not first_clause_words else "Okay then, I will look"
+    )
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    first = await anext(events)
+    assert isinstance(first, AudioOut) and first.segment == 1
+    if not first_clause_words:
+        # Its 0.3 s play out and nothing follows: the sentence is not complete.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(events), timeout=1.0)
+        await dispatcher.aclose()
+        return
+    assert amplitudes(first) == {ToneEngine.amplitude_for("Okay then,")}
+    second = await anext(events)  # no more text, no turn_done: the dry rule released it
+    assert isinstance(second, AudioOut) and second.segment == 2
+    assert amplitudes(second) == {ToneEngine.amplitude_for("I will")}  # "look" may grow
+    dispatcher.send_text("ing into it.")
+    dispatcher.close()
+    rest = [event async for event in events]
+    third = [e for e in rest if isinstance(e, AudioOut)]
+    assert {e.segment for e in third} == {3}
+    assert amplitudes(third[0]) == {ToneEngine.amplitude_for("looking into it.")}
+
+
 async def test_a_stalled_turn_start_speaks_its_complete_words() -> None:
     """No clause mark yet and no new text: the words waiting at the start of the turn
     are spoken after the stall time, the word still being written waits for more."""

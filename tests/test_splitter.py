@@ -94,7 +94,7 @@ def test_a_stall_at_the_start_of_a_turn_releases_its_complete_words() -> None:
     assert splitter.feed("Let me check") == []
     assert splitter.take_words() == "Let me"  # "check" may still be growing
     assert splitter.buffered == " check"
-    assert splitter.take_words() is None  # the turn has started: sentences from now on
+    assert splitter.take_words() is None  # nothing complete: "check" may still be growing
     assert splitter.feed("ing that for you. ") == ["checking that for you."]
     assert splitter_of(20, first_clause_words=4).take_words() is None  # nothing buffered
 

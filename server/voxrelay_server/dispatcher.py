@@ -58,6 +58,14 @@ Synthesize = Callable[[str], AsyncIterator[bytes]]
 TYPICAL_SECONDS_PER_CHAR = 0.06
 """Speech per character of English text at normal speed (about 16 characters a
 second): a session's first estimate, until its own segments show its pace."""
+TYPICAL_FIRST_AUDIO_S = 0.25
+"""Time from a segment's release to its engine's first audio: a session's first
+estimate, until its own segments show theirs."""
+DRY_LEAD_FACTOR = 2.0
+"""The dry rule speaks waiting words this many first-audio times (plus `DRY_MARGIN_S`)
+before the listener would run out of audio: a new segment's first audio then comes in
+time even when it takes twice as long as the session's segments have so far."""
+DRY_MARGIN_S = 0.05
 SlotFactory = Callable[[PlaybackClock, float], AbstractAsyncContextManager[None]]
 """A server-wide synthesis slot for a segment of the session with this playback clock
 and of about this many seconds of audio, held while the segment's engine runs; it
@@ -188,6 +196,7 @@ class _SegmentJob:
     when it got a synthesis slot until it is delivered or dropped."""
     text_settled: bool = False
     """Its text no longer counts as buffered (synthesized, failed or dropped)."""
+    released_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -268,6 +277,13 @@ class SessionDispatcher:
         self._stall_s = stall_s
         """The start of a turn stalled this long speaks its complete words; 0 = never."""
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._dry_rule = first_clause_words > 0
+        """Speak a turn's waiting words before its listener runs out of audio."""
+        self._dry_timer: asyncio.TimerHandle | None = None
+        self._dry_at = 0.0
+        """When the dry timer fires (`time.monotonic()`)."""
+        self._first_audio_s = TYPICAL_FIRST_AUDIO_S
+        """How long this session's segments took from release to first audio (smoothed)."""
         self._timeline: collections.deque[_Entry] = collections.deque()
         self._timeline_grew = asyncio.Event()
         self._waiting_jobs: collections.deque[_SegmentJob] = collections.deque()
@@ -352,6 +368,7 @@ class SessionDispatcher:
             self._release(turn, segment)
         if self._stall_s:
             self._watch_for_stall()
+        self._watch_for_dry()
 
     async def send_text_when_room(self, text: str) -> None:
         """`send_text`, first waiting until the text budget has room for `text`.
@@ -419,7 +436,7 @@ class SessionDispatcher:
         if self._state in _RUNNING:
             self._error = error or SpeechError(ErrorCode.CANCELLED, "the caller went away")
         self._state = SessionState.CLOSED
-        for timer in (self._idle_timer, self._stall_timer):
+        for timer in (self._idle_timer, self._stall_timer, self._dry_timer):
             if timer is not None:
                 timer.cancel()
         self._drop_everything()
@@ -554,10 +571,48 @@ class SessionDispatcher:
     def _on_stall(self) -> None:
         self._stall_timer = None
         turn = self._open_turn
-        if self._accepting_input() and turn is not None:
+        if self._accepting_input() and turn is not None and self._splitter.at_turn_start:
             words = self._splitter.take_words()
             if words:
                 self._release(turn, words)
+
+    # The dry rule: words waiting in the middle of a turn when the listener is about to
+    # hear everything released so far (the text comes slower than it is spoken there,
+    # say a long sentence after a short first clause).
+
+    def _watch_for_dry(self) -> None:
+        """Speak the waiting words now if the listener would otherwise run out of audio
+        before a new segment's first audio could come, else check again by then."""
+        turn = self._open_turn
+        if (
+            not self._dry_rule
+            or turn is None
+            or self._splitter.at_turn_start
+            or self._queued_text_chars  # released text is still being synthesized
+            or not self._accepting_input()
+        ):
+            return
+        now = time.monotonic()
+        buffered_s = self._buffered_audio_bytes / 2 / self._native_rate_hz
+        slack_s = max(self._playback.runs_out_at - now, 0.0) + buffered_s
+        lead_s = DRY_LEAD_FACTOR * self._first_audio_s + DRY_MARGIN_S
+        if slack_s <= lead_s:
+            if (words := self._splitter.take_words()) is not None:
+                self._release(turn, words)
+            return
+        fire_at = now + slack_s - lead_s
+        if self._dry_timer is not None:
+            if self._dry_at <= fire_at:
+                return  # it fires first, and checks again
+            self._dry_timer.cancel()
+        self._dry_at = fire_at
+        self._dry_timer = asyncio.get_running_loop().call_later(
+            slack_s - lead_s, self._on_dry
+        )
+
+    def _on_dry(self) -> None:
+        self._dry_timer = None
+        self._watch_for_dry()
 
     # The idle timeout: one timer per session, moved on only when it fires, so
     # waiting for input costs no timer (or task) of its own.
@@ -714,6 +769,8 @@ class SessionDispatcher:
             job.audio.put(chunk)
             if not job.made_audio:
                 job.made_audio = True
+                latency_s = time.monotonic() - job.released_at
+                self._first_audio_s += 0.3 * (latency_s - self._first_audio_s)
                 self._observer.segment_engine_first_audio(job.turn.number, job.number)
                 if job is self._delivering:
                     # The merger waits for exactly this: let it send the first audio
@@ -797,6 +854,8 @@ class SessionDispatcher:
         if not job.text_settled:
             job.text_settled = True
             self._queued_text_chars -= len(job.text)
+            if not self._queued_text_chars:
+                self._watch_for_dry()
             waiters, self._text_waiters = self._text_waiters, []
             for waiter in waiters:
                 if not waiter.done():

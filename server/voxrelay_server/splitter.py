@@ -21,8 +21,9 @@ without a space after). The rules on top of it:
 - the complete sentences in the buffer are released as one segment once they
   reach `min_chars` characters; the text after the last sentence end stays
   buffered, whitespace included, so "He " + "arrived" becomes "He arrived";
-- `take_words()` releases the complete words waiting at the start of a turn
-  (the caller's text stalled: they should not wait for more);
+- `take_words()` releases the complete words waiting (the caller's text stalled
+  at the start of a turn, or the listener is about to hear all that was released:
+  they should not wait for more);
 - no segment is longer than `max_chars`: text that would make a longer one is
   cut at the last sentence end that fits, else at the last clause mark in the
   second half of the limit, else at the last whitespace, and only a run of over
@@ -120,11 +121,9 @@ class SentenceSplitter:
         return had_text
 
     def take_words(self) -> str | None:
-        """At the start of a turn, release the complete words buffered (all but a word
-        that may still be growing); None when there are none, or the turn has started."""
+        """Release the complete words buffered (all but a word that may still be
+        growing); None when there are none."""
         buffer = self._buffer.lstrip()
-        if not self._turn_start:
-            return None
         ends = [match.start() for match in _WHITESPACE.finditer(buffer)]
         if not ends:
             return None
