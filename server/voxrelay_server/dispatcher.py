@@ -606,9 +606,7 @@ class SessionDispatcher:
                 return  # it fires first, and checks again
             self._dry_timer.cancel()
         self._dry_at = fire_at
-        self._dry_timer = asyncio.get_running_loop().call_later(
-            slack_s - lead_s, self._on_dry
-        )
+        self._dry_timer = asyncio.get_running_loop().call_later(slack_s - lead_s, self._on_dry)
 
     def _on_dry(self) -> None:
         self._dry_timer = None
