@@ -197,10 +197,15 @@ class _SegmentJob:
     text_settled: bool = False
     """Its text no longer counts as buffered (synthesized, failed or dropped)."""
     released_at: float = field(default_factory=time.monotonic)
+    previous: _SegmentJob | None = None
+    """The session's segment released just before it, while this one has not started."""
+    sounding: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once its engine has made audio, or it is over without any."""
     cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.sounding.set()
         if self.task is not None:
             self.task.cancel()
         self.audio.put(_END_OF_AUDIO)  # wakes the merger if it waits on this job
@@ -251,6 +256,8 @@ class SessionDispatcher:
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
+        should_yield: Callable[[PlaybackClock], bool] | None = None,
+        staggered: bool = False,
         observer: SessionObserver | None = None,
         session_id: str = "",
     ) -> None:
@@ -265,6 +272,16 @@ class SessionDispatcher:
         self._synthesis_slot = synthesis_slot or _unlimited_slot
         self._paused_segment_bytes = paused_segment_bytes
         """What the engine may keep for each paused segment, outside this session's buffer."""
+        self._staggered = staggered
+        """A segment starts once the one released before it has made audio: the engine
+        makes a segment's audio faster while no other is being made, and the head
+        segment's first audio is what a listener waits for (a next one has the head's
+        audio to play to be ready)."""
+        self._last_released: _SegmentJob | None = None
+        self._should_yield = should_yield if not paused_segment_bytes else None
+        """Whether a segment should give its synthesis slot to a more urgent one between
+        two pieces of its audio. Only for engines that keep nothing for a segment that
+        is not being read (so a yielded segment costs no memory outside the buffer)."""
         self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
         """When this session's audio is due: the scheduler serves the most urgent first."""
@@ -675,6 +692,8 @@ class SessionDispatcher:
     def _release(self, turn: _Turn, text: str) -> None:
         turn.segments += 1
         job = _SegmentJob(turn, turn.segments, text)
+        if self._staggered:
+            job.previous, self._last_released = self._last_released, job
         self._queued_text_chars += len(text)
         self._append(job)
         self._waiting_jobs.append(job)
@@ -698,6 +717,9 @@ class SessionDispatcher:
         started = False
         chunks: AsyncIterator[bytes] | None = None
         try:
+            if (previous := job.previous) is not None:
+                job.previous = None
+                await previous.sounding.wait()
             estimate_s = self._estimated_audio_s(job.text)
             while True:
                 await self._wait_for_audio_room(job, started=started)
@@ -719,7 +741,8 @@ class SessionDispatcher:
                     if await self._synthesize_into(job, chunks):
                         break
                 # Paused: the client is behind, and the slot went back to the server
-                # until it has read enough of this session's audio.
+                # until it has read enough of this session's audio; or a more urgent
+                # segment took the slot, and this one queued again.
         except asyncio.CancelledError:
             if started:
                 self._observer.segment_synthesized(
@@ -748,6 +771,7 @@ class SessionDispatcher:
                 "logged: retry, and report it if it persists",
             )
         finally:
+            job.sounding.set()
             self._settle_text(job)
             if isinstance(chunks, AsyncGenerator):
                 await chunks.aclose()  # a cancelled engine stops now, not when collected
@@ -757,8 +781,9 @@ class SessionDispatcher:
         job.audio.put(error if error is not None else _END_OF_AUDIO)
 
     async def _synthesize_into(self, job: _SegmentJob, chunks: AsyncIterator[bytes]) -> bool:
-        """Move the engine's audio into `job` until the engine is done (True) or the
-        client is so far behind that the segment must pause (False)."""
+        """Move the engine's audio into `job` until the engine is done (True), or the
+        client is so far behind that the segment must pause, or a more urgent segment
+        should have the slot (False)."""
         async for chunk in chunks:
             if not chunk:
                 continue
@@ -767,6 +792,7 @@ class SessionDispatcher:
             job.audio.put(chunk)
             if not job.made_audio:
                 job.made_audio = True
+                job.sounding.set()
                 latency_s = time.monotonic() - job.released_at
                 self._first_audio_s += 0.3 * (latency_s - self._first_audio_s)
                 self._observer.segment_engine_first_audio(job.turn.number, job.number)
@@ -776,6 +802,8 @@ class SessionDispatcher:
                     await asyncio.sleep(0)
             if self._behind(job):
                 return False
+            if self._should_yield is not None and self._should_yield(self._playback):
+                return False  # queued again at once, due when its listener runs out
         return True
 
     # The playback clock: how urgent this session's next segment is.

@@ -46,6 +46,9 @@ class SpeechEngine(abc.ABC):
     paused_segment_bytes: int = 0
     """Most audio it keeps for a segment whose consumer stops taking it (its look-ahead);
     0 for an engine that makes audio only when asked for more."""
+    faster_alone: bool = False
+    """A segment synthesized while no other is makes its audio faster (it gets every
+    core): a session's next segment then starts once the one before has made audio."""
 
     @abc.abstractmethod
     def voices(self) -> Sequence[VoiceInfo]:

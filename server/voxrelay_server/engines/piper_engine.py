@@ -118,6 +118,7 @@ class PiperEngine(SpeechEngine):
     """
 
     name = ENGINE_NAME
+    faster_alone = True
 
     def __init__(
         self,
