@@ -3,6 +3,7 @@ compared with the PCM the same request gives, over real gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 
@@ -25,6 +26,8 @@ from tests.conftest import (
     text,
     turn_done,
 )
+from voxrelay import AsyncClient, Audio, Client, SessionOptions, SynthesizedAudio, WireEncoding
+from voxrelay.client import SampleType
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.codecs import OggOpusStream, linear_to_alaw, linear_to_ulaw
 from voxrelay_server.engines.espeak_engine import EspeakEngine
@@ -259,3 +262,54 @@ def test_opus_chunks_count_the_samples_their_pages_complete() -> None:
     assert all(c.samples >= rate // 10 for c in chunks[:-1])
     decoded, _ = decode_opus(b"".join(c.data for c in chunks))
     assert len(decoded) == rate
+
+
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+@pytest.mark.parametrize("dtype", ["int16", "float32"])
+async def test_the_client_decodes_g711_into_its_dtype_and_keeps_the_bytes(
+    tone_server: RunningServer, encoding: WireEncoding, dtype: SampleType
+) -> None:
+    options = SessionOptions(encoding=encoding, dtype=dtype, sample_rate_hz=8000)
+    async with AsyncClient(tone_server.target) as client:
+        audio = await client.synthesize(TEXT, options)
+    subtype = "ULAW" if encoding == "mulaw" else "ALAW"
+    reference = g711_decode(audio.data, subtype)
+    assert audio.samples.dtype == np.dtype(dtype) and audio.sample_rate_hz == 8000
+    expected = reference if dtype == "int16" else reference / np.float32(32767)
+    np.testing.assert_allclose(audio.samples, expected, rtol=1e-6)
+    assert all(c.encoding == encoding and len(c.data) == c.num_samples for c in audio.chunks)
+
+
+async def test_the_client_gives_opus_pages_their_sample_counts_and_decodes_a_turn(
+    tone_server: RunningServer,
+) -> None:
+    options = SessionOptions(encoding="opus", dtype="float32")
+    async with AsyncClient(tone_server.target) as client:
+        events = []
+        async with client.session(options) as session:
+            for words in ("First turn here.", "Second turn, a bit longer than the first."):
+                await session.send_text(words)
+                await session.turn_done()
+            await session.close()
+            events = [event async for event in session if isinstance(event, Audio)]
+        audio = await client.synthesize(TEXT, options)
+        pcm = await client.synthesize(TEXT, SessionOptions())
+    for turn, words in ((1, "First turn here."), (2, "Second turn, a bit longer than the first.")):
+        pieces = [e for e in events if e.turn == turn]
+        expected = tone_server.tone.samples_for(words)
+        assert sum(e.num_samples for e in pieces) == expected
+        assert all(e.samples.size == 0 and e.encoding == "opus" for e in pieces)
+        decoded, _ = decode_opus(b"".join(e.data for e in pieces))
+        assert len(decoded) == expected
+
+    # The blocking client, too (on a thread: the server runs on this loop).
+    def blocking_synthesize() -> SynthesizedAudio:
+        with Client(tone_server.target) as blocking:
+            return blocking.synthesize(TEXT, options)
+
+    whole = await asyncio.to_thread(blocking_synthesize)
+    for result in (audio, whole):
+        assert result.data[:4] == b"OggS" and result.sample_rate_hz == 16000
+        assert result.samples.dtype == np.float32
+        assert len(result.samples) == len(pcm.samples)
+        assert result.duration_s == pytest.approx(sum(c.duration_s for c in result.chunks))
