@@ -17,6 +17,8 @@ from voxrelay_server.audio import (
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 RATE = 16000
+SAMPLE_ENCODINGS = [e for e in AudioEncoding if e.bytes_per_sample]
+"""Encodings made per segment, sample by sample (Ogg Opus is made per turn)."""
 
 
 def ramp(count: int) -> np.ndarray:
@@ -67,7 +69,7 @@ def test_float32_is_int16_divided_by_32767() -> None:
     assert floats[-1] == 1.0
 
 
-@pytest.mark.parametrize("encoding", list(AudioEncoding))
+@pytest.mark.parametrize("encoding", SAMPLE_ENCODINGS)
 def test_chunk_ms_cuts_messages_of_that_duration(encoding: AudioEncoding) -> None:
     encoder = SegmentEncoder(RATE, OutputFormat(encoding, RATE, chunk_ms=50))
     chunks = split_at(ramp(RATE).tobytes(), [333, 3001, 9999])  # 1 s of audio, ragged pieces
@@ -89,7 +91,7 @@ def test_without_chunk_ms_audio_goes_out_as_produced() -> None:
 
 
 @pytest.mark.parametrize(("source", "target"), [(22050, 48000), (22050, 16000), (16000, 8000)])
-@pytest.mark.parametrize("encoding", list(AudioEncoding))
+@pytest.mark.parametrize("encoding", SAMPLE_ENCODINGS)
 def test_resampling_yields_the_length_of_the_new_rate(
     source: int, target: int, encoding: AudioEncoding
 ) -> None:
@@ -116,7 +118,7 @@ def test_resampling_keeps_the_signal_and_its_pitch() -> None:
     assert rms_out == pytest.approx(rms_in, rel=0.02)
 
 
-@pytest.mark.parametrize("encoding", list(AudioEncoding))
+@pytest.mark.parametrize("encoding", SAMPLE_ENCODINGS)
 @pytest.mark.parametrize("rate", [8000, RATE, 96000])
 def test_huge_engine_chunks_are_cut_into_messages_of_at_most_a_second(
     encoding: AudioEncoding, rate: int

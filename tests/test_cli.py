@@ -167,6 +167,50 @@ def test_say_writes_float_audio_at_the_rate_asked_for(server: ServeProcess, tmp_
     assert "(48000 Hz)" in result.stderr
 
 
+def reported_audio_s(stderr: str, name: str) -> float:
+    summary = re.search(rf"wrote \S*{re.escape(name)} \((\d+\.\d+) s of audio\)", stderr)
+    assert summary is not None, stderr
+    return float(summary.group(1))
+
+
+@pytest.mark.parametrize(("name", "subtype"), [("mulaw", "ULAW"), ("alaw", "ALAW")])
+def test_say_writes_g711_wav_files_players_open(
+    server: ServeProcess, tmp_path: Path, name: str, subtype: str
+) -> None:
+    output = tmp_path / f"hello-{name}.wav"
+    args = ["-o", str(output), "--format", name, "--sample-rate", "8000"]
+    result = voxrelay("say", HELLO, *args, "--server", server.target, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    info = soundfile.info(str(output))
+    assert (info.format, info.subtype, info.samplerate, info.channels) == ("WAV", subtype, 8000, 1)
+    samples, rate = soundfile.read(str(output), dtype="float64")
+    assert len(samples) == info.frames == output.stat().st_size - 58 - len(samples) % 2
+    assert rms(samples) > 0.01
+    assert_plausible_duration(len(samples) / rate, HELLO)
+    assert reported_audio_s(result.stderr, output.name) == pytest.approx(
+        len(samples) / rate, abs=0.01
+    )
+
+
+def test_say_writes_an_ogg_opus_file_players_open(server: ServeProcess, tmp_path: Path) -> None:
+    result = voxrelay("say", HELLO, "--format", "opus", "--server", server.target, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / "voxrelay.opus"  # the default name for opus
+    info = soundfile.info(str(output))
+    assert (info.format, info.subtype, info.channels) == ("OGG", "OPUS", 1)
+    assert info.samplerate == 24000  # the Opus rate at or above the voice's 22050 Hz
+    samples, rate = soundfile.read(str(output), dtype="float64")
+    assert len(samples) == info.frames
+    assert rms(samples) > 0.01
+    assert_plausible_duration(len(samples) / rate, HELLO)
+    assert reported_audio_s(result.stderr, output.name) == pytest.approx(
+        len(samples) / rate, abs=0.01
+    )
+    assert "(24000 Hz)" in result.stderr
+
+
 def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) -> None:
     first_line = "Hello there, this is the first line."
     second_line = "And this second line adds a good deal more speech to the very same turn."

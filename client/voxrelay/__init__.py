@@ -14,7 +14,7 @@ from voxrelay.client import (
     synthesize,
 )
 from voxrelay.errors import VoxrelayError
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted
+from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
 
 __all__ = [
     "AsyncClient",
@@ -29,5 +29,6 @@ __all__ = [
     "TurnStarted",
     "VoiceInfo",
     "VoxrelayError",
+    "WireEncoding",
     "synthesize",
 ]

@@ -2,6 +2,7 @@
 
 voxrelay serve                          start a server (flags or VOXRELAY_* variables)
 voxrelay say "Hello there." -o hi.wav   speak a text into a WAV file
+voxrelay say "Hi." --format opus        ... into an Ogg Opus file (voxrelay.opus)
 some-llm | voxrelay say - -o out.wav    speak stdin as it streams in, line by line
 voxrelay voices                         list the server's voices
 """
@@ -13,19 +14,104 @@ import asyncio
 import functools
 import logging
 import os
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import soundfile
 
-from voxrelay.client import AsyncClient, SessionOptions, default_target
+from voxrelay.client import AsyncClient, SampleType, SessionOptions, default_target
 from voxrelay.errors import VoxrelayError
-from voxrelay.events import Audio, TurnEnded, TurnStarted
+from voxrelay.events import Audio, TurnEnded, TurnStarted, WireEncoding
 
-_FORMATS = {"s16": "int16", "f32": "float32"}
+_FORMATS: dict[str, tuple[WireEncoding, SampleType]] = {
+    "s16": ("pcm", "int16"),
+    "f32": ("pcm", "float32"),
+    "mulaw": ("mulaw", "int16"),
+    "alaw": ("alaw", "int16"),
+    "opus": ("opus", "int16"),
+}
 _WAV_SUBTYPES = {"int16": "PCM_16", "float32": "FLOAT"}
+_G711_FORMAT_TAGS = {"mulaw": 7, "alaw": 6}
+"""WAVE_FORMAT_MULAW and WAVE_FORMAT_ALAW, the format tags players know G.711 by."""
+
+
+class _AudioWriter(Protocol):
+    def write(self, audio: Audio) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _PcmWav:
+    """PCM into a WAV file through libsndfile."""
+
+    def __init__(self, path: Path, rate: int, dtype: SampleType) -> None:
+        self._file = soundfile.SoundFile(
+            path, "w", samplerate=rate, channels=1, subtype=_WAV_SUBTYPES[dtype], format="WAV"
+        )
+
+    def write(self, audio: Audio) -> None:
+        self._file.write(audio.samples)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _G711Wav:
+    """The server's G.711 bytes, as sent, into a WAV file with the mu-law or A-law
+    format tag: no decoding and re-encoding on the way. The sizes in the header are
+    written when the file is closed."""
+
+    def __init__(self, path: Path, rate: int, encoding: WireEncoding) -> None:
+        self._file: BinaryIO = path.open("wb")
+        self._tag = _G711_FORMAT_TAGS[encoding]
+        self._rate = rate
+        self._size = 0
+        self._header()
+
+    def _header(self) -> None:
+        fmt = struct.pack("<HHIIHHH", self._tag, 1, self._rate, self._rate, 1, 8, 0)
+        pad = self._size % 2
+        riff_size = 4 + (8 + len(fmt)) + (8 + 4) + (8 + self._size + pad)
+        self._file.write(b"RIFF" + struct.pack("<I", riff_size) + b"WAVE")
+        self._file.write(b"fmt " + struct.pack("<I", len(fmt)) + fmt)
+        self._file.write(b"fact" + struct.pack("<II", 4, self._size))  # samples, one a byte
+        self._file.write(b"data" + struct.pack("<I", self._size))
+
+    def write(self, audio: Audio) -> None:
+        self._file.write(audio.data)
+        self._size += len(audio.data)
+
+    def close(self) -> None:
+        if self._size % 2:
+            self._file.write(b"\0")  # RIFF chunks are padded to an even length
+        self._file.seek(0)
+        self._header()
+        self._file.close()
+
+
+class _OggOpusFile:
+    """The server's Ogg pages, as sent: one turn is one complete Ogg Opus stream."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: BinaryIO = path.open("wb")
+
+    def write(self, audio: Audio) -> None:
+        self._file.write(audio.data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _open_writer(path: Path, rate: int, options: SessionOptions) -> _AudioWriter:
+    if options.encoding == "opus":
+        return _OggOpusFile(path)
+    if options.encoding in _G711_FORMAT_TAGS:
+        return _G711Wav(path, rate, options.encoding)
+    return _PcmWav(path, rate, options.dtype)
 
 
 def _add_server_option(parser: argparse.ArgumentParser) -> None:
@@ -127,25 +213,35 @@ def _serve(args: argparse.Namespace) -> int:
 def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     say = commands.add_parser(
         "say",
-        help="speak text through a server into a WAV file",
+        help="speak text through a server into a WAV or Ogg Opus file",
         description="Speak TEXT (or stdin, streamed line by line, when TEXT is -) and write "
-        "the audio to a WAV file. Prints time to first audio and the real-time factor.",
+        "the audio to a WAV file (an Ogg Opus file with --format opus). Prints time to "
+        "first audio and the real-time factor.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     say.add_argument("text", help="the text to speak, or - to stream stdin")
     _add_server_option(say)
     say.add_argument(
-        "-o", "--output", type=Path, default=Path("voxrelay.wav"), help="WAV file to write"
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="file to write (default: voxrelay.wav, or voxrelay.opus with --format opus)",
     )
     say.add_argument("--voice", default="", help="voice name; empty = the server's default")
     say.add_argument(
         "--format",
-        choices=sorted(_FORMATS),
+        choices=list(_FORMATS),
         default="s16",
-        help="sample format: s16 (16-bit PCM) or f32 (32-bit float)",
+        help="s16 (16-bit PCM WAV), f32 (32-bit float WAV), mulaw or alaw (G.711 WAV, as the "
+        "server sent it; 8000 Hz is their usual rate) or opus (Ogg Opus, as the server "
+        "sent it; rate 8000, 12000, 16000, 24000 or 48000)",
     )
     say.add_argument(
-        "--sample-rate", type=int, default=0, help="output rate in Hz; 0 = the voice's native rate"
+        "--sample-rate",
+        type=int,
+        default=0,
+        help="output rate in Hz; 0 = the voice's native rate (opus: the Opus rate at or above it)",
     )
     say.add_argument("--speed", type=float, default=0.0, help="0.25 to 4.0; 0 = normal")
     say.add_argument("--instructions", default="", help="speaking instructions (openai voices)")
@@ -161,9 +257,11 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _say(args: argparse.Namespace) -> int:
+    encoding, dtype = _FORMATS[args.format]
     options = SessionOptions(
         voice=args.voice,
-        dtype=_FORMATS[args.format],  # type: ignore[arg-type]
+        dtype=dtype,
+        encoding=encoding,
         sample_rate_hz=args.sample_rate,
         speed=args.speed,
         instructions=args.instructions,
@@ -173,7 +271,8 @@ def _say(args: argparse.Namespace) -> int:
     chunks = _stdin_lines() if args.text == "-" else _single(args.text)
     report = _Reporter(quiet=args.quiet)
     connect = functools.partial(_connect, args)
-    return asyncio.run(_speak(connect, options, chunks, args.output, report))
+    output = args.output or Path("voxrelay.opus" if encoding == "opus" else "voxrelay.wav")
+    return asyncio.run(_speak(connect, options, chunks, output, report))
 
 
 async def _single(text: str) -> AsyncIterator[str]:
@@ -209,7 +308,7 @@ async def _speak(
     output: Path,
     report: _Reporter,
 ) -> int:
-    writer: soundfile.SoundFile | None = None
+    writer: _AudioWriter | None = None
     samples = 0
     rate = 0
     first_audio_ms: float | None = None
@@ -231,16 +330,9 @@ async def _speak(
                         first_audio_ms = report.elapsed_ms()
                         rate = event.sample_rate_hz
                         report.say(f"first audio after {first_audio_ms:.0f} ms ({rate} Hz)")
-                        writer = soundfile.SoundFile(
-                            output,
-                            "w",
-                            samplerate=rate,
-                            channels=1,
-                            subtype=_WAV_SUBTYPES[options.dtype],
-                            format="WAV",
-                        )
-                    writer.write(event.samples)
-                    samples += len(event.samples)
+                        writer = _open_writer(output, rate, options)
+                    writer.write(event)
+                    samples += event.num_samples
                 elif isinstance(event, TurnEnded):
                     report.say(f"turn {event.turn} ended")
             await feeder

@@ -27,8 +27,9 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from voxrelay.codecs import OpusPageCounter, alaw_to_linear, decode_ogg_opus, ulaw_to_linear
 from voxrelay.errors import VoxrelayError, status_from_number
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted
+from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 if TYPE_CHECKING:
@@ -48,9 +49,21 @@ _SEGMENTATIONS = {
     "first_clause": speech_pb2.SEGMENTATION_FIRST_CLAUSE,
     "sentences": speech_pb2.SEGMENTATION_SENTENCES,
 }
+_WIRE_ENCODINGS = {
+    "mulaw": speech_pb2.AUDIO_ENCODING_MULAW,
+    "alaw": speech_pb2.AUDIO_ENCODING_ALAW,
+    "opus": speech_pb2.AUDIO_ENCODING_OGG_OPUS,
+}
 _DTYPES: dict[int, np.dtype[Any]] = {
     speech_pb2.AUDIO_ENCODING_PCM_S16LE: np.dtype("<i2"),
     speech_pb2.AUDIO_ENCODING_PCM_F32LE: np.dtype("<f4"),
+}
+_NAMES: dict[int, WireEncoding] = {
+    speech_pb2.AUDIO_ENCODING_PCM_S16LE: "pcm",
+    speech_pb2.AUDIO_ENCODING_PCM_F32LE: "pcm",
+    speech_pb2.AUDIO_ENCODING_MULAW: "mulaw",
+    speech_pb2.AUDIO_ENCODING_ALAW: "alaw",
+    speech_pb2.AUDIO_ENCODING_OGG_OPUS: "opus",
 }
 
 
@@ -112,9 +125,14 @@ class SessionOptions:
     voice: str = ""
     """`<engine>/<voice>`; empty for the server's default voice."""
     dtype: SampleType = "int16"
-    """Sample type of the audio arrays (and of the wire encoding)."""
+    """Sample type of the audio arrays (and of the wire encoding, with "pcm")."""
+    encoding: WireEncoding = "pcm"
+    """How audio travels: "pcm" (in `dtype`), "mulaw" or "alaw" (G.711, decoded into
+    `dtype` on arrival; 8000 Hz is their usual rate) or "opus" (Ogg Opus, one stream
+    per turn, at 8000, 12000, 16000, 24000 or 48000 Hz; see `Audio`)."""
     sample_rate_hz: int = 0
-    """0 = the voice's native rate; anything else is resampled by the server."""
+    """0 = the voice's native rate (for "opus": the lowest Opus rate at or above it);
+    anything else is resampled by the server."""
     speed: float = 0.0
     """0.25 to 4.0; 0 = normal speed."""
     instructions: str = ""
@@ -135,6 +153,10 @@ class SessionOptions:
     def to_proto(self) -> speech_pb2.SessionConfig:
         if self.dtype not in _ENCODINGS:
             raise ValueError(f"dtype must be 'int16' or 'float32', not {self.dtype!r}")
+        if self.encoding != "pcm" and self.encoding not in _WIRE_ENCODINGS:
+            raise ValueError(
+                f"encoding must be 'pcm', 'mulaw', 'alaw' or 'opus', not {self.encoding!r}"
+            )
         if self.segmentation not in _SEGMENTATIONS:
             raise ValueError(
                 "segmentation must be 'first_clause', 'sentences' or '' (the server's "
@@ -143,7 +165,8 @@ class SessionOptions:
         return speech_pb2.SessionConfig(
             voice=self.voice,
             audio_format=speech_pb2.AudioFormat(
-                encoding=_ENCODINGS[self.dtype], sample_rate_hz=self.sample_rate_hz
+                encoding=_WIRE_ENCODINGS.get(self.encoding, _ENCODINGS[self.dtype]),
+                sample_rate_hz=self.sample_rate_hz,
             ),
             speed=self.speed,
             instructions=self.instructions,
@@ -172,21 +195,49 @@ class SynthesizedAudio:
     """The whole audio of one text."""
 
     samples: npt.NDArray[np.int16] | npt.NDArray[np.float32]
+    """Decoded mono samples in the options' dtype (for "opus" decoded by libsndfile)."""
     sample_rate_hz: int
     chunks: list[Audio] = field(default_factory=list, repr=False)
+    data: bytes = field(default=b"", repr=False)
+    """The encoded bytes as sent, joined: for "opus" a complete `.opus` file."""
 
     @property
     def duration_s(self) -> float:
         return len(self.samples) / self.sample_rate_hz if self.sample_rate_hz else 0.0
 
 
-def event_from_response(response: speech_pb2.StreamResponse) -> Event:
-    """Decode one server message; raises `VoxrelayError` for an `error` message."""
+def event_from_response(
+    response: speech_pb2.StreamResponse,
+    dtype: SampleType = "int16",
+    opus: OpusPageCounter | None = None,
+) -> Event:
+    """Decode one server message; raises `VoxrelayError` for an `error` message.
+
+    G.711 is decoded into `dtype`; `opus` counts the samples of Ogg Opus pages and
+    must be the same object for every message of a session (it keeps the pre-skip of
+    the turn's stream).
+    """
     kind = response.WhichOneof("response")
     if kind == "audio":
         chunk = response.audio
-        samples = np.frombuffer(chunk.data, dtype=_DTYPES[chunk.encoding])
-        return Audio(samples, chunk.sample_rate_hz, chunk.turn, chunk.segment, chunk.offset_samples)
+        encoding = _NAMES.get(chunk.encoding)
+        rate, offset = chunk.sample_rate_hz, chunk.offset_samples
+        if encoding == "pcm":
+            samples = np.frombuffer(chunk.data, dtype=_DTYPES[chunk.encoding])
+            return Audio(samples, rate, chunk.turn, chunk.segment, offset, chunk.data)
+        if encoding == "opus":
+            count = (opus or OpusPageCounter()).samples_in(chunk.data, offset, rate)
+            empty = np.zeros(0, dtype=_DTYPES[_ENCODINGS[dtype]])
+            return Audio(empty, rate, chunk.turn, chunk.segment, offset, chunk.data, "opus", count)
+        if encoding is None:
+            raise VoxrelayError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"the server sent audio in encoding {chunk.encoding}, which this client "
+                "does not know: update the voxrelay client",
+            )
+        linear = ulaw_to_linear(chunk.data) if encoding == "mulaw" else alaw_to_linear(chunk.data)
+        samples = linear if dtype == "int16" else linear.astype(np.float32) / np.float32(32767)
+        return Audio(samples, rate, chunk.turn, chunk.segment, offset, chunk.data, encoding)
     if kind == "lifecycle":
         lifecycle = response.lifecycle
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
@@ -220,9 +271,13 @@ def _one_turn_requests(options: SessionOptions, text: str) -> list[speech_pb2.St
 
 def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
     dtype = np.dtype("<i2") if options.dtype == "int16" else np.dtype("<f4")
-    samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, dtype)
+    data = b"".join(c.data for c in chunks)
     rate = chunks[0].sample_rate_hz if chunks else 0
-    return SynthesizedAudio(samples, rate, chunks)
+    if options.encoding == "opus" and data:
+        decoded, rate = decode_ogg_opus(data, options.dtype)
+        return SynthesizedAudio(decoded, rate, chunks, data)
+    samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, dtype)
+    return SynthesizedAudio(samples, rate, chunks, data)
 
 
 READ_AHEAD = 8
@@ -313,9 +368,10 @@ class AsyncSession:
     async def events(self) -> AsyncIterator[Event]:
         """The session's events in order, until `SessionEnded`."""
         call = self._require_call()
+        opus = OpusPageCounter()
         while (response := await self._next_response()) is not None:
             try:
-                event = event_from_response(response)
+                event = event_from_response(response, self._options.dtype, opus)
             except VoxrelayError:
                 call.cancel()
                 raise
@@ -519,9 +575,10 @@ class Client:
         responses: Iterator[speech_pb2.StreamResponse] = self._stub.Stream(
             iter(_one_turn_requests(options, text)), metadata=self._metadata
         )
+        opus = OpusPageCounter()
         try:
             for response in responses:
-                event = event_from_response(response)
+                event = event_from_response(response, options.dtype, opus)
                 if isinstance(event, Audio):
                     chunks.append(event)
         except grpc.RpcError as error:

@@ -3,26 +3,50 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+WireEncoding = Literal["pcm", "mulaw", "alaw", "opus"]
+"""How audio travels: "pcm" (16-bit or float, the session's `dtype`), "mulaw" or
+"alaw" (G.711, one byte a sample), "opus" (Ogg Opus, one stream per turn)."""
+
 
 @dataclass(frozen=True)
 class Audio:
-    """A piece of a turn's audio, in order."""
+    """A piece of a turn's audio, in order.
+
+    `data` is what the server sent: PCM, G.711 codes (one byte a sample) or, for
+    "opus", whole Ogg pages; the `data` of one turn's events joined is a complete
+    `.opus` file. `samples` is `data` decoded into the session's dtype for PCM and
+    G.711; for "opus" it is empty (an Opus decoder needs the turn's stream as a
+    whole: `SynthesizedAudio.samples` is decoded, or join `data` and decode it),
+    and `sample_count` says how many decoded samples the pages complete.
+    """
 
     samples: npt.NDArray[np.int16] | npt.NDArray[np.float32]
-    """Mono samples, shape (n,), in the session's dtype."""
+    """Mono samples, shape (n,), in the session's dtype; empty for "opus"."""
     sample_rate_hz: int
     turn: int
     segment: int
     offset_samples: int
-    """Position of the first sample within the turn."""
+    """Position of the first sample within the turn (for "opus": of the first
+    sample the chunk's pages complete, the stream's pre-skip removed)."""
+    data: bytes = b""
+    """The encoded bytes as sent by the server."""
+    encoding: WireEncoding = "pcm"
+    sample_count: int = -1
+    """Samples this piece holds once decoded; -1 means `len(samples)`."""
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this piece holds once decoded (for "opus", from its pages' granules)."""
+        return len(self.samples) if self.sample_count < 0 else self.sample_count
 
     @property
     def duration_s(self) -> float:
-        return len(self.samples) / self.sample_rate_hz
+        return self.num_samples / self.sample_rate_hz
 
 
 @dataclass(frozen=True)

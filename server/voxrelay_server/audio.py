@@ -3,6 +3,8 @@
 Per segment: align bytes to whole samples, resample to the requested rate
 (libsoxr, streaming, so the head segment still flows as it is produced),
 convert to the requested encoding and cut into messages of `chunk_ms`.
+Ogg Opus is encoded per turn after this (`voxrelay_server.codecs.OggOpusStream`):
+its segments go through here as float samples (`sample_output`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from voxrelay_server.codecs import linear_to_alaw, linear_to_ulaw
 from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 _S16LE: np.dtype[np.int16] = np.dtype("<i2")
@@ -100,15 +103,15 @@ class SegmentEncoder:
         if self._resampler is None:
             if not samples.size:
                 return b""
-            if encoding is AudioEncoding.PCM_S16LE:
-                return samples.tobytes()
-            return int16_to_float32(samples).astype("<f4").tobytes()
+            if encoding is AudioEncoding.PCM_F32LE:
+                return int16_to_float32(samples).astype("<f4").tobytes()
+            return _from_int16(samples, encoding)
         resampled: npt.NDArray[np.float32] = self._resampler.resample_chunk(
             int16_to_float32(samples), last=last
         )
-        if encoding is AudioEncoding.PCM_S16LE:
-            return float32_to_int16(resampled).tobytes()
-        return np.clip(resampled, -1.0, 1.0).astype("<f4").tobytes()
+        if encoding is AudioEncoding.PCM_F32LE:
+            return np.clip(resampled, -1.0, 1.0).astype("<f4").tobytes()
+        return _from_int16(float32_to_int16(resampled), encoding)
 
     def _emit(self, data: bytes, *, last: bool) -> list[bytes]:
         if not self._chunk_samples:
@@ -136,6 +139,24 @@ class SegmentEncoder:
         """Cut `data` into messages of at most the encoder's limit (whole samples)."""
         step = self._max_message_bytes
         return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _from_int16(samples: npt.NDArray[np.int16], encoding: AudioEncoding) -> bytes:
+    if encoding is AudioEncoding.MULAW:
+        return linear_to_ulaw(samples)
+    if encoding is AudioEncoding.ALAW:
+        return linear_to_alaw(samples)
+    if encoding is AudioEncoding.PCM_S16LE:
+        return samples.tobytes()
+    raise ValueError(f"{encoding} is not a sample encoding")
+
+
+def sample_output(output: OutputFormat) -> OutputFormat:
+    """What the per-segment encoder makes for `output`: Ogg Opus is encoded per turn
+    from float samples as they are produced, everything else is made right here."""
+    if output.encoding is AudioEncoding.OGG_OPUS:
+        return OutputFormat(AudioEncoding.PCM_F32LE, output.sample_rate_hz)
+    return output
 
 
 def max_message_bytes(output: OutputFormat) -> int:

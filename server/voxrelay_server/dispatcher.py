@@ -27,11 +27,12 @@ import collections
 import enum
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
-from voxrelay_server.audio import SegmentEncoder
+from voxrelay_server.audio import SegmentEncoder, sample_output
+from voxrelay_server.codecs import OggOpusTurn
 from voxrelay_server.errors import EngineError, ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
@@ -46,6 +47,7 @@ from voxrelay_server.playback import PlaybackClock
 from voxrelay_server.settings import (
     DEFAULT_MAX_SEGMENT_CHARS,
     MAX_TEXT_CHUNK_CHARS,
+    AudioEncoding,
     OutputFormat,
 )
 from voxrelay_server.splitter import SentenceSplitter
@@ -266,7 +268,11 @@ class SessionDispatcher:
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output
-        self._bytes_per_sample = output.encoding.bytes_per_sample
+        self._segment_output = sample_output(output)
+        """What each segment's encoder makes: `output`, or float samples for Ogg Opus."""
+        self._ogg = output.encoding is AudioEncoding.OGG_OPUS
+        """Ogg Opus: one stream per turn, encoded from the segments' float samples."""
+        self._bytes_per_sample = self._segment_output.encoding.bytes_per_sample
         self._max_inflight = max_inflight_segments
         self._limits = limits or SessionLimits()
         self._synthesis_slot = synthesis_slot or _unlimited_slot
@@ -487,14 +493,32 @@ class SessionDispatcher:
         """
         turn_offset = 0
         wire_turn = 0  # started on the wire and not yet ended
+        ogg: OggOpusTurn | None = None  # the turn's Ogg Opus stream
+        ogg_segment = 0  # the segment whose audio last went into it
+        rate = self._output.sample_rate_hz
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
                 turn_offset = 0
                 wire_turn = entry.turn.number
+                if self._ogg:
+                    ogg = OggOpusTurn(rate, chunk_samples=rate * self._output.chunk_ms // 1000)
                 yield TurnStarted(wire_turn)
                 self._observer.turn_started(wire_turn)
             elif isinstance(entry, _TurnEnd):
+                if ogg is not None:
+                    # The end of the turn's stream: the audio still in the encoder and
+                    # the end-of-stream page, so the turn's chunks make a whole file.
+                    tail = await ogg.close()
+                    ogg = None
+                    for chunk in tail:
+                        yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset)
+                        turn_offset += chunk.samples
+                    if tail:
+                        samples = sum(chunk.samples for chunk in tail)
+                        self._observer.audio_sent(
+                            wire_turn, ogg_segment, samples=samples, first=False
+                        )
                 wire_turn = 0
                 yield TurnEnded(entry.turn.number, cancelled=entry.turn.cancelled)
                 self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
@@ -513,29 +537,37 @@ class SessionDispatcher:
                 job = entry
                 self._delivering = job
                 self._wake_audio_waiters()  # a new head job may go ahead of the budget
-                encoder = SegmentEncoder(self._native_rate_hz, self._output)
+                encoder = SegmentEncoder(self._native_rate_hz, self._segment_output)
                 turn, segment = job.turn.number, job.number
                 report = self._observer.audio_sent
                 played = self._played
-                rate = self._output.sample_rate_hz
+                bytes_per_sample = self._bytes_per_sample
                 segment_start = turn_offset
                 first = True
                 unreported = 0  # samples sent and not yet told to the observer
+                ogg_segment = segment
                 try:
                     while True:
                         pcm = await self._next_audio(job)
-                        for data in encoder.finish() if pcm is None else encoder.push(pcm):
-                            samples = len(data) // self._bytes_per_sample
-                            yield AudioOut(turn, segment, data, turn_offset)
-                            turn_offset += samples
-                            if first:  # on its own: its time is the segment's first audio
-                                first = False
-                                report(turn, segment, samples=samples, first=True)
-                                played(job, samples / rate)
+                        batch = encoder.finish() if pcm is None else encoder.push(pcm)
+                        for piece in batch if ogg is None else ogg.slices(batch):
+                            if ogg is None:
+                                messages: Iterable[tuple[bytes, int]] = (
+                                    (piece, len(piece) // bytes_per_sample),
+                                )
                             else:
-                                unreported += samples
-                            if job.cancelled:  # barge-in or failure while this was sent
-                                raise _JobDropped
+                                messages = [(c.data, c.samples) for c in await ogg.encode(piece)]
+                            for data, samples in messages:
+                                yield AudioOut(turn, segment, data, turn_offset)
+                                turn_offset += samples
+                                if first:  # on its own: its time is the segment's first audio
+                                    first = False
+                                    report(turn, segment, samples=samples, first=True)
+                                    played(job, samples / rate)
+                                else:
+                                    unreported += samples
+                                if job.cancelled:  # barge-in or failure while this was sent
+                                    raise _JobDropped
                         if unreported:
                             report(turn, segment, samples=unreported, first=False)
                             played(job, unreported / rate)

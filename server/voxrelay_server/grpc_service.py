@@ -48,6 +48,9 @@ _ENCODINGS_IN = {
     speech_pb2.AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.PCM_S16LE,
     speech_pb2.AUDIO_ENCODING_PCM_S16LE: AudioEncoding.PCM_S16LE,
     speech_pb2.AUDIO_ENCODING_PCM_F32LE: AudioEncoding.PCM_F32LE,
+    speech_pb2.AUDIO_ENCODING_MULAW: AudioEncoding.MULAW,
+    speech_pb2.AUDIO_ENCODING_ALAW: AudioEncoding.ALAW,
+    speech_pb2.AUDIO_ENCODING_OGG_OPUS: AudioEncoding.OGG_OPUS,
 }
 _SEGMENTATIONS_IN = {
     speech_pb2.SEGMENTATION_UNSPECIFIED: Segmentation.FIRST_CLAUSE,
@@ -57,6 +60,9 @@ _SEGMENTATIONS_IN = {
 _ENCODINGS_OUT = {
     AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
     AudioEncoding.PCM_F32LE: speech_pb2.AUDIO_ENCODING_PCM_F32LE,
+    AudioEncoding.MULAW: speech_pb2.AUDIO_ENCODING_MULAW,
+    AudioEncoding.ALAW: speech_pb2.AUDIO_ENCODING_ALAW,
+    AudioEncoding.OGG_OPUS: speech_pb2.AUDIO_ENCODING_OGG_OPUS,
 }
 _STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
 _DEADLINE_SLACK_S = 0.05
@@ -76,7 +82,8 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
     if encoding is None:
         raise InvalidInput(
             f"audio_format.encoding {config.audio_format.encoding} is unknown: use "
-            "AUDIO_ENCODING_PCM_S16LE or AUDIO_ENCODING_PCM_F32LE"
+            "AUDIO_ENCODING_PCM_S16LE, AUDIO_ENCODING_PCM_F32LE, AUDIO_ENCODING_MULAW, "
+            "AUDIO_ENCODING_ALAW or AUDIO_ENCODING_OGG_OPUS"
         )
     segmentation = _SEGMENTATIONS_IN.get(config.segmentation)
     if segmentation is None:

@@ -54,10 +54,34 @@ class AudioEncoding(enum.Enum):
     """16-bit signed little-endian integers."""
     PCM_F32LE = "pcm_f32le"
     """32-bit little-endian floats in [-1, 1]: the 16-bit value divided by 32767."""
+    MULAW = "mulaw"
+    """G.711 mu-law: one byte per sample."""
+    ALAW = "alaw"
+    """G.711 A-law: one byte per sample."""
+    OGG_OPUS = "ogg_opus"
+    """Opus in Ogg: one logical stream per turn, sent as whole pages."""
 
     @property
     def bytes_per_sample(self) -> int:
-        return 2 if self is AudioEncoding.PCM_S16LE else 4
+        """Bytes of one sample on the wire; 0 for OGG_OPUS, whose messages are Ogg pages."""
+        return _BYTES_PER_SAMPLE[self]
+
+
+_BYTES_PER_SAMPLE = {
+    AudioEncoding.PCM_S16LE: 2,
+    AudioEncoding.PCM_F32LE: 4,
+    AudioEncoding.MULAW: 1,
+    AudioEncoding.ALAW: 1,
+    AudioEncoding.OGG_OPUS: 0,
+}
+OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
+"""The only rates Opus encodes at."""
+
+
+def opus_rate_for(native_rate_hz: int) -> int:
+    """The lowest Opus rate at or above `native_rate_hz` (48000 above that): no detail
+    of the voice is lost, and no more bytes are spent than it needs."""
+    return next((rate for rate in OPUS_RATES_HZ if rate >= native_rate_hz), OPUS_RATES_HZ[-1])
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,16 @@ def validate_request(
             "or 0 for the voice's normal speed"
         )
     rate = request.sample_rate_hz or native_sample_rate_hz
+    if request.encoding is AudioEncoding.OGG_OPUS:
+        rate = request.sample_rate_hz or opus_rate_for(native_sample_rate_hz)
+        if rate not in OPUS_RATES_HZ:
+            allowed = ", ".join(str(r) for r in OPUS_RATES_HZ[:-1])
+            raise InvalidInput(
+                f"audio_format.sample_rate_hz {rate} is not an Opus rate: with "
+                f"AUDIO_ENCODING_OGG_OPUS use {allowed} or {OPUS_RATES_HZ[-1]} Hz, or 0 for "
+                f"{opus_rate_for(native_sample_rate_hz)} Hz (the voice's native rate is "
+                f"{native_sample_rate_hz} Hz)"
+            )
     if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
         raise InvalidInput(
             f"audio_format.sample_rate_hz {rate} is out of range: use {MIN_SAMPLE_RATE_HZ} "
