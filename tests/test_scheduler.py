@@ -292,23 +292,3 @@ def test_the_playback_clock_plays_audio_back_to_back_from_when_it_is_sent() -> N
     after = time.monotonic()
 
     assert before + 2.0 <= clock.runs_out_at <= after + 2.0
-
-
-async def test_a_holder_whose_listener_has_audio_in_hand_yields_to_a_segment_due_sooner() -> None:
-    scheduler = DeadlineScheduler(1, protect_within=0.5)
-    log: list[str] = []
-    holding = PlaybackClock()
-    holder = Holder(scheduler, holding, "holder", log)
-    await asyncio.sleep(0)
-    assert not scheduler.should_yield(holding)  # nobody waits
-    holding.sent(3.0)  # three seconds in hand
-    waiting: list[Holder] = []
-    later = PlaybackClock()
-    later.sent(2.8)  # due in 2.8 s: not sooner than the holder's 3 s by the 0.5 s margin
-    await line_up(scheduler, later, "later", log, waiting)
-    assert not scheduler.should_yield(holding)
-    await line_up(scheduler, PlaybackClock(), "new turn", log, waiting)  # due now
-    assert scheduler.should_yield(holding)
-    assert not scheduler.should_yield(PlaybackClock())  # a listener with nothing in hand
-    await run_out(holder, waiting)
-    assert log == ["holder", "new turn", "later"]

@@ -258,7 +258,6 @@ class SessionDispatcher:
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
-        should_yield: Callable[[PlaybackClock], bool] | None = None,
         staggered: bool = False,
         observer: SessionObserver | None = None,
         session_id: str = "",
@@ -284,10 +283,6 @@ class SessionDispatcher:
         segment's first audio is what a listener waits for (a next one has the head's
         audio to play to be ready)."""
         self._last_released: _SegmentJob | None = None
-        self._should_yield = should_yield if not paused_segment_bytes else None
-        """Whether a segment should give its synthesis slot to a more urgent one between
-        two pieces of its audio. Only for engines that keep nothing for a segment that
-        is not being read (so a yielded segment costs no memory outside the buffer)."""
         self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
         """When this session's audio is due: the scheduler serves the most urgent first."""
@@ -773,8 +768,7 @@ class SessionDispatcher:
                     if await self._synthesize_into(job, chunks):
                         break
                 # Paused: the client is behind, and the slot went back to the server
-                # until it has read enough of this session's audio; or a more urgent
-                # segment took the slot, and this one queued again.
+                # until it has read enough of this session's audio.
         except asyncio.CancelledError:
             if started:
                 self._observer.segment_synthesized(
@@ -813,9 +807,8 @@ class SessionDispatcher:
         job.audio.put(error if error is not None else _END_OF_AUDIO)
 
     async def _synthesize_into(self, job: _SegmentJob, chunks: AsyncIterator[bytes]) -> bool:
-        """Move the engine's audio into `job` until the engine is done (True), or the
-        client is so far behind that the segment must pause, or a more urgent segment
-        should have the slot (False)."""
+        """Move the engine's audio into `job` until the engine is done (True) or the
+        client is so far behind that the segment must pause (False)."""
         async for chunk in chunks:
             if not chunk:
                 continue
@@ -834,8 +827,6 @@ class SessionDispatcher:
                     await asyncio.sleep(0)
             if self._behind(job):
                 return False
-            if self._should_yield is not None and self._should_yield(self._playback):
-                return False  # queued again at once, due when its listener runs out
         return True
 
     # The playback clock: how urgent this session's next segment is.

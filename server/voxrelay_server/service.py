@@ -142,7 +142,6 @@ class SpeechService:
             limits=self.limits,
             synthesis_slot=scheduler.slot,
             paused_segment_bytes=engine.paused_segment_bytes,
-            should_yield=scheduler.should_yield,
             staggered=engine.faster_alone,
             observer=CompositeObserver(observers),
             session_id=session_id,
