@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.conftest import wait_for
 from voxrelay_server.playback import PlaybackClock
 from voxrelay_server.scheduler import (
     PROTECT_HOLDS,
@@ -292,3 +293,22 @@ def test_the_playback_clock_plays_audio_back_to_back_from_when_it_is_sent() -> N
     after = time.monotonic()
 
     assert before + 2.0 <= clock.runs_out_at <= after + 2.0
+
+
+async def test_making_one_says_whether_a_segment_would_be_made_alone() -> None:
+    scheduler = DeadlineScheduler(2)
+    log: list[str] = []
+    assert scheduler.making_one()
+    first = Holder(scheduler, PlaybackClock(), "first", log)
+    await wait_for(lambda: log == ["first"])
+    assert scheduler.making_one()  # only the one segment
+    second = Holder(scheduler, PlaybackClock(), "second", log)
+    await wait_for(lambda: log == ["first", "second"])
+    assert not scheduler.making_one()
+    waiting: list[Holder] = []
+    await line_up(scheduler, PlaybackClock(), "third", log, waiting)
+    second.release.set()
+    await second.done()
+    assert not scheduler.making_one()  # one held, and the third holds the other
+    await run_out(first, waiting)
+    assert scheduler.making_one()

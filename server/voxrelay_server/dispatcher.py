@@ -258,7 +258,7 @@ class SessionDispatcher:
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
-        staggered: bool = False,
+        stagger_while: Callable[[], bool] | None = None,
         observer: SessionObserver | None = None,
         session_id: str = "",
     ) -> None:
@@ -277,11 +277,12 @@ class SessionDispatcher:
         self._synthesis_slot = synthesis_slot or _unlimited_slot
         self._paused_segment_bytes = paused_segment_bytes
         """What the engine may keep for each paused segment, outside this session's buffer."""
-        self._staggered = staggered
-        """A segment starts once the one released before it has made audio: the engine
-        makes a segment's audio faster while no other is being made, and the head
-        segment's first audio is what a listener waits for (a next one has the head's
-        audio to play to be ready)."""
+        self._stagger_while = stagger_while
+        """While this says so (the engine makes nothing else), a segment starts once the
+        one released before it has made audio: the engine makes a lone segment's audio
+        faster, and the head segment's first audio is what a listener waits for (a next
+        one has the head's audio to play to be ready). Under load nothing is made alone,
+        and waiting would only make the next segment late."""
         self._last_released: _SegmentJob | None = None
         self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
@@ -719,7 +720,7 @@ class SessionDispatcher:
     def _release(self, turn: _Turn, text: str) -> None:
         turn.segments += 1
         job = _SegmentJob(turn, turn.segments, text)
-        if self._staggered:
+        if self._stagger_while is not None:
             job.previous, self._last_released = self._last_released, job
         self._queued_text_chars += len(text)
         self._append(job)
@@ -746,7 +747,8 @@ class SessionDispatcher:
         try:
             if (previous := job.previous) is not None:
                 job.previous = None
-                await previous.sounding.wait()
+                if self._stagger_while is not None and self._stagger_while():
+                    await previous.sounding.wait()
             estimate_s = self._estimated_audio_s(job.text)
             while True:
                 await self._wait_for_audio_room(job, started=started)

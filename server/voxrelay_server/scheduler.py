@@ -93,6 +93,10 @@ class DeadlineScheduler:
         else:
             self._hold_s += (hold_s - self._hold_s) * _HOLD_WEIGHT
 
+    def making_one(self) -> bool:
+        """Whether at most one segment holds a slot and none waits for one."""
+        return self.in_use <= 1 and not self._waiting
+
     @property
     def in_use(self) -> int:
         return self.slots - self._free
