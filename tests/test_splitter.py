@@ -347,6 +347,7 @@ def test_sentences_end_where_a_reader_would_end_them(
         ("I will call Dr. ", []),  # the next word decides
         ("It starts at 5 p.m. ", []),
         ("Written by J. ", []),
+        ("This is chapter number 2. ", ["This is chapter number 2."]),  # a digit is no initial
         ("They live in the U.S. ", []),
         ("Let me think... ", []),
         ("Here is the list:\n1. ", ["Here is the list:"]),

@@ -70,7 +70,7 @@ _PROBE = "The"
 """A word that starts a sentence: if sentencex cuts before it, the text so far may end
 in a sentence end (a single capital would read as an initial, and hold "of May. ")."""
 _CONTINUED = re.compile(
-    r"(?:^|[\s(\[])(?:(?:\w\.)+|(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|Mt|Gen|Gov|Sen|Rep|Lt|Col"
+    r"(?:^|[\s(\[])(?:(?:[^\W\d_]\.)+|(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|Mt|Gen|Gov|Sen|Rep|Lt|Col"
     r"|Capt|Sgt|Rev|Hon|vs|No|Nos|Fig|fig|approx|cf|ca)\.)$"
 )
 """What the next word decides at the end of the text so far: an initial or initialism
