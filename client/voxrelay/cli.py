@@ -1,6 +1,6 @@
 """`voxrelay`: run the server, speak text through it, list its voices.
 
-voxrelay serve                          start a server (flags or VOXRELAY_* variables)
+voxrelay serve                          start a server (with the voxrelay-server package)
 voxrelay say "Hello there." -o hi.wav   speak a text into a WAV file
 voxrelay say "Hi." --format opus        ... into an Ogg Opus file (voxrelay.opus)
 some-llm | voxrelay say - -o out.wav    speak stdin as it streams in, line by line
@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import logging
 import os
 import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -123,8 +123,12 @@ def _add_server_option(parser: argparse.ArgumentParser) -> None:
     _add_security_options(parser)
 
 
-class _OptionError(Exception):
-    """A command-line option that cannot be used as given; the message says why."""
+class UsageError(Exception):
+    """A command-line option that cannot be used as given; the message says why.
+
+    `voxrelay` prints it without a traceback and exits 2. Commands that other
+    distributions add (the server's `serve`) raise it too.
+    """
 
 
 def _add_security_options(parser: argparse.ArgumentParser) -> None:
@@ -167,47 +171,7 @@ def _connect(args: argparse.Namespace) -> AsyncClient:
             token=token,
         )
     except (OSError, ValueError) as error:
-        raise _OptionError(str(error)) from None
-
-
-def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from voxrelay_server import config
-
-    serve = commands.add_parser(
-        "serve",
-        help="run a voxrelay server",
-        description="Run a voxrelay gRPC server. Every flag also reads the VOXRELAY_* "
-        "variable named beside it; the flag wins over the variable.",
-    )
-    config.add_arguments(serve)
-    serve.set_defaults(run=_serve)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from voxrelay_server import app, config, security
-    from voxrelay_server.errors import SpeechError
-
-    try:
-        settings = config.from_arguments(args)
-    except ValueError as error:
-        raise _OptionError(str(error)) from None
-    app.configure_logging(settings)
-    try:
-        security.check(settings)
-    except (OSError, ValueError) as error:
-        raise _OptionError(str(error)) from None
-    # Not `asyncio.run`: closing the loop waits for every thread it lent out, and an
-    # engine's thread may be inside a segment it cannot stop (piper runs one to its end).
-    # `serve` has stopped the calls and released what it could within its bound; exit.
-    runner = asyncio.Runner()
-    try:
-        runner.run(app.serve(settings))
-    except SpeechError as error:  # the voices could not be set up as configured
-        raise _OptionError(error.message) from None
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        raise UsageError(str(error)) from None
 
 
 def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -382,12 +346,55 @@ def _voices(args: argparse.Namespace) -> int:
     return asyncio.run(fetch())
 
 
+COMMANDS_GROUP = "voxrelay.commands"
+"""Entry point group of the commands other distributions add to `voxrelay`: each entry
+is a function that takes the subparsers and adds its command (the server's `serve`)."""
+SERVER_MISSING = (
+    "`voxrelay serve` runs the server, which is not installed here: this is the light "
+    "client (voxrelay). Install the server with `pip install voxrelay-server` "
+    "(from a checkout: `make run`)"
+)
+
+
+def _add_missing_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`serve` without the server: it says how to install it."""
+    serve = commands.add_parser(
+        "serve",
+        help="run a voxrelay server (needs the voxrelay-server package)",
+        description=SERVER_MISSING,
+        add_help=False,
+    )
+    serve.set_defaults(run=_server_missing)
+
+
+def _server_missing(args: argparse.Namespace) -> int:
+    raise UsageError(SERVER_MISSING)
+
+
+def _add_installed_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands other installed distributions add; `serve` says how to get it if none does."""
+    added = set()
+    for entry in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            add_command = entry.load()
+        except ImportError as error:
+            raise UsageError(
+                f"the {entry.name!r} command of {entry.value!r} cannot be loaded ({error}): "
+                "reinstall the package that provides it"
+            ) from None
+        add_command(commands)
+        added.add(entry.name)
+    if "serve" not in added:
+        _add_missing_serve(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `voxrelay` command: `say`, `voices`, and the commands installed packages add."""
     parser = argparse.ArgumentParser(
         prog="voxrelay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    _add_serve(commands)
+    _add_installed_commands(commands)
     _add_say(commands)
     _add_voices(commands)
     return parser
@@ -395,13 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voxrelay` command."""
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except UsageError as error:
+        print(f"voxrelay: error: {error}", file=sys.stderr)
+        return 2
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.run is not _server_missing:  # `serve`'s options: the server's to know
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.run(args)
     except VoxrelayError as error:
         print(f"voxrelay: error: {error}", file=sys.stderr)
         return 1
-    except _OptionError as error:
+    except UsageError as error:
         print(f"voxrelay: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
