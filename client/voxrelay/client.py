@@ -17,7 +17,7 @@ import asyncio
 import collections
 import math
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -261,12 +261,36 @@ def _voice_info(voice: speech_pb2.Voice) -> VoiceInfo:
     )
 
 
-def _one_turn_requests(options: SessionOptions, text: str) -> list[speech_pb2.StreamRequest]:
-    return [
-        speech_pb2.StreamRequest(config=options.to_proto()),
-        speech_pb2.StreamRequest(text=text),
-        speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()),
-    ]
+class _Synthesis:
+    """What `synthesize()` does, for the async and the blocking client alike: one
+    `Synthesize` request, its responses decoded into events, the audio joined.
+
+    The text goes whole in one request (up to 1,000,000 characters; the server feeds
+    it to synthesis as its text budget frees), not as a `Stream` chunk, which holds
+    at most 16384 characters. Only the iteration over the call differs between the
+    twins.
+    """
+
+    def __init__(self, text: str, options: SessionOptions | None, target: str) -> None:
+        self.options = options or SessionOptions()
+        self.target = target
+        self.request = speech_pb2.SynthesizeRequest(config=self.options.to_proto(), text=text)
+        self._opus = OpusPageCounter()
+        self._chunks: list[Audio] = []
+
+    def take(self, response: speech_pb2.StreamResponse) -> None:
+        """One response of the call; an `error` message raises `VoxrelayError`."""
+        event = event_from_response(response, self.options.dtype, self._opus)
+        if isinstance(event, Audio):
+            self._chunks.append(event)
+
+    def failed(self, error: grpc.RpcError) -> VoxrelayError:
+        """The error for a call gRPC ended (unreachable server, refused, ...)."""
+        return VoxrelayError.from_rpc_error(error, self.target)
+
+    def result(self) -> SynthesizedAudio:
+        """The whole audio, once the call has ended well."""
+        return _join(self._chunks, self.options)
 
 
 def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
@@ -507,17 +531,18 @@ class AsyncClient:
     async def synthesize(
         self, text: str, options: SessionOptions | None = None
     ) -> SynthesizedAudio:
-        """The whole audio of `text`, spoken as one turn."""
-        options = options or SessionOptions()
-        chunks: list[Audio] = []
-        async with self.session(options) as session:
-            await session.send_text(text)
-            await session.turn_done()
-            await session.close()
-            async for event in session:
-                if isinstance(event, Audio):
-                    chunks.append(event)
-        return _join(chunks, options)
+        """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
+        through the `Synthesize` rpc."""
+        synthesis = _Synthesis(text, options, self.target)
+        call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
+        try:
+            async for response in call:
+                synthesis.take(response)
+        except grpc.RpcError as error:
+            raise synthesis.failed(error) from None
+        finally:
+            call.cancel()  # no effect once the call has ended; stops it when raising
+        return synthesis.result()
 
 
 class Client:
@@ -569,21 +594,18 @@ class Client:
         return [_voice_info(voice) for voice in response.voices]
 
     def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
-        """The whole audio of `text`, spoken as one turn."""
-        options = options or SessionOptions()
-        chunks: list[Audio] = []
-        responses: Iterator[speech_pb2.StreamResponse] = self._stub.Stream(
-            iter(_one_turn_requests(options, text)), metadata=self._metadata
-        )
-        opus = OpusPageCounter()
+        """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
+        through the `Synthesize` rpc."""
+        synthesis = _Synthesis(text, options, self.target)
+        call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
         try:
-            for response in responses:
-                event = event_from_response(response, options.dtype, opus)
-                if isinstance(event, Audio):
-                    chunks.append(event)
+            for response in call:
+                synthesis.take(response)
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self.target) from None
-        return _join(chunks, options)
+            raise synthesis.failed(error) from None
+        finally:
+            call.cancel()  # no effect once the call has ended; stops it when raising
+        return synthesis.result()
 
 
 def synthesize(
@@ -597,6 +619,9 @@ def synthesize(
     token: str | None = None,
 ) -> SynthesizedAudio:
     """One call, one text, its whole audio: the simplest way to use a voxrelay server.
+
+    The text (up to 1,000,000 characters) goes in one `Synthesize` rpc and is spoken
+    as one turn.
 
     `tls_ca`, `tls_cert`, `tls_key` and `token` are those of `Client`.
     """
