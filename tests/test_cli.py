@@ -7,6 +7,8 @@ against it as separate processes, and their files and messages are checked.
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import signal
 import subprocess
@@ -211,11 +213,11 @@ def test_say_writes_an_ogg_opus_file_players_open(server: ServeProcess, tmp_path
     assert "(24000 Hz)" in result.stderr
 
 
-def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) -> None:
-    first_line = "Hello there, this is the first line."
-    second_line = "And this second line adds a good deal more speech to the very same turn."
+def test_say_streams_stdin_as_it_arrives_not_by_lines(server: ServeProcess, tmp_path: Path) -> None:
+    first_part = "Hello there, this is the first part. "
+    second_part = "And this second part adds a good deal more speech to the very same turn."
     alone = tmp_path / "first.wav"
-    result = voxrelay("say", first_line, "-o", str(alone), "--server", server.target, cwd=tmp_path)
+    result = voxrelay("say", first_part, "-o", str(alone), "--server", server.target, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     first_alone_s = soundfile.info(str(alone)).duration
     output = tmp_path / "out.wav"
@@ -231,12 +233,12 @@ def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) ->
     )
     try:
         assert process.stdin is not None and process.stderr is not None
-        process.stdin.write(first_line + "\n")
+        process.stdin.write(first_part)  # no newline: tokens as an LLM streams them
         process.stdin.flush()
-        # The first line is spoken while stdin is still open: the command streams.
+        # The first part is spoken while stdin is still open: the command streams.
         before_second = read_stderr_until(process, "first audio after")
         assert "turn 1 started" in before_second
-        process.stdin.write(second_line + "\n")
+        process.stdin.write(second_part)
         process.stdin.close()
         rest = process.stderr.read()
         code = process.wait(timeout=RUN_TIMEOUT_S)
@@ -247,10 +249,87 @@ def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) ->
 
     assert code == 0, before_second + rest
     assert "turn 1 ended" in rest
-    assert "turn 2" not in rest  # lines without a turn marker make one turn
+    assert "turn 2" not in rest  # chunks without a turn marker make one turn
+    assert "so far" not in before_second + rest  # the live line is for terminals only
     samples, rate = soundfile.read(str(output), dtype="float64")
     assert rms(samples) > 0.01
     assert len(samples) / rate > first_alone_s + 1.0
+
+
+def test_say_shows_live_progress_on_a_terminal(server: ServeProcess, tmp_path: Path) -> None:
+    main, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [str(VOXRELAY), "say", HELLO, "-o", str(tmp_path / "hi.wav"), "--server",
+             server.target],
+            cwd=tmp_path, env=user_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                data = os.read(main, 4096)
+            except OSError:  # EIO: the process closed its end of the terminal
+                break
+            if not data:
+                break
+            shown += data
+        code = process.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        os.close(main)
+
+    text = shown.decode()
+    assert code == 0, text
+    live = re.findall(
+        r"\r\x1b\[Kvoxrelay: first audio after (\d+) ms; (\d+\.\d) s of audio so far", text
+    )
+    assert live, text
+    first_ms, audio_s = live[-1]
+    summary = re.search(r"wrote \S+ \((\d+\.\d+) s of audio\).*first audio (\d+) ms", text)
+    assert summary is not None, text
+    assert float(audio_s) == pytest.approx(float(summary.group(1)), abs=0.06)
+    assert first_ms == summary.group(2)
+
+
+def test_say_stops_on_stdin_that_is_not_text(server: ServeProcess, tmp_path: Path) -> None:
+    output = tmp_path / "bytes.wav"
+    result = subprocess.run(
+        [str(VOXRELAY), "say", "-", "-o", str(output), "--server", server.target],
+        cwd=tmp_path, env=user_env(), input=b"Hello \xff\xfe there", capture_output=True,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "stdin is not utf-8 text" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_say_to_an_unwritable_output_fails_before_synthesis(tmp_path: Path, where: str) -> None:
+    output = tmp_path / "missing" / "out.wav" if where == "missing folder" else tmp_path
+    # No server listens there: the output is refused before any connection is made.
+    unused = f"127.0.0.1:{free_port()}"
+
+    result = voxrelay("say", "Hello.", "-o", str(output), "--server", unused, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert f"cannot write the output file {str(output)!r}" in result.stderr
+    reason = "does not exist" if where == "missing folder" else "Is a directory"
+    assert reason in result.stderr
+    assert "UNAVAILABLE" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_say_to_a_new_file_that_fails_leaves_no_file(tmp_path: Path) -> None:
+    output = tmp_path / "never.wav"
+
+    result = voxrelay("say", "Hello.", "-o", str(output), "--server", f"127.0.0.1:{free_port()}",
+                      cwd=tmp_path)  # fmt: skip
+
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+    assert not output.exists()  # the writability check left nothing behind
 
 
 def test_voices_lists_the_default_first_and_espeak_voices(

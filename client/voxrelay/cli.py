@@ -3,7 +3,7 @@
 voxrelay serve                          start a server (with the voxrelay-server package)
 voxrelay say "Hello there." -o hi.wav   speak a text into a WAV file
 voxrelay say "Hi." --format opus        ... into an Ogg Opus file (voxrelay.opus)
-some-llm | voxrelay say - -o out.wav    speak stdin as it streams in, line by line
+some-llm | voxrelay say - -o out.wav    speak stdin as it streams in
 voxrelay voices                         list the server's voices
 """
 
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import functools
 import os
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import metadata
@@ -178,9 +180,11 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     say = commands.add_parser(
         "say",
         help="speak text through a server into a WAV or Ogg Opus file",
-        description="Speak TEXT (or stdin, streamed line by line, when TEXT is -) and write "
-        "the audio to a WAV file (an Ogg Opus file with --format opus). Prints time to "
-        "first audio and the real-time factor.",
+        description="Speak TEXT (or stdin when TEXT is -, sent as it arrives, not a line "
+        "at a time) and write the audio to a WAV file (an Ogg Opus file with --format "
+        "opus). Prints time to first audio and the real-time factor; on a terminal, also "
+        "the seconds of audio so far. An output file that cannot be written stops it "
+        "before anything is synthesized.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     say.add_argument("text", help="the text to speak, or - to stream stdin")
@@ -232,34 +236,122 @@ def _say(args: argparse.Namespace) -> int:
         chunk_ms=args.chunk_ms,
         segmentation=args.segmentation,
     )
-    chunks = _stdin_lines() if args.text == "-" else _single(args.text)
-    report = _Reporter(quiet=args.quiet)
-    connect = functools.partial(_connect, args)
     output = args.output or Path("voxrelay.opus" if encoding == "opus" else "voxrelay.wav")
+    _check_writable(output)  # before anything is synthesized
+    chunks = _stdin_chunks() if args.text == "-" else _pieces(args.text)
+    report = _Reporter(quiet=args.quiet, live=sys.stderr.isatty())
+    connect = functools.partial(_connect, args)
     return asyncio.run(_speak(connect, options, chunks, output, report))
 
 
-async def _single(text: str) -> AsyncIterator[str]:
-    yield text
+def _check_writable(path: Path) -> None:
+    """Fail with what is wrong unless `path` can be written; leaves no file behind."""
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if isinstance(error, FileNotFoundError) and not path.parent.is_dir():
+            reason = f"the folder {str(path.parent)!r} does not exist"
+        raise UsageError(f"cannot write the output file {str(path)!r}: {reason}") from None
+    if not existed:
+        path.unlink()
 
 
-async def _stdin_lines() -> AsyncIterator[str]:
+MAX_CHUNK_CHARS = 16384
+"""The most characters one `Stream` text chunk may hold (`StreamRequest.text`)."""
+STDIN_READ_BYTES = MAX_CHUNK_CHARS
+"""Bytes read from stdin at most at once: never more characters than a chunk holds."""
+
+
+async def _pieces(text: str) -> AsyncIterator[str]:
+    """`text` in chunks the server takes (a long TEXT argument is not refused)."""
+    for start in range(0, len(text), MAX_CHUNK_CHARS):
+        yield text[start : start + MAX_CHUNK_CHARS]
+
+
+async def _stdin_chunks() -> AsyncIterator[str]:
+    """Stdin's text as it arrives: each read's bytes as soon as the pipe has any, not
+    a line at a time, so tokens piped without newlines are spoken as they come.
+
+    A daemon thread reads, so a session that ends while stdin is still open (the
+    server refused it, say) does not wait for the writer to close it.
+    """
+    loop = asyncio.get_running_loop()
+    reads: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    fd = sys.stdin.fileno()
+
+    def read_all() -> None:
+        while True:
+            try:
+                data = os.read(fd, STDIN_READ_BYTES)
+            except OSError as error:
+                loop.call_soon_threadsafe(reads.put_nowait, error)
+                return
+            loop.call_soon_threadsafe(reads.put_nowait, data)
+            if not data:
+                return
+
+    threading.Thread(target=read_all, name="voxrelay-stdin", daemon=True).start()
+    encoding = sys.stdin.encoding or "utf-8"
+    decoder = codecs.getincrementaldecoder(encoding)()  # a character split across reads
     while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
-        if not line:
+        data = await reads.get()
+        if isinstance(data, BaseException):
+            raise UsageError(f"cannot read stdin: {data}")
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as error:
+            raise UsageError(
+                f"stdin is not {encoding} text ({error.reason} at byte {error.start} of a "
+                "read); voxrelay speaks text"
+            ) from None
+        if text:
+            yield text
+        if not data:
             return
-        yield line
 
 
 class _Reporter:
-    def __init__(self, *, quiet: bool) -> None:
+    """What `say` tells on stderr: events as lines; on a terminal, also a live line
+    with the time to first audio and the seconds of audio so far."""
+
+    REFRESH_S = 0.1
+
+    def __init__(self, *, quiet: bool, live: bool = False) -> None:
         self.quiet = quiet
+        self.live = live and not quiet
         self.started = time.perf_counter()
         self.last_text_at = self.started
+        self._progress = ""
+        self._drawn_at = 0.0
 
     def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"voxrelay: {message}", file=sys.stderr, flush=True)
+        if self.quiet:
+            return
+        clear = "\r\033[K" if self._progress else ""
+        print(f"{clear}voxrelay: {message}", file=sys.stderr, flush=not self._progress)
+        if self._progress:
+            print(self._progress, end="", file=sys.stderr, flush=True)
+
+    def progress(self, first_audio_ms: float, audio_s: float, *, force: bool = False) -> None:
+        """Redraw the live line (at most every `REFRESH_S`, unless `force`)."""
+        now = time.perf_counter()
+        if not self.live or (not force and now - self._drawn_at < self.REFRESH_S):
+            return
+        self._drawn_at = now
+        self._progress = (
+            f"voxrelay: first audio after {first_audio_ms:.0f} ms; "
+            f"{audio_s:.1f} s of audio so far"
+        )
+        print(f"\r\033[K{self._progress}", end="", file=sys.stderr, flush=True)
+
+    def end_progress(self) -> None:
+        """Leave the live line as it is, and go on below it."""
+        if self._progress:
+            print(file=sys.stderr, flush=True)
+            self._progress = ""
 
     def elapsed_ms(self, since: float | None = None) -> float:
         return (time.perf_counter() - (since or self.started)) * 1000
@@ -285,6 +377,16 @@ async def _speak(
             await session.close()
 
         feeder = asyncio.create_task(feed())
+        listening = asyncio.current_task()
+        assert listening is not None
+
+        def stop_listening(fed: asyncio.Task[None]) -> None:
+            # Input that fails (stdin unreadable, not text) ends the session too: the
+            # server would otherwise wait for the rest of the text.
+            if not fed.cancelled() and fed.exception() is not None:
+                listening.cancel()
+
+        feeder.add_done_callback(stop_listening)
         try:
             async for event in session:
                 if isinstance(event, TurnStarted):
@@ -297,10 +399,20 @@ async def _speak(
                         writer = _open_writer(output, rate, options)
                     writer.write(event)
                     samples += event.num_samples
+                    assert first_audio_ms is not None
+                    report.progress(first_audio_ms, samples / rate)
                 elif isinstance(event, TurnEnded):
                     report.say(f"turn {event.turn} ended")
             await feeder
+        except asyncio.CancelledError:
+            failure = None if feeder.cancelled() or not feeder.done() else feeder.exception()
+            if failure is not None:
+                raise failure from None
+            raise
         finally:
+            if first_audio_ms is not None:
+                report.progress(first_audio_ms, samples / rate, force=True)
+            report.end_progress()
             feeder.cancel()
             if writer is not None:
                 writer.close()
