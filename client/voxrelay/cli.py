@@ -342,8 +342,7 @@ class _Reporter:
             return
         self._drawn_at = now
         self._progress = (
-            f"voxrelay: first audio after {first_audio_ms:.0f} ms; "
-            f"{audio_s:.1f} s of audio so far"
+            f"voxrelay: first audio after {first_audio_ms:.0f} ms; {audio_s:.1f} s of audio so far"
         )
         print(f"\r\033[K{self._progress}", end="", file=sys.stderr, flush=True)
 

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxrelay.codecs import OpusPageCounter, alaw_to_linear, decode_ogg_opus, ulaw_to_linear
-from voxrelay.errors import VoxrelayError, status_from_number
+from voxrelay.errors import Endpoint, VoxrelayError, status_from_number
 from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
@@ -85,6 +85,11 @@ class _Security:
 
     credentials: grpc.ChannelCredentials | None
     metadata: Metadata = field(default=(), repr=False)
+
+    def endpoint(self, target: str, tls_ca: str | None, tls_cert: str | None) -> Endpoint:
+        """The connection as errors describe it."""
+        tls = self.credentials is not None and bool(tls_ca or tls_cert)
+        return Endpoint(target, tls=tls, ca_file=tls_ca, client_certificate=bool(tls_cert))
 
 
 def _security(
@@ -271,7 +276,7 @@ class _Synthesis:
     twins.
     """
 
-    def __init__(self, text: str, options: SessionOptions | None, target: str) -> None:
+    def __init__(self, text: str, options: SessionOptions | None, target: Endpoint) -> None:
         self.options = options or SessionOptions()
         self.target = target
         self.request = speech_pb2.SynthesizeRequest(config=self.options.to_proto(), text=text)
@@ -328,7 +333,7 @@ class AsyncSession:
         self,
         stub: SpeechAsyncStub,
         options: SessionOptions,
-        target: str,
+        target: str | Endpoint,
         *,
         metadata: Metadata = (),
     ) -> None:
@@ -492,6 +497,7 @@ class AsyncClient:
         self.target = target or default_target()
         security = _security(tls_ca, tls_cert, tls_key, token)
         self._metadata = security.metadata
+        self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
             self._channel = grpc.aio.insecure_channel(self.target)
         else:
@@ -516,7 +522,7 @@ class AsyncClient:
         """A new session; pass `SessionOptions` or its fields as keywords."""
         if options is None:
             options = SessionOptions(**fields)  # type: ignore[arg-type]
-        return AsyncSession(self._stub, options, self.target, metadata=self._metadata)
+        return AsyncSession(self._stub, options, self._endpoint, metadata=self._metadata)
 
     async def voices(self) -> list[VoiceInfo]:
         """Every voice the server offers, the default first."""
@@ -525,7 +531,7 @@ class AsyncClient:
                 speech_pb2.ListVoicesRequest(), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self.target) from None
+            raise VoxrelayError.from_rpc_error(error, self._endpoint) from None
         return [_voice_info(voice) for voice in response.voices]
 
     async def synthesize(
@@ -533,7 +539,7 @@ class AsyncClient:
     ) -> SynthesizedAudio:
         """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
         through the `Synthesize` rpc."""
-        synthesis = _Synthesis(text, options, self.target)
+        synthesis = _Synthesis(text, options, self._endpoint)
         call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
         try:
             async for response in call:
@@ -563,6 +569,7 @@ class Client:
         self.target = target or default_target()
         security = _security(tls_ca, tls_cert, tls_key, token)
         self._metadata = security.metadata
+        self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
             self._channel = grpc.insecure_channel(self.target)
         else:
@@ -590,13 +597,13 @@ class Client:
                 speech_pb2.ListVoicesRequest(), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self.target) from None
+            raise VoxrelayError.from_rpc_error(error, self._endpoint) from None
         return [_voice_info(voice) for voice in response.voices]
 
     def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
         """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
         through the `Synthesize` rpc."""
-        synthesis = _Synthesis(text, options, self.target)
+        synthesis = _Synthesis(text, options, self._endpoint)
         call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
         try:
             for response in call:
