@@ -349,6 +349,38 @@ def test_voices_lists_the_default_first_and_espeak_voices(
     assert not any(name.startswith("tone/") for name in by_name)  # for tests, off by default
 
 
+def test_voices_by_language(server: ServeProcess, tmp_path: Path) -> None:
+    german = voxrelay("voices", "--language", "de", "--server", server.target, cwd=tmp_path)
+    english = voxrelay("voices", "--language", "en_us", "--server", server.target, cwd=tmp_path)
+    nowhere = voxrelay("voices", "--language", "xx", "--server", server.target, cwd=tmp_path)
+    malformed = voxrelay("voices", "--language", "d e", "--server", server.target, cwd=tmp_path)
+
+    assert german.returncode == 0, german.stderr
+    assert [row.split()[0] for row in german.stdout.splitlines()[1:]] == ["espeak/de"]
+    assert english.returncode == 0, english.stderr
+    assert [row.split()[0] for row in english.stdout.splitlines()[1:]] == [
+        DEFAULT_VOICE,
+        "espeak/en-us",
+        "espeak/en-us-nyc",
+    ]
+    assert nowhere.returncode == 1
+    assert "no voice on this server speaks 'xx'; its languages: " in nowhere.stderr
+    assert "de, el, en-029" in nowhere.stderr
+    assert malformed.returncode == 1 and "INVALID_ARGUMENT" in malformed.stderr
+    assert "not a BCP-47 language tag" in malformed.stderr
+
+
+def test_say_with_a_voice_that_is_not_there_suggests_the_ones_that_are(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    result = voxrelay("say", "Hello.", "--voice", "espeak/zh", "-o", str(tmp_path / "zh.wav"),
+                      "--server", server.target, cwd=tmp_path)  # fmt: skip
+
+    assert result.returncode == 1
+    assert "unknown voice 'espeak/zh': did you mean espeak/cmn, " in result.stderr
+    assert "espeak/yue (language 'zh')" in result.stderr
+
+
 def test_the_test_engine_is_not_offered_by_default(server: ServeProcess, tmp_path: Path) -> None:
     # Its texts can ask for delays and failures: no caller of a production server may use it.
     result = voxrelay(

@@ -435,6 +435,13 @@ def _add_voices(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="List the voices a server offers, the default first.",
     )
     voices.add_argument("--engine", default="", help="only this engine's voices")
+    voices.add_argument(
+        "--language",
+        default="",
+        help="only voices that speak this language: a BCP-47 tag such as de, en-US or zh, "
+        "matched as a prefix, case-insensitively (en matches en-US and en-GB; zh also "
+        "matches the Chinese languages cmn, yue, ...)",
+    )
     _add_server_option(voices)
     voices.set_defaults(run=_voices)
 
@@ -442,7 +449,15 @@ def _add_voices(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _voices(args: argparse.Namespace) -> int:
     async def fetch() -> int:
         async with _connect(args) as client:
-            found = await client.voices()
+            found = await client.voices(args.language)
+            if not found and args.language:
+                spoken = sorted({c for v in await client.voices() for c in v.language_codes})
+                print(
+                    f"voxrelay: no voice on this server speaks {args.language!r}; its "
+                    f"languages: {', '.join(spoken)}",
+                    file=sys.stderr,
+                )
+                return 1
         rows = [v for v in found if not args.engine or v.engine == args.engine]
         width = max((len(v.name) for v in rows), default=10)
         print(f"{'VOICE':<{width}}  {'ENGINE':<7} {'RATE':>6}  LANGUAGES")

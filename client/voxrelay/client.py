@@ -524,11 +524,13 @@ class AsyncClient:
             options = SessionOptions(**fields)  # type: ignore[arg-type]
         return AsyncSession(self._stub, options, self._endpoint, metadata=self._metadata)
 
-    async def voices(self) -> list[VoiceInfo]:
-        """Every voice the server offers, the default first."""
+    async def voices(self, language: str = "") -> list[VoiceInfo]:
+        """Every voice the server offers, the default first; with `language` (a BCP-47
+        tag such as "de" or "en-US", matched as a prefix, case-insensitively), only
+        those that speak it."""
         try:
             response = await self._stub.ListVoices(
-                speech_pb2.ListVoicesRequest(), metadata=self._metadata
+                speech_pb2.ListVoicesRequest(language_code=language), metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise VoxrelayError.from_rpc_error(error, self._endpoint) from None
@@ -590,11 +592,12 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def voices(self) -> list[VoiceInfo]:
-        """Every voice the server offers, the default first."""
+    def voices(self, language: str = "") -> list[VoiceInfo]:
+        """Every voice the server offers, the default first; with `language`, only those
+        that speak it (as `AsyncClient.voices`)."""
         try:
             response = self._stub.ListVoices(
-                speech_pb2.ListVoicesRequest(), metadata=self._metadata
+                speech_pb2.ListVoicesRequest(language_code=language), metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise VoxrelayError.from_rpc_error(error, self._endpoint) from None

@@ -354,7 +354,9 @@ class SessionConfig(_message.Message):
     """The voice to speak with, named `<engine>/<voice>`, for example
     `piper/en_US-joe-medium` or `espeak/en-us`; `ListVoices` lists them.
     Empty selects the server's default voice. An unknown voice is rejected
-    with INVALID_ARGUMENT.
+    with INVALID_ARGUMENT, whose message suggests the voices it may have meant
+    (those speaking the language its voice part names: `espeak/zh` suggests
+    espeak's Chinese voices; else those with the most similar names).
     """
     speed: _builtins.float
     """Speaking rate, in the range [0.25, 4.0]; 1.0 is the voice's normal
@@ -674,12 +676,27 @@ class ListVoicesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
+    language_code: _builtins.str
+    """Only the voices that speak this language: a BCP-47 tag (`de`, `en-US`,
+    `zh`), compared case-insensitively, with `_` read as `-`. A voice matches
+    when one of its `language_codes` is the tag or starts with it followed by
+    `-` (`en` matches `en-US` and `en-GB-scotland`; `en-U` matches neither),
+    or, for a bare macrolanguage, when its language is one the macrolanguage
+    covers by ISO 639-3 (`zh` matches `cmn`, `yue` and `hak`; `ar` matches
+    `arb`). Empty (unset) lists every voice. No voice matching is not an error:
+    the list is empty. A value that is not shaped like a BCP-47 tag (a primary
+    subtag of 2 or 3 letters, then subtags of 1 to 8 letters or digits) is
+    rejected with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
+        *,
+        language_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language_code", b"language_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,7 +105,8 @@ class SpeechServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListVoices(self, request, context):
-        """ListVoices lists every voice this server offers.
+        """ListVoices lists every voice this server offers, or those that speak the
+        language `ListVoicesRequest.language_code` names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

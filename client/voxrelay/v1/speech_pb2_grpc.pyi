@@ -79,7 +79,9 @@ class SpeechStub:
     SESSION_ENDED, then the error's status code.
     """
     ListVoices: _grpc.UnaryUnaryMultiCallable[_speech_pb2.ListVoicesRequest, _speech_pb2.ListVoicesResponse]
-    """ListVoices lists every voice this server offers."""
+    """ListVoices lists every voice this server offers, or those that speak the
+    language `ListVoicesRequest.language_code` names.
+    """
 
 @_typing.type_check_only
 class SpeechAsyncStub(SpeechStub):
@@ -127,7 +129,9 @@ class SpeechAsyncStub(SpeechStub):
     SESSION_ENDED, then the error's status code.
     """
     ListVoices: _aio.UnaryUnaryMultiCallable[_speech_pb2.ListVoicesRequest, _speech_pb2.ListVoicesResponse]  # type: ignore[assignment]
-    """ListVoices lists every voice this server offers."""
+    """ListVoices lists every voice this server offers, or those that speak the
+    language `ListVoicesRequest.language_code` names.
+    """
 
 class SpeechServicer(metaclass=_abc_1.ABCMeta):
     """Speech turns streamed text into ordered, streamed speech."""
@@ -190,6 +194,8 @@ class SpeechServicer(metaclass=_abc_1.ABCMeta):
         request: _speech_pb2.ListVoicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_speech_pb2.ListVoicesResponse, _abc.Awaitable[_speech_pb2.ListVoicesResponse]]:
-        """ListVoices lists every voice this server offers."""
+        """ListVoices lists every voice this server offers, or those that speak the
+        language `ListVoicesRequest.language_code` names.
+        """
 
 def add_SpeechServicer_to_server(servicer: SpeechServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
