@@ -61,7 +61,7 @@ bench-quick: install $(BENCH_STAMP)
 
 # The benchmark's extras (the reference implementation, plotting) only for the benchmark.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
 	touch $@
 
 # Builds both distributions (sdist and wheel) into dist/.

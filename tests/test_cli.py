@@ -14,6 +14,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from tests.processes import (
     user_env,
     wait_until_answering,
 )
+from voxrelay import cli
 
 DEFAULT_VOICE = "piper/en_US-joe-medium"
 HELLO = "Hello there. How are you today?"
@@ -487,3 +489,19 @@ def test_serve_with_one_engine_defaults_to_its_standard_voice(tmp_path: Path) ->
     rows = result.stdout.splitlines()[1:]
     assert rows[0].split()[0] == "espeak/en-us" and rows[0].split()[-1] == "(default)"
     assert all(row.startswith("espeak/") for row in rows)
+
+
+def test_a_command_whose_package_cannot_be_imported_leaves_the_others_working(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = metadata.EntryPoint("serve", "voxrelay_nowhere.cli:add_serve", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [broken])
+
+    assert cli.main(["serve", "--listen", "127.0.0.1:0"]) == 2
+    said = capsys.readouterr().err
+    assert "`voxrelay serve` cannot be loaded: voxrelay_nowhere.cli:add_serve" in said
+    assert "No module named 'voxrelay_nowhere'" in said and "Traceback" not in said
+    with pytest.raises(SystemExit) as helped:
+        cli.main(["voices", "--help"])
+    assert helped.value.code == 0
+    assert "--language" in capsys.readouterr().out

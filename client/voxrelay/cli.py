@@ -490,7 +490,7 @@ def _add_missing_serve(commands: argparse._SubParsersAction[argparse.ArgumentPar
         description=SERVER_MISSING,
         add_help=False,
     )
-    serve.set_defaults(run=_server_missing)
+    serve.set_defaults(run=_server_missing, takes_any_arguments=True)
 
 
 def _server_missing(args: argparse.Namespace) -> int:
@@ -504,14 +504,29 @@ def _add_installed_commands(commands: argparse._SubParsersAction[argparse.Argume
         try:
             add_command = entry.load()
         except ImportError as error:
-            raise UsageError(
-                f"the {entry.name!r} command of {entry.value!r} cannot be loaded ({error}): "
-                "reinstall the package that provides it"
-            ) from None
-        add_command(commands)
+            # A broken install of another package must not take `say` and `voices` down.
+            _add_broken_command(commands, entry.name, f"{entry.value} ({error})")
+        else:
+            add_command(commands)
         added.add(entry.name)
     if "serve" not in added:
         _add_missing_serve(commands)
+
+
+def _add_broken_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str
+) -> None:
+    """A command whose package is installed but cannot be imported: it says so."""
+    message = (
+        f"`voxrelay {name}` cannot be loaded: {what}; reinstall the package that provides "
+        "it (for serve: pip install --force-reinstall voxrelay-server)"
+    )
+
+    def broken(args: argparse.Namespace) -> int:
+        raise UsageError(message)
+
+    command = commands.add_parser(name, help=f"(cannot be loaded: {what})", add_help=False)
+    command.set_defaults(run=broken, takes_any_arguments=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -528,13 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voxrelay` command."""
-    try:
-        parser = build_parser()
-    except UsageError as error:
-        print(f"voxrelay: error: {error}", file=sys.stderr)
-        return 2
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.run is not _server_missing:  # `serve`'s options: the server's to know
+    # A command that only says it is missing takes the options meant for it.
+    if extra and not getattr(args, "takes_any_arguments", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.run(args)
