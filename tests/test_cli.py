@@ -7,11 +7,13 @@ against it as separate processes, and their files and messages are checked.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pty
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -21,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.processes import (
     VOXRELAY,
@@ -505,3 +509,27 @@ def test_a_command_whose_package_cannot_be_imported_leaves_the_others_working(
         cli.main(["voices", "--help"])
     assert helped.value.code == 0
     assert "--language" in capsys.readouterr().out
+
+
+async def _read_stdin_chunks() -> list[str]:
+    return [chunk async for chunk in cli._stdin_chunks()]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(min_size=1, max_size=3000), st.sampled_from([1, 2, 3, 5, 7, cli.STDIN_READ_BYTES]))
+def test_stdin_is_sent_whole_however_its_reads_cut_it(text: str, read_bytes: int) -> None:
+    # Reads of a few bytes cut characters of two to four bytes: they come out whole,
+    # nothing is lost or repeated, and no chunk holds more than a Stream text chunk may.
+    read_end, write_end = os.pipe()
+    stdin, read_size = sys.stdin, cli.STDIN_READ_BYTES
+    try:
+        sys.stdin = open(read_end, encoding="utf-8", closefd=True)  # noqa: SIM115
+        cli.STDIN_READ_BYTES = read_bytes
+        with open(write_end, "wb", buffering=0) as writer:
+            writer.write(text.encode())  # a pipe holds 64 KiB: all of it, before reading
+        chunks = asyncio.run(_read_stdin_chunks())
+    finally:
+        sys.stdin.close()
+        sys.stdin, cli.STDIN_READ_BYTES = stdin, read_size
+    assert "".join(chunks) == text
+    assert all(0 < len(chunk) <= cli.MAX_CHUNK_CHARS for chunk in chunks)
