@@ -29,7 +29,7 @@ def generate(out: Path) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     protos = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
     (out / PACKAGE).mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    made = subprocess.run(
         [
             sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}",
             f"--python_out={out}", f"--mypy_out={out}",
@@ -37,8 +37,12 @@ def generate(out: Path) -> None:
             *protos,
         ],
         env=env,
-        check=True,
+        capture_output=True,  # the mypy plugin's "Writing mypy to ..." lines
+        text=True,
+        check=False,
     )  # fmt: skip
+    if made.returncode != 0:
+        raise RuntimeError(f"protoc failed:\n{made.stdout}{made.stderr}")
 
 
 def generated_files(root: Path) -> dict[str, bytes]:
