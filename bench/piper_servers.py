@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import os
 import socket
 import subprocess
@@ -75,6 +76,12 @@ SERVERS = (VOXRELAY, WYOMING, HTTP)
 VOICE = "en_US-joe-medium"
 SAMPLE_RATE = 22050
 """The voice's rate: audio seconds = bytes / 2 / SAMPLE_RATE on every server."""
+ORDERS = list(itertools.permutations(SERVERS))
+"""The orders the servers take their turns in at one client, one after the other."""
+SETTLE_S = 0.2
+"""The pause before each turn at one client: onnxruntime's thread pools spin for a
+while after a run, so a server's turn right after another's would share the CPU
+with the other's spinning threads."""
 WARM_UP_TURNS = 2
 """Turns each server says before anything is timed (piper's first inferences are
 slow, and wyoming-piper loads its voice at its first request)."""
@@ -425,7 +432,8 @@ async def one_client(
     running: Running, texts: Sequence[str], warm_up: bool = False
 ) -> dict[str, list[Turn]]:
     """Each server says every text on one client, the servers alternating turn by turn
-    (each going first in turn); after warm-up turns if `warm_up`."""
+    in every order in turn (so each follows each other as often), `SETTLE_S` apart;
+    after warm-up turns if `warm_up`."""
     turns: dict[str, list[Turn]] = {name: [] for name in SERVERS}
     async with AsyncExitStack() as stack:
         speakers = {
@@ -435,7 +443,8 @@ async def one_client(
             for name in SERVERS:
                 await speakers[name](text, ignore)
         for index, text in enumerate(texts):
-            for name in SERVERS[index % 3 :] + SERVERS[: index % 3]:
+            for name in ORDERS[index % len(ORDERS)]:
+                await asyncio.sleep(SETTLE_S)
                 turns[name].append(await speakers[name](text, ignore))
     return turns
 
