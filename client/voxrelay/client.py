@@ -224,11 +224,31 @@ def event_from_response(
         rate, offset = chunk.sample_rate_hz, chunk.offset_samples
         if encoding == "pcm":
             samples = np.frombuffer(chunk.data, dtype=_DTYPES[chunk.encoding])
-            return Audio(samples, rate, chunk.turn, chunk.segment, offset, chunk.data)
+            return Audio(
+                samples,
+                rate,
+                chunk.turn,
+                chunk.segment,
+                offset,
+                chunk.data,
+                text_offset=chunk.text_offset,
+                text_length=chunk.text_length,
+            )
         if encoding == "opus":
             count = (opus or OpusPageCounter()).samples_in(chunk.data, offset, rate)
             empty = np.zeros(0, dtype=_DTYPES[_ENCODINGS[dtype]])
-            return Audio(empty, rate, chunk.turn, chunk.segment, offset, chunk.data, "opus", count)
+            return Audio(
+                empty,
+                rate,
+                chunk.turn,
+                chunk.segment,
+                offset,
+                chunk.data,
+                "opus",
+                count,
+                text_offset=chunk.text_offset,
+                text_length=chunk.text_length,
+            )
         if encoding is None:
             raise VoxrelayError(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -237,13 +257,23 @@ def event_from_response(
             )
         linear = ulaw_to_linear(chunk.data) if encoding == "mulaw" else alaw_to_linear(chunk.data)
         samples = linear if dtype == "int16" else linear.astype(np.float32) / np.float32(32767)
-        return Audio(samples, rate, chunk.turn, chunk.segment, offset, chunk.data, encoding)
+        return Audio(
+            samples,
+            rate,
+            chunk.turn,
+            chunk.segment,
+            offset,
+            chunk.data,
+            encoding,
+            text_offset=chunk.text_offset,
+            text_length=chunk.text_length,
+        )
     if kind == "lifecycle":
         lifecycle = response.lifecycle
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
             return TurnStarted(lifecycle.turn)
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_ENDED:
-            return TurnEnded(lifecycle.turn, lifecycle.cancelled)
+            return TurnEnded(lifecycle.turn, lifecycle.cancelled, lifecycle.spoken_text)
         return SessionEnded()
     error = response.error
     raise VoxrelayError(
@@ -351,9 +381,20 @@ class AsyncSession:
         """Mark the current turn complete."""
         await self._write(speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()))
 
-    async def cancel(self) -> None:
-        """Barge-in: drop everything sent so far that has not been delivered."""
-        await self._write(speech_pb2.StreamRequest(cancel=speech_pb2.Cancel()))
+    async def cancel(self, played_samples: int = 0, turn: int = 0) -> None:
+        """Barge-in: drop everything sent so far that has not been delivered.
+
+        `played_samples` and `turn` say where the listener stopped: it played
+        `played_samples` samples (at the session's rate, counted from the start of
+        the turn, as `Audio.offset_samples` counts them) of turn `turn`. The server
+        then reports in that turn's `TurnEnded.spoken_text` the text up to the end
+        of the last segment it heard whole. `turn` 0 with `played_samples` means the
+        turn being spoken; both 0 (the default) means the position is unknown. A
+        turn whose `TurnEnded` was already sent is not changed: for it, use the
+        `text_offset`/`text_length` of the `Audio` you played.
+        """
+        request = speech_pb2.Cancel(turn=turn, played_samples=played_samples)
+        await self._write(speech_pb2.StreamRequest(cancel=request))
 
     async def close(self) -> None:
         """Send nothing more: the server finishes every turn, then ends the session."""

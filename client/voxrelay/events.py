@@ -38,6 +38,18 @@ class Audio:
     encoding: WireEncoding = "pcm"
     sample_count: int = -1
     """Samples this piece holds once decoded; -1 means `len(samples)`."""
+    text_offset: int = 0
+    """Where the text of the piece's segment starts in the turn's text as sent (the
+    turn's `send_text` chunks joined), in characters (code points)."""
+    text_length: int = 0
+    """How many characters the segment's text has: `turn_text[text_offset:
+    text_offset + text_length]` is what the segment speaks (surrounding whitespace
+    left out). The same for every piece of a segment."""
+
+    @property
+    def text_end(self) -> int:
+        """Where the segment's text ends in the turn's text: `text_offset + text_length`."""
+        return self.text_offset + self.text_length
 
     @property
     def num_samples(self) -> int:
@@ -59,6 +71,12 @@ class TurnEnded:
     turn: int
     cancelled: bool = False
     """True when a `cancel()` dropped some or all of the turn's audio."""
+    spoken_text: str = ""
+    """What the listener heard: a prefix of the turn's text as sent. All of it for a
+    turn no `cancel()` cut short or named; for a turn named by `cancel(turn=...,
+    played_samples=...)`, the text up to the end of the last segment whose audio
+    ended at or before that sample; for another cancelled turn, up to the end of the
+    last segment whose audio was all sent before the cancel; "" when none was."""
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from voxrelay_server.settings import (
     AudioEncoding,
     OutputFormat,
 )
-from voxrelay_server.splitter import SentenceSplitter
+from voxrelay_server.splitter import Segment, SentenceSplitter
 from voxrelay_server.textclean import clean_text
 
 _LOG = logging.getLogger(__name__)
@@ -116,6 +116,28 @@ class _Turn:
     number: int
     segments: int = 0
     cancelled: bool = False
+    text_parts: list[str] = field(default_factory=list)
+    """The turn's text chunks as sent: `spoken_text` is a prefix of them joined."""
+    sent_samples: int = 0
+    """Samples of the turn's audio handed out so far."""
+    segment_ends: list[tuple[int, int]] = field(default_factory=list)
+    """(sample, text end) where each segment whose audio is complete in the turn's
+    stream ends, in order."""
+    heard_until: int | None = None
+    """Set by `cancel`: the listener heard the segments whose audio ends at or before
+    this sample. None: it heard all of the turn."""
+
+    def spoken_text(self) -> str:
+        """The prefix of the turn's text the listener heard."""
+        text = "".join(self.text_parts)
+        if self.heard_until is None:
+            return text
+        end = 0
+        for sample_end, text_end in self.segment_ends:
+            if sample_end > self.heard_until:
+                break
+            end = text_end
+        return text[:end]
 
 
 @dataclass(eq=False)
@@ -183,6 +205,8 @@ class _SegmentJob:
     turn: _Turn
     number: int
     text: str
+    offset: int = 0
+    """Where `text` starts in the turn's text as sent."""
     audio: _SegmentAudio = field(default_factory=_SegmentAudio)
     task: asyncio.Task[None] | None = None
     buffered_bytes: int = 0
@@ -313,6 +337,8 @@ class SessionDispatcher:
         self._inflight = 0
         self._turn_count = 0
         self._open_turn: _Turn | None = None
+        self._live_turns: dict[int, _Turn] = {}
+        """Turns started and whose `TurnEnded` has not been sent, by number, in order."""
         self._delivering: _SegmentJob | None = None
         self._state = SessionState.OPEN
         self._error: SpeechError | None = None
@@ -387,7 +413,8 @@ class SessionDispatcher:
                 "as fast as it is spoken, or end turns so it can be synthesized",
             )
         turn = self._open_turn or self._start_turn()
-        for segment in self._splitter.feed(clean_text(text)):
+        turn.text_parts.append(text)  # as sent: cleaning keeps every position
+        for segment in self._splitter.feed_segments(clean_text(text)):
             self._release(turn, segment)
         if self._stall_s:
             self._watch_for_stall()
@@ -419,20 +446,42 @@ class SessionDispatcher:
         if self._accepting_input() and self._open_turn is not None:
             self._end_turn(self._open_turn, speak_rest=True)
 
-    def cancel(self) -> None:
-        """Barge-in: drop everything accepted so far that has not been delivered."""
+    def cancel(self, *, turn: int = 0, played_samples: int = 0) -> None:
+        """Barge-in: drop everything accepted so far that has not been delivered.
+
+        `turn` and `played_samples` say where the listener stopped (sample
+        `played_samples` of turn `turn`, counted from the turn's start); they change
+        only what each turn's `TurnEnded.spoken_text` says was heard:
+
+        - the named turn, if it is being spoken or queued: the segments whose audio
+          ends at or before `played_samples`, clamped to the samples sent before this
+          cancel (audio not sent was not heard). `turn` 0 with `played_samples` names
+          the first turn not yet ended; both 0: the position is unknown;
+        - every other turn this cancels: the segments whose audio was all sent
+          before it; a named turn that is not being spoken or queued (ended, or not
+          yet started) is ignored, and so counted this way.
+        """
         self._last_input = time.monotonic()
         if not self._accepting_input():
             return
+        live = self._live_turns
+        named = live.get(turn) if turn else next(iter(live.values()), None)
+        if not turn and not played_samples:
+            named = None
         self._waiting_jobs.clear()  # first, so freed slots start nothing that is dropped
         for job in self._undelivered_jobs():
             job.turn.cancelled = True
             self._drop(job)
-        turn = self._open_turn
-        if turn is not None:
+        open_turn = self._open_turn
+        if open_turn is not None:
             if self._splitter.clear():
-                turn.cancelled = True
-            self._end_turn(turn, speak_rest=False)
+                open_turn.cancelled = True
+            self._end_turn(open_turn, speak_rest=False)
+        for affected in live.values():
+            if affected is named:
+                affected.heard_until = min(played_samples, affected.sent_samples)
+            elif affected.cancelled and affected.heard_until is None:
+                affected.heard_until = affected.sent_samples
 
     def close(self) -> None:
         """The caller is done sending: finish every accepted turn, then end the session."""
@@ -494,12 +543,14 @@ class SessionDispatcher:
         turn_offset = 0
         wire_turn = 0  # started on the wire and not yet ended
         ogg: OggOpusTurn | None = None  # the turn's Ogg Opus stream
-        ogg_segment = 0  # the segment whose audio last went into it
+        ogg_segment = 0  # the segment whose audio last went into it, and its place
+        ogg_place = (0, 0)
+        ogg_fed = 0  # samples of the turn given to the Ogg encoder
         rate = self._output.sample_rate_hz
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
-                turn_offset = 0
+                turn_offset = ogg_fed = 0
                 wire_turn = entry.turn.number
                 if self._ogg:
                     ogg = OggOpusTurn(rate, chunk_samples=rate * self._output.chunk_ms // 1000)
@@ -512,7 +563,8 @@ class SessionDispatcher:
                     tail = await ogg.close()
                     ogg = None
                     for chunk in tail:
-                        yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset)
+                        entry.turn.sent_samples = turn_offset + chunk.samples
+                        yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset, *ogg_place)
                         turn_offset += chunk.samples
                     if tail:
                         samples = sum(chunk.samples for chunk in tail)
@@ -520,7 +572,12 @@ class SessionDispatcher:
                             wire_turn, ogg_segment, samples=samples, first=False
                         )
                 wire_turn = 0
-                yield TurnEnded(entry.turn.number, cancelled=entry.turn.cancelled)
+                self._live_turns.pop(entry.turn.number, None)
+                yield TurnEnded(
+                    entry.turn.number,
+                    cancelled=entry.turn.cancelled,
+                    spoken_text=entry.turn.spoken_text(),
+                )
                 self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
             elif isinstance(entry, _SessionEnd):
                 self._end()
@@ -539,13 +596,15 @@ class SessionDispatcher:
                 self._wake_audio_waiters()  # a new head job may go ahead of the budget
                 encoder = SegmentEncoder(self._native_rate_hz, self._segment_output)
                 turn, segment = job.turn.number, job.number
+                speaking = job.turn
+                place = (job.offset, len(job.text))
                 report = self._observer.audio_sent
                 played = self._played
                 bytes_per_sample = self._bytes_per_sample
                 segment_start = turn_offset
                 first = True
                 unreported = 0  # samples sent and not yet told to the observer
-                ogg_segment = segment
+                ogg_segment, ogg_place = segment, place
                 try:
                     while True:
                         pcm = await self._next_audio(job)
@@ -556,9 +615,12 @@ class SessionDispatcher:
                                     (piece, len(piece) // bytes_per_sample),
                                 )
                             else:
+                                ogg_fed += len(piece) // bytes_per_sample
                                 messages = [(c.data, c.samples) for c in await ogg.encode(piece)]
                             for data, samples in messages:
-                                yield AudioOut(turn, segment, data, turn_offset)
+                                # Counted before the yield: once yielded, it was handed out.
+                                speaking.sent_samples = turn_offset + samples
+                                yield AudioOut(turn, segment, data, turn_offset, *place)
                                 turn_offset += samples
                                 if first:  # on its own: its time is the segment's first audio
                                     first = False
@@ -574,6 +636,10 @@ class SessionDispatcher:
                             unreported = 0
                         if pcm is None:
                             self._learn_pace(job.text, (turn_offset - segment_start) / rate)
+                            # Where its audio ends in the turn: in what was sent, or for
+                            # Ogg in what the encoder was given (its pages may follow).
+                            audio_end = turn_offset if ogg is None else ogg_fed
+                            speaking.segment_ends.append((audio_end, sum(place)))
                             break
                 except _JobDropped:
                     pass  # cancelled, or the session failed: `_next_entry` reports that
@@ -621,8 +687,8 @@ class SessionDispatcher:
         self._stall_timer = None
         turn = self._open_turn
         if self._accepting_input() and turn is not None and self._splitter.at_turn_start:
-            words = self._splitter.take_words()
-            if words:
+            words = self._splitter.take_segment()
+            if words is not None:
                 self._release(turn, words)
 
     # The dry rule: words waiting in the middle of a turn when the listener is about to
@@ -646,7 +712,7 @@ class SessionDispatcher:
         slack_s = max(self._playback.runs_out_at - now, 0.0) + buffered_s
         lead_s = DRY_LEAD_FACTOR * self._first_audio_s + DRY_MARGIN_S
         if slack_s <= lead_s:
-            if (words := self._splitter.take_words()) is not None:
+            if (words := self._splitter.take_segment()) is not None:
                 self._release(turn, words)
             return
         fire_at = now + slack_s - lead_s
@@ -721,9 +787,10 @@ class SessionDispatcher:
 
     # The scheduler.
 
-    def _release(self, turn: _Turn, text: str) -> None:
+    def _release(self, turn: _Turn, segment: Segment) -> None:
+        text = segment.text
         turn.segments += 1
-        job = _SegmentJob(turn, turn.segments, text)
+        job = _SegmentJob(turn, turn.segments, text, segment.offset)
         if self._staggered:
             job.previous, self._last_released = self._last_released, job
         self._queued_text_chars += len(text)
@@ -944,12 +1011,13 @@ class SessionDispatcher:
         self._turn_count += 1
         turn = _Turn(self._turn_count)
         self._open_turn = turn
+        self._live_turns[turn.number] = turn
         self._append(_TurnStart(turn))
         return turn
 
     def _end_turn(self, turn: _Turn, *, speak_rest: bool) -> None:
-        rest = self._splitter.flush().strip() if speak_rest else ""
-        if rest:
+        rest = self._splitter.flush_segment() if speak_rest else None
+        if rest is not None:
             self._release(turn, rest)
         self._append(_TurnEnd(turn))
         self._open_turn = None

@@ -27,6 +27,10 @@ class AudioOut:
     data: bytes
     offset_samples: int
     """Index of the first sample of `data`, counted from the start of the turn."""
+    text_offset: int = 0
+    """Where the segment's text starts in the turn's text as sent, in characters."""
+    text_length: int = 0
+    """How many characters the segment's text has: `turn_text[text_offset:][:text_length]`."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class TurnEnded:
 
     turn: int
     cancelled: bool = False
+    spoken_text: str = ""
+    """What the listener heard: a prefix of the turn's text as sent (see
+    `SessionDispatcher.cancel`), all of it for a turn no cancel cut short."""
 
 
 @dataclass(frozen=True)

@@ -121,11 +121,15 @@ def response_for(
         chunk.encoding = encoding
         chunk.sample_rate_hz = sample_rate_hz
         chunk.offset_samples = event.offset_samples
+        chunk.text_offset = event.text_offset
+        chunk.text_length = event.text_length
         return response
     if isinstance(event, TurnStarted):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, event.turn)
     if isinstance(event, TurnEnded):
-        return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled)
+        return _lifecycle(
+            speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled, event.spoken_text
+        )
     if isinstance(event, SessionEnded):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
     return _error_response(event.error, event.turn, event.segment)
@@ -142,10 +146,15 @@ def _error_response(
 
 
 def _lifecycle(
-    event: speech_pb2.LifecycleEvent.ValueType, turn: int, cancelled: bool = False
+    event: speech_pb2.LifecycleEvent.ValueType,
+    turn: int,
+    cancelled: bool = False,
+    spoken_text: str = "",
 ) -> speech_pb2.StreamResponse:
     return speech_pb2.StreamResponse(
-        lifecycle=speech_pb2.Lifecycle(event=event, turn=turn, cancelled=cancelled)
+        lifecycle=speech_pb2.Lifecycle(
+            event=event, turn=turn, cancelled=cancelled, spoken_text=spoken_text
+        )
     )
 
 
@@ -179,7 +188,7 @@ def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> N
     elif kind == "turn_done":
         session.turn_done()
     elif kind == "cancel":
-        session.cancel()
+        session.cancel(turn=request.cancel.turn, played_samples=request.cancel.played_samples)
     elif kind == "config":
         raise InvalidInput(
             "config is allowed only as the first message of the stream; "
