@@ -8,8 +8,10 @@ audio, and its amplitude names its text.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -300,3 +302,38 @@ async def test_a_listener_playing_in_real_time_is_told_what_it_heard(
     ]
     assert len(whole) == 2
     assert ended.spoken_text == turn_text[: whole[-1]] == " ".join(sentences[:2])
+
+
+def readme_function(name: str) -> Callable[..., object]:
+    """A function defined in one of the README's Python blocks, as written there."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL):
+        if f"def {name}(" in block:
+            namespace: dict[str, object] = {"voxrelay": voxrelay}
+            exec(block, namespace)
+            function = namespace[name]
+            assert callable(function)
+            return function
+    raise AssertionError(f"the README defines no {name}()")
+
+
+async def test_the_readmes_heard_cuts_an_ended_turn_like_the_server(
+    start_server: StartServer,
+) -> None:
+    """For a turn whose TURN_ENDED came before the barge-in, the README's client-side
+    cut gives what the server gives for a turn it has not ended."""
+    heard = readme_function("heard")
+    server = await start_server()
+    turn_text = "".join(OPEN_TURN[:3])
+    async with (
+        voxrelay.AsyncClient(server.target) as client,
+        client.session(segmentation="sentences", min_sentence_chars=1) as session,
+    ):
+        for chunk in OPEN_TURN[:3]:
+            await session.send_text(chunk)
+        await session.close()
+        received = [event async for event in session if isinstance(event, voxrelay.Audio)]
+    ends = segment_ends(server.tone, SEGMENTS)
+    for played in (0, ends[0] - 1, ends[0], (ends[0] + ends[1]) // 2, ends[2], 10**9):
+        over_the_wire = await cancel_open_turn(server, cancel_at(turn=1, played_samples=played))
+        assert heard(turn_text, received, played) == over_the_wire.spoken_text
