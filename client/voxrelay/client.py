@@ -29,7 +29,16 @@ import numpy.typing as npt
 
 from voxrelay.codecs import OpusPageCounter, alaw_to_linear, decode_ogg_opus, ulaw_to_linear
 from voxrelay.errors import VoxrelayError, status_from_number
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
+from voxrelay.events import (
+    Audio,
+    Event,
+    SessionEnded,
+    TurnEnded,
+    TurnStarted,
+    WireEncoding,
+    Word,
+    Words,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 if TYPE_CHECKING:
@@ -149,6 +158,9 @@ class SessionOptions:
     """Words a turn's first segment holds before it may end at a clause; 0 = 4."""
     stall_ms: int = 0
     """A turn's start stalled this long speaks its complete words; 0 = 500 ms."""
+    word_timestamps: bool = False
+    """Receive `Words` events: where each word is spoken (voices whose
+    `VoiceInfo.word_timestamps` is true; other voices send none)."""
 
     def to_proto(self) -> speech_pb2.SessionConfig:
         if self.dtype not in _ENCODINGS:
@@ -176,6 +188,7 @@ class SessionOptions:
             segmentation=_SEGMENTATIONS[self.segmentation],
             first_clause_min_words=self.first_clause_min_words,
             stall_ms=self.stall_ms,
+            word_timestamps=self.word_timestamps,
         )
 
 
@@ -188,6 +201,8 @@ class VoiceInfo:
     language_codes: tuple[str, ...]
     native_sample_rate_hz: int
     is_default: bool
+    word_timestamps: bool = False
+    """The voice gives word timing (`SessionOptions.word_timestamps`)."""
 
 
 @dataclass
@@ -200,6 +215,8 @@ class SynthesizedAudio:
     chunks: list[Audio] = field(default_factory=list, repr=False)
     data: bytes = field(default=b"", repr=False)
     """The encoded bytes as sent, joined: for "opus" a complete `.opus` file."""
+    words: list[Word] = field(default_factory=list)
+    """Every word and where it is spoken in `samples`, with `word_timestamps`."""
 
     @property
     def duration_s(self) -> float:
@@ -268,6 +285,16 @@ def event_from_response(
             text_offset=chunk.text_offset,
             text_length=chunk.text_length,
         )
+    if kind == "words":
+        timings = response.words
+        return Words(
+            timings.turn,
+            timings.segment,
+            tuple(
+                Word(word.text, word.text_offset, word.start_samples, word.end_samples)
+                for word in timings.words
+            ),
+        )
     if kind == "lifecycle":
         lifecycle = response.lifecycle
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
@@ -288,6 +315,7 @@ def _voice_info(voice: speech_pb2.Voice) -> VoiceInfo:
         tuple(voice.language_codes),
         voice.native_sample_rate_hz,
         voice.is_default,
+        voice.word_timestamps,
     )
 
 
@@ -299,15 +327,17 @@ def _one_turn_requests(options: SessionOptions, text: str) -> list[speech_pb2.St
     ]
 
 
-def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
+def _join(
+    chunks: list[Audio], options: SessionOptions, words: list[Word] | None = None
+) -> SynthesizedAudio:
     dtype = np.dtype("<i2") if options.dtype == "int16" else np.dtype("<f4")
     data = b"".join(c.data for c in chunks)
     rate = chunks[0].sample_rate_hz if chunks else 0
     if options.encoding == "opus" and data:
         decoded, rate = decode_ogg_opus(data, options.dtype)
-        return SynthesizedAudio(decoded, rate, chunks, data)
+        return SynthesizedAudio(decoded, rate, chunks, data, words or [])
     samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, dtype)
-    return SynthesizedAudio(samples, rate, chunks, data)
+    return SynthesizedAudio(samples, rate, chunks, data, words or [])
 
 
 READ_AHEAD = 8
@@ -325,9 +355,10 @@ class AsyncSession:
     """One conversation: send text and turn markers, iterate ordered events.
 
     Use it as an async context manager; leaving the block early cancels the call.
-    Iterating yields `Audio`, `TurnStarted`, `TurnEnded` and finally
-    `SessionEnded`; a failure raises `VoxrelayError`, with the server's status and
-    message, whether it surfaces while iterating or while sending.
+    Iterating yields `Audio`, `TurnStarted`, `TurnEnded` (and `Words` with
+    `word_timestamps`) and finally `SessionEnded`; a failure raises
+    `VoxrelayError`, with the server's status and message, whether it surfaces
+    while iterating or while sending.
     """
 
     def __init__(
@@ -551,6 +582,7 @@ class AsyncClient:
         """The whole audio of `text`, spoken as one turn."""
         options = options or SessionOptions()
         chunks: list[Audio] = []
+        words: list[Word] = []
         async with self.session(options) as session:
             await session.send_text(text)
             await session.turn_done()
@@ -558,7 +590,9 @@ class AsyncClient:
             async for event in session:
                 if isinstance(event, Audio):
                     chunks.append(event)
-        return _join(chunks, options)
+                elif isinstance(event, Words):
+                    words += event.words
+        return _join(chunks, options, words)
 
 
 class Client:
@@ -613,6 +647,7 @@ class Client:
         """The whole audio of `text`, spoken as one turn."""
         options = options or SessionOptions()
         chunks: list[Audio] = []
+        words: list[Word] = []
         responses: Iterator[speech_pb2.StreamResponse] = self._stub.Stream(
             iter(_one_turn_requests(options, text)), metadata=self._metadata
         )
@@ -622,9 +657,11 @@ class Client:
                 event = event_from_response(response, options.dtype, opus)
                 if isinstance(event, Audio):
                     chunks.append(event)
+                elif isinstance(event, Words):
+                    words += event.words
         except grpc.RpcError as error:
             raise VoxrelayError.from_rpc_error(error, self.target) from None
-        return _join(chunks, options)
+        return _join(chunks, options, words)
 
 
 def synthesize(

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from voxrelay_server.audio import SegmentEncoder, sample_output
 from voxrelay_server.codecs import OggOpusTurn
+from voxrelay_server.engines.base import SynthesisItem, WordTiming
 from voxrelay_server.errors import EngineError, ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
@@ -52,11 +53,13 @@ from voxrelay_server.settings import (
 )
 from voxrelay_server.splitter import Segment, SentenceSplitter
 from voxrelay_server.textclean import clean_text
+from voxrelay_server.word_timing import TurnWords
 
 _LOG = logging.getLogger(__name__)
 
-Synthesize = Callable[[str], AsyncIterator[bytes]]
-"""Speaks one segment's text: int16 LE PCM chunks at the voice's native rate."""
+Synthesize = Callable[[str], AsyncIterator[SynthesisItem]]
+"""Speaks one segment's text: int16 LE PCM chunks at the voice's native rate, and (for
+a session with word timing) the timing of the words starting in the chunk after."""
 TYPICAL_SECONDS_PER_CHAR = 0.06
 """Speech per character of English text at normal speed (about 16 characters a
 second): a session's first estimate, until its own segments show its pace."""
@@ -123,9 +126,12 @@ class _Turn:
     segment_ends: list[tuple[int, int]] = field(default_factory=list)
     """(sample, text end) where each segment whose audio is complete in the turn's
     stream ends, in order."""
+    word_ends: list[tuple[int, int]] = field(default_factory=list)
+    """(sample, text end) where each word whose timing was sent ends, in order (with
+    word timing only)."""
     heard_until: int | None = None
-    """Set by `cancel`: the listener heard the segments whose audio ends at or before
-    this sample. None: it heard all of the turn."""
+    """Set by `cancel`: the listener heard the segments (and, with word timing, the
+    words) whose audio ends at or before this sample. None: it heard all of the turn."""
 
     def spoken_text(self) -> str:
         """The prefix of the turn's text the listener heard."""
@@ -133,10 +139,11 @@ class _Turn:
         if self.heard_until is None:
             return text
         end = 0
-        for sample_end, text_end in self.segment_ends:
-            if sample_end > self.heard_until:
-                break
-            end = text_end
+        for ends in (self.segment_ends, self.word_ends):
+            for sample_end, text_end in ends:
+                if sample_end > self.heard_until:
+                    break
+                end = max(end, text_end)
         return text[:end]
 
 
@@ -179,10 +186,10 @@ class _SegmentAudio:
     __slots__ = ("_waiter", "items")
 
     def __init__(self) -> None:
-        self.items: collections.deque[bytes | SpeechError | None] = collections.deque()
+        self.items: collections.deque[SynthesisItem | SpeechError | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, item: bytes | SpeechError | None) -> None:
+    def put(self, item: SynthesisItem | SpeechError | None) -> None:
         self.items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -207,6 +214,8 @@ class _SegmentJob:
     text: str
     offset: int = 0
     """Where `text` starts in the turn's text as sent."""
+    words: list[tuple[WordTiming, ...]] = field(default_factory=list)
+    """Word timing the merger took from `audio` and has not placed in the turn yet."""
     audio: _SegmentAudio = field(default_factory=_SegmentAudio)
     task: asyncio.Task[None] | None = None
     buffered_bytes: int = 0
@@ -283,6 +292,7 @@ class SessionDispatcher:
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
         stagger_while: Callable[[], bool] | None = None,
+        word_timestamps: bool = False,
         observer: SessionObserver | None = None,
         session_id: str = "",
     ) -> None:
@@ -308,6 +318,8 @@ class SessionDispatcher:
         one has the head's audio to play to be ready). Under load nothing is made alone,
         and waiting would only make the next segment late."""
         self._last_released: _SegmentJob | None = None
+        self._word_timestamps = word_timestamps
+        """Send word timing (`WordsOut`) from what `synthesize` yields beside audio."""
         self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
         """When this session's audio is due: the scheduler serves the most urgent first."""
@@ -543,11 +555,15 @@ class SessionDispatcher:
         ogg_place = (0, 0)
         ogg_fed = 0  # samples of the turn given to the Ogg encoder
         rate = self._output.sample_rate_hz
+        words: TurnWords | None = None  # the turn's word timing not sent yet
+        words_done = 0  # with Ogg, the last segment whose audio is all in the encoder
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
-                turn_offset = ogg_fed = 0
+                turn_offset = ogg_fed = words_done = 0
                 wire_turn = entry.turn.number
+                if self._word_timestamps:
+                    words = TurnWords(wire_turn, self._native_rate_hz, rate, entry.turn.word_ends)
                 if self._ogg:
                     ogg = OggOpusTurn(rate, chunk_samples=rate * self._output.chunk_ms // 1000)
                 yield TurnStarted(wire_turn)
@@ -559,6 +575,9 @@ class SessionDispatcher:
                     tail = await ogg.close()
                     ogg = None
                     for chunk in tail:
+                        if words:
+                            for timing in words.due(turn_offset + chunk.samples):
+                                yield timing
                         entry.turn.sent_samples = turn_offset + chunk.samples
                         yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset, *ogg_place)
                         turn_offset += chunk.samples
@@ -567,6 +586,10 @@ class SessionDispatcher:
                         self._observer.audio_sent(
                             wire_turn, ogg_segment, samples=samples, first=False
                         )
+                if words:  # the words of segments all sent, rounded past their end
+                    for timing in words.rest(words_done, turn_offset):
+                        yield timing
+                    words.clear()
                 wire_turn = 0
                 self._live_turns.pop(entry.turn.number, None)
                 yield TurnEnded(
@@ -598,12 +621,18 @@ class SessionDispatcher:
                 played = self._played
                 bytes_per_sample = self._bytes_per_sample
                 segment_start = turn_offset
+                words_start = turn_offset if ogg is None else ogg_fed
                 first = True
                 unreported = 0  # samples sent and not yet told to the observer
                 ogg_segment, ogg_place = segment, place
                 try:
                     while True:
                         pcm = await self._next_audio(job)
+                        if job.words:
+                            if words is not None:
+                                for timings in job.words:
+                                    words.add(segment, job.text, job.offset, words_start, timings)
+                            job.words.clear()
                         batch = encoder.finish() if pcm is None else encoder.push(pcm)
                         for piece in batch if ogg is None else ogg.slices(batch):
                             if ogg is None:
@@ -614,6 +643,9 @@ class SessionDispatcher:
                                 ogg_fed += len(piece) // bytes_per_sample
                                 messages = [(c.data, c.samples) for c in await ogg.encode(piece)]
                             for data, samples in messages:
+                                if words:  # the words whose first sample this holds
+                                    for timing in words.due(turn_offset + samples):
+                                        yield timing
                                 # Counted before the yield: once yielded, it was handed out.
                                 speaking.sent_samples = turn_offset + samples
                                 yield AudioOut(turn, segment, data, turn_offset, *place)
@@ -636,9 +668,17 @@ class SessionDispatcher:
                             # Ogg in what the encoder was given (its pages may follow).
                             audio_end = turn_offset if ogg is None else ogg_fed
                             speaking.segment_ends.append((audio_end, sum(place)))
+                            if words and ogg is None:
+                                for timing in words.rest(segment, turn_offset):
+                                    yield timing
+                            words_done = segment
                             break
                 except _JobDropped:
-                    pass  # cancelled, or the session failed: `_next_entry` reports that
+                    # Cancelled, or the session failed: `_next_entry` reports that. Its
+                    # words not sent go with its audio (with Ogg, the turn's end sends
+                    # what the encoder holds, and the words in it).
+                    if words is not None and ogg is None:
+                        words.clear()
                 except _SegmentFailure as failure:
                     self._fail(failure.error, segment)
                 finally:
@@ -756,11 +796,15 @@ class SessionDispatcher:
         cancelled or the session failed.
         """
         items = job.audio.items
-        if not items:
-            await job.audio.wait()
-        item = items.popleft()
-        if job.cancelled or self._state not in _RUNNING:
-            raise _JobDropped
+        while True:
+            if not items:
+                await job.audio.wait()
+            item = items.popleft()
+            if job.cancelled or self._state not in _RUNNING:
+                raise _JobDropped
+            if not isinstance(item, tuple):
+                break
+            job.words.append(item)  # word timing: placed by the merger
         if isinstance(item, SpeechError):
             raise _SegmentFailure(item)
         if item is None:
@@ -770,6 +814,10 @@ class SessionDispatcher:
         size = len(item)
         while size < _MERGE_BYTES and items:
             queued = items[0]
+            if isinstance(queued, tuple):
+                job.words.append(queued)
+                items.popleft()
+                continue
             if not isinstance(queued, bytes):
                 break  # the end or an error: left for the next call
             items.popleft()
@@ -810,7 +858,7 @@ class SessionDispatcher:
     async def _run(self, job: _SegmentJob) -> None:
         error: SpeechError | None = None
         started = False
-        chunks: AsyncIterator[bytes] | None = None
+        chunks: AsyncIterator[SynthesisItem] | None = None
         try:
             if (previous := job.previous) is not None:
                 job.previous = None
@@ -875,10 +923,15 @@ class SessionDispatcher:
         )
         job.audio.put(error if error is not None else _END_OF_AUDIO)
 
-    async def _synthesize_into(self, job: _SegmentJob, chunks: AsyncIterator[bytes]) -> bool:
+    async def _synthesize_into(
+        self, job: _SegmentJob, chunks: AsyncIterator[SynthesisItem]
+    ) -> bool:
         """Move the engine's audio into `job` until the engine is done (True) or the
         client is so far behind that the segment must pause (False)."""
         async for chunk in chunks:
+            if isinstance(chunk, tuple):  # word timing: no audio of its own
+                job.audio.put(chunk)
+                continue
             if not chunk:
                 continue
             self._buffered_audio_bytes += len(chunk)

@@ -25,6 +25,7 @@ from voxrelay_server.events import (
     SessionFailed,
     TurnEnded,
     TurnStarted,
+    WordsOut,
 )
 from voxrelay_server.service import CallSlot, SpeechService
 from voxrelay_server.serving import (
@@ -103,6 +104,7 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
         segmentation=segmentation,
         first_clause_min_words=config.first_clause_min_words,
         stall_ms=config.stall_ms,
+        word_timestamps=config.word_timestamps,
     )
 
 
@@ -123,6 +125,21 @@ def response_for(
         chunk.offset_samples = event.offset_samples
         chunk.text_offset = event.text_offset
         chunk.text_length = event.text_length
+        return response
+    if isinstance(event, WordsOut):
+        response = speech_pb2.StreamResponse()
+        timings = response.words
+        timings.turn = event.turn
+        timings.segment = event.segment
+        timings.words.extend(
+            speech_pb2.Word(
+                text=word.text,
+                text_offset=word.text_offset,
+                start_samples=word.start_samples,
+                end_samples=word.end_samples,
+            )
+            for word in event.words
+        )
         return response
     if isinstance(event, TurnStarted):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, event.turn)
@@ -399,6 +416,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                     language_codes=voice.language_codes,
                     native_sample_rate_hz=voice.native_sample_rate_hz,
                     is_default=voice.name == default,
+                    word_timestamps=service.catalog.resolve(voice.name)[0].word_timing,
                 )
                 for voice in service.voices()
             ]
