@@ -36,7 +36,7 @@ ACCURACY_GOAL_MS = 50.0
 """Median absolute start error, per engine."""
 TTFA_COST_GOAL_MS = 5.0
 """First audio added by `word_timestamps`, per engine (difference of medians)."""
-TURNS, QUICK_TURNS = 16, 4
+TURNS, QUICK_TURNS = 16, 2
 """Turns each way for the cost."""
 
 
@@ -192,7 +192,7 @@ def section(results: Sequence[Result], turns: int, sentences: int) -> Section:
 
 async def run(quick: bool) -> Section:
     turns = QUICK_TURNS if quick else TURNS
-    sentences = SHORT_SENTENCES[:3] if quick else (*SENTENCES, *SHORT_SENTENCES)
+    sentences = SHORT_SENTENCES[:2] if quick else (*SENTENCES, *SHORT_SENTENCES)
     server = await asyncio.to_thread(start_server_process, ["--engines", "piper,espeak"])
     results = []
     try:

@@ -239,9 +239,12 @@ class PiperEngine(SpeechEngine):
             return pieces, assign_words(pieces, word_phonemes(piper_voice.phonemize, words))
 
         def run(model: PiperVoice, piece: list[str]) -> tuple[bytes, Any]:
-            result = model.phoneme_ids_to_audio(
-                model.phonemes_to_ids(piece), config, include_alignments=timed
-            )
+            ids = model.phonemes_to_ids(piece)
+            if not timed:
+                audio = model.phoneme_ids_to_audio(ids, config)
+                assert isinstance(audio, np.ndarray)  # not asked for alignments
+                return _int16_bytes(audio), None
+            result = model.phoneme_ids_to_audio(ids, config, include_alignments=True)
             audio, id_samples = result if isinstance(result, tuple) else (result, None)
             return _int16_bytes(audio), id_samples
 
