@@ -4,11 +4,14 @@ and the real voices (espeak-ng, piper)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import voxrelay
 from tests.conftest import (
@@ -25,11 +28,15 @@ from tests.conftest import (
     turn_done,
 )
 from voxrelay.v1 import speech_pb2
+from voxrelay_server.dispatcher import SessionDispatcher
+from voxrelay_server.engines.base import SynthesisOptions
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.openai_engine import OpenAIEngine
 from voxrelay_server.engines.piper_engine import PiperEngine
-from voxrelay_server.engines.tone import SAMPLE_RATE_HZ
+from voxrelay_server.engines.tone import SAMPLE_RATE_HZ, ToneEngine
 from voxrelay_server.engines.words import spoken_words
+from voxrelay_server.events import AudioOut, WordOut, WordsOut
+from voxrelay_server.settings import AudioEncoding, OutputFormat
 
 SENTENCES = speech_pb2.SEGMENTATION_SENTENCES
 OPUS = speech_pb2.AUDIO_ENCODING_OGG_OPUS
@@ -308,3 +315,60 @@ async def test_ogg_opus_words_come_before_the_pages_of_their_first_sample(
             words += event.words
     assert [w.text for w in words] == [turn_text[a:b] for a, b in spoken_words(turn_text)]
     assert words[-1].end_samples <= sent
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    chunks=st.lists(
+        st.text(alphabet=st.sampled_from(list("ab .,!?-'\n\"")), min_size=1, max_size=30),
+        min_size=1,
+        max_size=6,
+    ),
+    rate=st.sampled_from([8000, 16000, 22050]),
+    chunk_ms=st.sampled_from([0, 20, 100]),
+    speed=st.sampled_from([0.5, 1.0, 3.0]),
+)
+def test_the_dispatcher_keeps_the_word_contract_for_any_text(
+    chunks: list[str], rate: int, chunk_ms: int, speed: float
+) -> None:
+    """Any text, rate, message size and speed: every word of every segment once, in
+    order, as sent, monotonic, within the audio, before the audio of its first sample."""
+
+    async def scenario() -> None:
+        tone = ToneEngine(ms_per_char=2)
+        voice = tone.voices()[0]
+        options = SynthesisOptions(speed=speed)
+        session = SessionDispatcher(
+            lambda segment: tone.synthesize_words(voice, segment, options),
+            native_rate_hz=SAMPLE_RATE_HZ,
+            output=OutputFormat(AudioEncoding.PCM_S16LE, rate, chunk_ms),
+            min_sentence_chars=1,
+            max_inflight_segments=3,
+            word_timestamps=True,
+        )
+        for chunk in chunks:
+            session.send_text(chunk)
+        session.close()
+        events = [event async for event in session.events()]
+        await session.aclose()
+        sent = 0
+        words: dict[int, list[WordOut]] = {}
+        places: dict[int, tuple[int, int]] = {}
+        for event in events:
+            if isinstance(event, AudioOut):
+                sent = event.offset_samples + len(event.data) // 2
+                places[event.segment] = (event.text_offset, event.text_length)
+            elif isinstance(event, WordsOut):
+                assert all(w.start_samples >= sent for w in event.words)
+                words.setdefault(event.segment, []).extend(event.words)
+        turn_text = "".join(chunks)
+        flat = [w for segment in sorted(words) for w in words[segment]]
+        for before, after in itertools.pairwise(flat):
+            assert before.end_samples <= after.start_samples
+        assert all(w.end_samples <= sent for w in flat)
+        for segment, (offset, length) in places.items():
+            text_of = turn_text[offset : offset + length]
+            expected = [(offset + a, text_of[a:b]) for a, b in spoken_words(text_of)]
+            assert [(w.text_offset, w.text) for w in words.get(segment, [])] == expected
+
+    asyncio.run(scenario())
