@@ -376,3 +376,25 @@ def test_serve_with_one_engine_defaults_to_its_standard_voice(tmp_path: Path) ->
     rows = result.stdout.splitlines()[1:]
     assert rows[0].split()[0] == "espeak/en-us" and rows[0].split()[-1] == "(default)"
     assert all(row.startswith("espeak/") for row in rows)
+
+
+def test_say_prints_word_timing(server: ServeProcess, tmp_path: Path) -> None:
+    sentence = "Hello there, this line has seven words."
+    result = voxrelay(
+        "say", sentence, "--words", "-o", str(tmp_path / "w.wav"), "--server", server.target,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [word for _, _, _, word in lines] == [
+        "Hello",
+        "there",
+        "this",
+        "line",
+        "has",
+        "seven",
+        "words",
+    ]
+    starts = [float(start) for _, start, _, _ in lines]
+    assert starts == sorted(starts) and all(turn == "1" for turn, *_ in lines)
+    assert float(lines[-1][2]) <= soundfile.info(str(tmp_path / "w.wav")).duration + 0.001
