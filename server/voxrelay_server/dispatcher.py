@@ -13,6 +13,11 @@ A short pipeline, each stage with one job and explicit state:
     events() <── merger: walks the timeline in order, streaming the head job's
                  audio through a SegmentEncoder as it is produced
 
+With word timing (`word_timestamps`), an engine yields the timing of the words
+starting in each of its chunks before the chunk; the merger places them in the turn
+(`word_timing.TurnWords`) and sends each right before the first message holding the
+word's first sample.
+
 Input methods (`send_text`, `turn_done`, `cancel`, `close`) never wait, so a
 caller can keep feeding text while earlier turns speak. Nothing here polls: the
 merger sleeps on an event or on the head job's queue. The dispatcher knows
@@ -461,10 +466,11 @@ class SessionDispatcher:
         `played_samples` of turn `turn`, counted from the turn's start); they change
         only what each turn's `TurnEnded.spoken_text` says was heard:
 
-        - the named turn, if it is being spoken or queued: the segments whose audio
-          ends at or before `played_samples`, clamped to the samples sent before this
-          cancel (audio not sent was not heard). `turn` 0 with `played_samples` names
-          the first turn not yet ended; both 0: the position is unknown;
+        - the named turn, if it is being spoken or queued: the segments (and, with word
+          timing, the words sent) whose audio ends at or before `played_samples`,
+          clamped to the samples sent before this cancel (audio not sent was not
+          heard). `turn` 0 with `played_samples` names the first turn not yet ended;
+          both 0: the position is unknown;
         - every other turn this cancels: the segments whose audio was all sent
           before it; a named turn that is not being spoken or queued (ended, or not
           yet started) is ignored, and so counted this way.
