@@ -27,6 +27,7 @@ SECTIONS = (
     "piper_servers",
     "idle",
     "barge_in",
+    "word_timing",
     "soak",
     "memory",
 )

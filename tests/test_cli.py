@@ -533,3 +533,25 @@ def test_stdin_is_sent_whole_however_its_reads_cut_it(text: str, read_bytes: int
         sys.stdin, cli.STDIN_READ_BYTES = stdin, read_size
     assert "".join(chunks) == text
     assert all(0 < len(chunk) <= cli.MAX_CHUNK_CHARS for chunk in chunks)
+
+
+def test_say_prints_word_timing(server: ServeProcess, tmp_path: Path) -> None:
+    sentence = "Hello there, this line has seven words."
+    result = voxrelay(
+        "say", sentence, "--words", "-o", str(tmp_path / "w.wav"), "--server", server.target,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [word for _, _, _, word in lines] == [
+        "Hello",
+        "there",
+        "this",
+        "line",
+        "has",
+        "seven",
+        "words",
+    ]
+    starts = [float(start) for _, start, _, _ in lines]
+    assert starts == sorted(starts) and all(turn == "1" for turn, *_ in lines)
+    assert float(lines[-1][2]) <= soundfile.info(str(tmp_path / "w.wav")).duration + 0.001

@@ -78,12 +78,14 @@ def amplitudes(event: AudioOut) -> set[int]:
 
 
 def check_wire_order(events: list[SessionEvent], segments: dict[int, list[str]]) -> None:
-    """Turns in order, each: started, its segments' audio in order and contiguous, ended."""
+    """Turns in order, each: started, its segments' audio in order and contiguous, ended
+    with all of its text spoken, each segment's audio placed at its text."""
     position = 0
     for turn, texts in segments.items():
         assert events[position] == TurnStarted(turn)
         position += 1
         offset = 0
+        placed: list[tuple[int, int, str]] = []
         for number, text in enumerate(texts, start=1):
             expected = ToneEngine.amplitude_for(text)
             while isinstance(events[position], AudioOut):
@@ -94,9 +96,14 @@ def check_wire_order(events: list[SessionEvent], segments: dict[int, list[str]])
                 assert audio.turn == turn
                 assert audio.offset_samples == offset
                 assert amplitudes(audio) == {expected}
+                placed.append((audio.text_offset, audio.text_length, text))
                 offset += len(audio.data) // 2
                 position += 1
-        assert events[position] == TurnEnded(turn, cancelled=False)
+        ended = events[position]
+        assert isinstance(ended, TurnEnded)
+        assert (ended.turn, ended.cancelled) == (turn, False)
+        for text_offset, text_length, text in placed:
+            assert ended.spoken_text[text_offset : text_offset + text_length] == text
         position += 1
     assert events[position:] == [SessionEnded()]
 
@@ -191,7 +198,7 @@ async def test_turn_done_without_text_does_nothing() -> None:
     dispatcher.turn_done()
     dispatcher.close()
     events = [e for e in await drain(dispatcher.events()) if not isinstance(e, AudioOut)]
-    assert events == [TurnStarted(1), TurnEnded(1), SessionEnded()]
+    assert events == [TurnStarted(1), TurnEnded(1, spoken_text="Hello."), SessionEnded()]
 
 
 async def test_a_whitespace_turn_starts_and_ends_without_audio() -> None:
@@ -200,7 +207,11 @@ async def test_a_whitespace_turn_starts_and_ends_without_audio() -> None:
     dispatcher.send_text("  \n ")
     dispatcher.turn_done()
     dispatcher.close()
-    assert await drain(dispatcher.events()) == [TurnStarted(1), TurnEnded(1), SessionEnded()]
+    assert await drain(dispatcher.events()) == [
+        TurnStarted(1),
+        TurnEnded(1, spoken_text="  \n "),  # all of a turn that ended normally
+        SessionEnded(),
+    ]
     assert tone.stats.started == 0
 
 
@@ -216,7 +227,7 @@ async def test_close_speaks_buffered_text() -> None:
     assert {ToneEngine.amplitude_for("no sentence end at all")} == set().union(
         *(amplitudes(a) for a in audio)
     )
-    assert events[-2:] == [TurnEnded(1), SessionEnded()]
+    assert events[-2:] == [TurnEnded(1, spoken_text="no sentence end at all"), SessionEnded()]
 
 
 async def test_cancel_mid_turn_drops_undelivered_audio_and_queued_turns() -> None:
@@ -254,7 +265,7 @@ async def test_cancel_mid_turn_drops_undelivered_audio_and_queued_turns() -> Non
     rest = await drain(events)
     assert rest[0] == TurnStarted(4)
     assert any(isinstance(e, AudioOut) and e.turn == 4 for e in rest)
-    assert rest[-2:] == [TurnEnded(4, cancelled=False), SessionEnded()]
+    assert rest[-2:] == [TurnEnded(4, spoken_text="After the barge-in."), SessionEnded()]
 
 
 async def test_cancel_between_turns_changes_nothing() -> None:
@@ -272,7 +283,7 @@ async def test_cancel_between_turns_changes_nothing() -> None:
     dispatcher.close()
     rest = await drain(events)
     assert rest[0] == TurnStarted(2)
-    assert rest[-2:] == [TurnEnded(2, cancelled=False), SessionEnded()]
+    assert rest[-2:] == [TurnEnded(2, spoken_text="Second turn."), SessionEnded()]
 
 
 async def test_engine_failure_names_the_segment_and_ends_the_session() -> None:
@@ -338,7 +349,7 @@ async def test_the_state_moves_from_open_to_closed() -> None:
     assert dispatcher.state is SessionState.ENDED
     await dispatcher.aclose()
     assert dispatcher.state is SessionState.CLOSED
-    assert events[-2:] == [TurnEnded(1), SessionEnded()]
+    assert events[-2:] == [TurnEnded(1, spoken_text="One sentence."), SessionEnded()]
 
 
 def test_bad_text_chunks_are_rejected() -> None:

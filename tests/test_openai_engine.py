@@ -472,3 +472,15 @@ async def test_build_engines_enables_openai_from_env(endpoint: FakeSpeechEndpoin
             await built.aclose()
 
     assert b"".join(chunks) == PCM
+
+
+async def test_grpc_word_timestamps_with_a_voice_without_them_sends_no_words(
+    start_server: StartServer, engine: OpenAIEngine
+) -> None:
+    """The endpoint reports no timing: the session is served as without the field."""
+    running = await start_server(extra_engines=[engine])
+    requests = [_s16le(word_timestamps=True), text("Hello from the fake endpoint."), turn_done()]
+    async with grpc.aio.insecure_channel(running.target) as channel:
+        responses = await collect(speech_pb2_grpc.SpeechStub(channel), requests)
+    assert b"".join(c.data for c in audio_of(responses)) == PCM
+    assert not [r for r in responses if r.WhichOneof("response") == "words"]

@@ -7,10 +7,14 @@ examples that rely on the default target); `tts.internal:50051` serves TLS and a
 for a bearer token, `tts-mtls.internal:50051` asks for a client certificate (the
 files the examples name, `ca.pem`, `client.pem`, `client-key.pem`, are made by
 trustme in the folder). Each block must have a check.
+
+A block fenced ```python fragment is a piece of a program (it uses a player or a
+session the reader has): it is compiled, and every `voxrelay.NAME` it uses must exist.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 import sys
@@ -46,15 +50,23 @@ RUN_TIMEOUT_S = 120.0
 pytestmark = pytest.mark.timeout(180)
 
 
-def python_blocks(readme: Path) -> list[str]:
-    """The ```python blocks of a markdown file, in order."""
-    return re.findall(r"^```python\n(.*?)^```", readme.read_text(), re.DOTALL | re.MULTILINE)
+def python_blocks(readme: Path, info: str = "python") -> list[str]:
+    """The blocks fenced ```INFO of a markdown file, in order."""
+    pattern = rf"^```{info}\n(.*?)^```"
+    return re.findall(pattern, readme.read_text(), re.DOTALL | re.MULTILINE)
 
 
 BLOCKS = [
     (f"{readme.relative_to(ROOT)}#{number}", block)
     for readme in READMES
     for number, block in enumerate(python_blocks(readme), 1)
+]
+
+
+FRAGMENTS = [
+    (f"{readme.relative_to(ROOT)}#fragment{number}", block)
+    for readme in READMES
+    for number, block in enumerate(python_blocks(readme, "python fragment"), 1)
 ]
 
 
@@ -70,7 +82,8 @@ def check_streaming_example(ran: Ran) -> None:
     lines = ran.stdout.splitlines()
     assert lines[:3] == [
         "TurnStarted(turn=1)",
-        "TurnEnded(turn=1, cancelled=False)",
+        "TurnEnded(turn=1, cancelled=False, "
+        "spoken_text='Hello there, how are you? I hope you are well.')",
         "SessionEnded()",
     ]
     info = soundfile.info(str(ran.folder / "hello.wav"))
@@ -111,7 +124,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 3 and len(FRAGMENTS) == 3
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )
@@ -182,3 +195,24 @@ async def test_readme_python_example(block: str, servers: Servers, tmp_path: Pat
 
     assert process.returncode == 0, f"{script}\n{stderr.decode()}"
     check_for(block)(Ran(stdout.decode(), tmp_path))
+
+
+@pytest.mark.parametrize(
+    "fragment", [block for _, block in FRAGMENTS], ids=[name for name, _ in FRAGMENTS]
+)
+def test_readme_python_fragment_compiles_and_names_what_exists(fragment: str) -> None:
+    import voxrelay
+
+    tree = compile(
+        fragment, "fragment", "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    )
+    compile(tree, "fragment", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "voxrelay"
+    }
+    assert used, "a fragment that names nothing of voxrelay"
+    assert not [name for name in used if not hasattr(voxrelay, name)]

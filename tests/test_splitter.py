@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voxrelay_server.splitter import SentenceSplitter
+from voxrelay_server.splitter import Segment, SentenceSplitter
 
 LIMIT = 400
 
@@ -379,3 +380,88 @@ def test_a_first_clause_does_not_end_inside_an_abbreviation_and_counts_cjk_chara
 ) -> None:
     splitter = SentenceSplitter(0, LIMIT, 4, language)
     assert feed_all(splitter, streamed(text))[0] == first
+
+
+_PLACED_ALPHABET = st.sampled_from(
+    [
+        "a",
+        "b",
+        "Z",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\r\n",
+        ".",
+        ",",
+        "!",
+        "?",
+        ";",
+        "—",
+        "é",
+        "語",
+        "。",
+        "，",
+        "😀",
+        "🇫🇷",
+        "𝄞",
+        "\u200d",
+        "Dr.",
+        "1.",
+        "#",
+        "*",
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(
+    pieces=st.lists(_PLACED_ALPHABET, max_size=120),
+    cuts=st.lists(st.integers(0, 400), max_size=20),
+    min_chars=st.integers(0, 40),
+    max_chars=st.integers(1, 50),
+    first_clause_words=st.integers(0, 5),
+    stalls=st.sets(st.integers(0, 20)),
+)
+def test_every_segment_is_its_place_in_the_turns_text(
+    pieces: list[str],
+    cuts: list[int],
+    min_chars: int,
+    max_chars: int,
+    first_clause_words: int,
+    stalls: set[int],
+) -> None:
+    """For any chunking of any text (whitespace, line breaks, CJK, emoji beyond the
+    BMP, joiners), each released segment is exactly turn_text[offset:offset + length],
+    and segments come in increasing, non-overlapping order."""
+    turn_text = "".join(pieces)
+    bounds = sorted({0, len(turn_text), *(c for c in cuts if c < len(turn_text))})
+    chunks = [turn_text[a:b] for a, b in itertools.pairwise(bounds)]
+    splitter = SentenceSplitter(min_chars, max_chars, first_clause_words)
+    released: list[Segment] = []
+    for index, chunk in enumerate(chunks):
+        released += splitter.feed_segments(chunk)
+        if index in stalls and (words := splitter.take_segment()) is not None:
+            released.append(words)
+    if (rest := splitter.flush_segment()) is not None:
+        released.append(rest)
+    end = 0
+    for segment in released:
+        assert segment.text and segment.text == segment.text.strip()
+        assert turn_text[segment.offset : segment.end] == segment.text
+        assert segment.offset >= end
+        assert not turn_text[end : segment.offset].strip()  # only whitespace between
+        end = segment.end
+    assert not turn_text[end:].strip()
+
+
+def test_positions_start_again_with_each_turn() -> None:
+    splitter = splitter_of(0)
+    assert splitter.feed_segments("  One two. Three") == [Segment("One two.", 2)]
+    assert splitter.flush_segment() == Segment("Three", 11)
+    assert splitter.feed_segments("\tFour. ") == [Segment("Four.", 1)]
+    assert splitter.take_segment() is None
+    assert splitter.flush_segment() is None
+    splitter.feed("Five six")
+    assert splitter.clear()
+    assert splitter.feed_segments("Seven. ") == [Segment("Seven.", 0)]

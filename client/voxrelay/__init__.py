@@ -14,7 +14,16 @@ from voxrelay.client import (
     synthesize,
 )
 from voxrelay.errors import VoxrelayError
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
+from voxrelay.events import (
+    Audio,
+    Event,
+    SessionEnded,
+    TurnEnded,
+    TurnStarted,
+    WireEncoding,
+    Word,
+    Words,
+)
 
 __all__ = [
     "AsyncClient",
@@ -30,5 +39,7 @@ __all__ = [
     "VoiceInfo",
     "VoxrelayError",
     "WireEncoding",
+    "Word",
+    "Words",
     "synthesize",
 ]

@@ -27,7 +27,7 @@ import soundfile
 
 from voxrelay.client import AsyncClient, SampleType, SessionOptions, default_target
 from voxrelay.errors import VoxrelayError
-from voxrelay.events import Audio, TurnEnded, TurnStarted, WireEncoding
+from voxrelay.events import Audio, TurnEnded, TurnStarted, WireEncoding, Word, Words
 
 _FORMATS: dict[str, tuple[WireEncoding, SampleType]] = {
     "s16": ("pcm", "int16"),
@@ -220,6 +220,12 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default="first_clause",
         help="how a turn is cut: its first segment at a clause (earliest audio), or at sentences",
     )
+    say.add_argument(
+        "--words",
+        action="store_true",
+        help="print where each word is spoken, a line each on stdout: turn, start and end "
+        "in seconds from the turn's start, the word (tab-separated; voices with word timing)",
+    )
     say.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     say.set_defaults(run=_say)
 
@@ -235,6 +241,7 @@ def _say(args: argparse.Namespace) -> int:
         instructions=args.instructions,
         chunk_ms=args.chunk_ms,
         segmentation=args.segmentation,
+        word_timestamps=args.words,
     )
     output = args.output or Path("voxrelay.opus" if encoding == "opus" else "voxrelay.wav")
     _check_writable(output)  # before anything is synthesized
@@ -367,6 +374,16 @@ async def _speak(
     samples = 0
     rate = 0
     first_audio_ms: float | None = None
+    words: list[tuple[int, Word]] = []
+    """Word timing not printed yet: a turn's first words come before its audio, which
+    says the rate."""
+
+    def print_words() -> None:
+        for turn, word in words:
+            start, end = word.start_samples / rate, word.end_samples / rate
+            print(f"{turn}\t{start:.3f}\t{end:.3f}\t{word.text}", flush=True)
+        words.clear()
+
     async with connect() as client, client.session(options) as session:
 
         async def feed() -> None:
@@ -400,6 +417,11 @@ async def _speak(
                     samples += event.num_samples
                     assert first_audio_ms is not None
                     report.progress(first_audio_ms, samples / rate)
+                    print_words()
+                elif isinstance(event, Words):
+                    words.extend((event.turn, word) for word in event.words)
+                    if rate:
+                        print_words()
                 elif isinstance(event, TurnEnded):
                     report.say(f"turn {event.turn} ended")
             await feeder

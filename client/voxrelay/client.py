@@ -29,7 +29,16 @@ import numpy.typing as npt
 
 from voxrelay.codecs import OpusPageCounter, alaw_to_linear, decode_ogg_opus, ulaw_to_linear
 from voxrelay.errors import Endpoint, VoxrelayError, status_from_number
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
+from voxrelay.events import (
+    Audio,
+    Event,
+    SessionEnded,
+    TurnEnded,
+    TurnStarted,
+    WireEncoding,
+    Word,
+    Words,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 if TYPE_CHECKING:
@@ -154,6 +163,9 @@ class SessionOptions:
     """Words a turn's first segment holds before it may end at a clause; 0 = 4."""
     stall_ms: int = 0
     """A turn's start stalled this long speaks its complete words; 0 = 500 ms."""
+    word_timestamps: bool = False
+    """Receive `Words` events: where each word is spoken (voices whose
+    `VoiceInfo.word_timestamps` is true; other voices send none)."""
 
     def to_proto(self) -> speech_pb2.SessionConfig:
         if self.dtype not in _ENCODINGS:
@@ -181,6 +193,7 @@ class SessionOptions:
             segmentation=_SEGMENTATIONS[self.segmentation],
             first_clause_min_words=self.first_clause_min_words,
             stall_ms=self.stall_ms,
+            word_timestamps=self.word_timestamps,
         )
 
 
@@ -193,6 +206,8 @@ class VoiceInfo:
     language_codes: tuple[str, ...]
     native_sample_rate_hz: int
     is_default: bool
+    word_timestamps: bool = False
+    """The voice gives word timing (`SessionOptions.word_timestamps`)."""
 
 
 @dataclass
@@ -205,6 +220,8 @@ class SynthesizedAudio:
     chunks: list[Audio] = field(default_factory=list, repr=False)
     data: bytes = field(default=b"", repr=False)
     """The encoded bytes as sent, joined: for "opus" a complete `.opus` file."""
+    words: list[Word] = field(default_factory=list)
+    """Every word and where it is spoken in `samples`, with `word_timestamps`."""
 
     @property
     def duration_s(self) -> float:
@@ -229,11 +246,31 @@ def event_from_response(
         rate, offset = chunk.sample_rate_hz, chunk.offset_samples
         if encoding == "pcm":
             samples = np.frombuffer(chunk.data, dtype=_DTYPES[chunk.encoding])
-            return Audio(samples, rate, chunk.turn, chunk.segment, offset, chunk.data)
+            return Audio(
+                samples,
+                rate,
+                chunk.turn,
+                chunk.segment,
+                offset,
+                chunk.data,
+                text_offset=chunk.text_offset,
+                text_length=chunk.text_length,
+            )
         if encoding == "opus":
             count = (opus or OpusPageCounter()).samples_in(chunk.data, offset, rate)
             empty = np.zeros(0, dtype=_DTYPES[_ENCODINGS[dtype]])
-            return Audio(empty, rate, chunk.turn, chunk.segment, offset, chunk.data, "opus", count)
+            return Audio(
+                empty,
+                rate,
+                chunk.turn,
+                chunk.segment,
+                offset,
+                chunk.data,
+                "opus",
+                count,
+                text_offset=chunk.text_offset,
+                text_length=chunk.text_length,
+            )
         if encoding is None:
             raise VoxrelayError(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -242,13 +279,33 @@ def event_from_response(
             )
         linear = ulaw_to_linear(chunk.data) if encoding == "mulaw" else alaw_to_linear(chunk.data)
         samples = linear if dtype == "int16" else linear.astype(np.float32) / np.float32(32767)
-        return Audio(samples, rate, chunk.turn, chunk.segment, offset, chunk.data, encoding)
+        return Audio(
+            samples,
+            rate,
+            chunk.turn,
+            chunk.segment,
+            offset,
+            chunk.data,
+            encoding,
+            text_offset=chunk.text_offset,
+            text_length=chunk.text_length,
+        )
+    if kind == "words":
+        timings = response.words
+        return Words(
+            timings.turn,
+            timings.segment,
+            tuple(
+                Word(word.text, word.text_offset, word.start_samples, word.end_samples)
+                for word in timings.words
+            ),
+        )
     if kind == "lifecycle":
         lifecycle = response.lifecycle
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
             return TurnStarted(lifecycle.turn)
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_ENDED:
-            return TurnEnded(lifecycle.turn, lifecycle.cancelled)
+            return TurnEnded(lifecycle.turn, lifecycle.cancelled, lifecycle.spoken_text)
         return SessionEnded()
     error = response.error
     raise VoxrelayError(
@@ -263,6 +320,7 @@ def _voice_info(voice: speech_pb2.Voice) -> VoiceInfo:
         tuple(voice.language_codes),
         voice.native_sample_rate_hz,
         voice.is_default,
+        voice.word_timestamps,
     )
 
 
@@ -282,12 +340,15 @@ class _Synthesis:
         self.request = speech_pb2.SynthesizeRequest(config=self.options.to_proto(), text=text)
         self._opus = OpusPageCounter()
         self._chunks: list[Audio] = []
+        self._words: list[Word] = []
 
     def take(self, response: speech_pb2.StreamResponse) -> None:
         """One response of the call; an `error` message raises `VoxrelayError`."""
         event = event_from_response(response, self.options.dtype, self._opus)
         if isinstance(event, Audio):
             self._chunks.append(event)
+        elif isinstance(event, Words):
+            self._words += event.words
 
     def failed(self, error: grpc.RpcError) -> VoxrelayError:
         """The error for a call gRPC ended (unreachable server, refused, ...)."""
@@ -295,18 +356,20 @@ class _Synthesis:
 
     def result(self) -> SynthesizedAudio:
         """The whole audio, once the call has ended well."""
-        return _join(self._chunks, self.options)
+        return _join(self._chunks, self.options, self._words)
 
 
-def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
+def _join(
+    chunks: list[Audio], options: SessionOptions, words: list[Word] | None = None
+) -> SynthesizedAudio:
     dtype = np.dtype("<i2") if options.dtype == "int16" else np.dtype("<f4")
     data = b"".join(c.data for c in chunks)
     rate = chunks[0].sample_rate_hz if chunks else 0
     if options.encoding == "opus" and data:
         decoded, rate = decode_ogg_opus(data, options.dtype)
-        return SynthesizedAudio(decoded, rate, chunks, data)
+        return SynthesizedAudio(decoded, rate, chunks, data, words or [])
     samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, dtype)
-    return SynthesizedAudio(samples, rate, chunks, data)
+    return SynthesizedAudio(samples, rate, chunks, data, words or [])
 
 
 READ_AHEAD = 8
@@ -324,9 +387,10 @@ class AsyncSession:
     """One conversation: send text and turn markers, iterate ordered events.
 
     Use it as an async context manager; leaving the block early cancels the call.
-    Iterating yields `Audio`, `TurnStarted`, `TurnEnded` and finally
-    `SessionEnded`; a failure raises `VoxrelayError`, with the server's status and
-    message, whether it surfaces while iterating or while sending.
+    Iterating yields `Audio`, `TurnStarted`, `TurnEnded` (and `Words` with
+    `word_timestamps`) and finally `SessionEnded`; a failure raises
+    `VoxrelayError`, with the server's status and message, whether it surfaces
+    while iterating or while sending.
     """
 
     def __init__(
@@ -380,9 +444,20 @@ class AsyncSession:
         """Mark the current turn complete."""
         await self._write(speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()))
 
-    async def cancel(self) -> None:
-        """Barge-in: drop everything sent so far that has not been delivered."""
-        await self._write(speech_pb2.StreamRequest(cancel=speech_pb2.Cancel()))
+    async def cancel(self, played_samples: int = 0, turn: int = 0) -> None:
+        """Barge-in: drop everything sent so far that has not been delivered.
+
+        `played_samples` and `turn` say where the listener stopped: it played
+        `played_samples` samples (at the session's rate, counted from the start of
+        the turn, as `Audio.offset_samples` counts them) of turn `turn`. The server
+        then reports in that turn's `TurnEnded.spoken_text` the text up to the end
+        of the last segment it heard whole. `turn` 0 with `played_samples` means the
+        turn being spoken; both 0 (the default) means the position is unknown. A
+        turn whose `TurnEnded` was already sent is not changed: for it, use the
+        `text_offset`/`text_length` of the `Audio` you played.
+        """
+        request = speech_pb2.Cancel(turn=turn, played_samples=played_samples)
+        await self._write(speech_pb2.StreamRequest(cancel=request))
 
     async def close(self) -> None:
         """Send nothing more: the server finishes every turn, then ends the session."""

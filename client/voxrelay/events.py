@@ -38,6 +38,18 @@ class Audio:
     encoding: WireEncoding = "pcm"
     sample_count: int = -1
     """Samples this piece holds once decoded; -1 means `len(samples)`."""
+    text_offset: int = 0
+    """Where the text of the piece's segment starts in the turn's text as sent (the
+    turn's `send_text` chunks joined), in characters (code points)."""
+    text_length: int = 0
+    """How many characters the segment's text has: `turn_text[text_offset:
+    text_offset + text_length]` is what the segment speaks (surrounding whitespace
+    left out). The same for every piece of a segment."""
+
+    @property
+    def text_end(self) -> int:
+        """Where the segment's text ends in the turn's text: `text_offset + text_length`."""
+        return self.text_offset + self.text_length
 
     @property
     def num_samples(self) -> int:
@@ -50,6 +62,38 @@ class Audio:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a turn's text and where it is spoken in the turn's audio."""
+
+    text: str
+    """The word as sent (punctuation at its ends left out)."""
+    text_offset: int
+    """Its first character in the turn's text as sent, in code points:
+    `turn_text[text_offset:text_offset + len(text)] == text`."""
+    start_samples: int
+    """Its first sample, from the turn's start at the session's output rate (as
+    `Audio.offset_samples` counts)."""
+    end_samples: int
+    """The sample after its last one (a pause after it is not part of it)."""
+
+    @property
+    def text_end(self) -> int:
+        """Where the word ends in the turn's text: `text_offset + len(text)`."""
+        return self.text_offset + len(self.text)
+
+
+@dataclass(frozen=True)
+class Words:
+    """Word timing (with `SessionOptions(word_timestamps=True)` and a voice that gives
+    it): words of segment `segment` of turn `turn`, each once and in order; it comes
+    before the `Audio` holding the first sample of each of them."""
+
+    turn: int
+    segment: int
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
 class TurnStarted:
     turn: int
 
@@ -59,6 +103,13 @@ class TurnEnded:
     turn: int
     cancelled: bool = False
     """True when a `cancel()` dropped some or all of the turn's audio."""
+    spoken_text: str = ""
+    """What the listener heard: a prefix of the turn's text as sent. All of it for a
+    turn no `cancel()` cut short or named; for a turn named by `cancel(turn=...,
+    played_samples=...)`, the text up to the end of the last segment (with word
+    timing: the last word) whose audio ended at or before that sample; for another
+    cancelled turn, up to the end of the last segment whose audio was all sent
+    before the cancel; "" when none was."""
 
 
 @dataclass(frozen=True)
@@ -66,4 +117,4 @@ class SessionEnded:
     """The server finished every turn; the stream ends after this."""
 
 
-Event = Audio | TurnStarted | TurnEnded | SessionEnded
+Event = Audio | Words | TurnStarted | TurnEnded | SessionEnded

@@ -13,6 +13,11 @@ A short pipeline, each stage with one job and explicit state:
     events() <── merger: walks the timeline in order, streaming the head job's
                  audio through a SegmentEncoder as it is produced
 
+With word timing (`word_timestamps`), an engine yields the timing of the words
+starting in each of its chunks before the chunk; the merger places them in the turn
+(`word_timing.TurnWords`) and sends each right before the first message holding the
+word's first sample.
+
 Input methods (`send_text`, `turn_done`, `cancel`, `close`) never wait, so a
 caller can keep feeding text while earlier turns speak. Nothing here polls: the
 merger sleeps on an event or on the head job's queue. The dispatcher knows
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 
 from voxrelay_server.audio import SegmentEncoder, sample_output
 from voxrelay_server.codecs import OggOpusTurn
+from voxrelay_server.engines.base import SynthesisItem, WordTiming
 from voxrelay_server.errors import EngineError, ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
@@ -50,13 +56,15 @@ from voxrelay_server.settings import (
     AudioEncoding,
     OutputFormat,
 )
-from voxrelay_server.splitter import SentenceSplitter
+from voxrelay_server.splitter import Segment, SentenceSplitter
 from voxrelay_server.textclean import clean_text
+from voxrelay_server.word_timing import TurnWords
 
 _LOG = logging.getLogger(__name__)
 
-Synthesize = Callable[[str], AsyncIterator[bytes]]
-"""Speaks one segment's text: int16 LE PCM chunks at the voice's native rate."""
+Synthesize = Callable[[str], AsyncIterator[SynthesisItem]]
+"""Speaks one segment's text: int16 LE PCM chunks at the voice's native rate, and (for
+a session with word timing) the timing of the words starting in the chunk after."""
 TYPICAL_SECONDS_PER_CHAR = 0.06
 """Speech per character of English text at normal speed (about 16 characters a
 second): a session's first estimate, until its own segments show its pace."""
@@ -119,6 +127,32 @@ class _Turn:
     number: int
     segments: int = 0
     cancelled: bool = False
+    text_parts: list[str] = field(default_factory=list)
+    """The turn's text chunks as sent: `spoken_text` is a prefix of them joined."""
+    sent_samples: int = 0
+    """Samples of the turn's audio handed out so far."""
+    segment_ends: list[tuple[int, int]] = field(default_factory=list)
+    """(sample, text end) where each segment whose audio is complete in the turn's
+    stream ends, in order."""
+    word_ends: list[tuple[int, int]] = field(default_factory=list)
+    """(sample, text end) where each word whose timing was sent ends, in order (with
+    word timing only)."""
+    heard_until: int | None = None
+    """Set by `cancel`: the listener heard the segments (and, with word timing, the
+    words) whose audio ends at or before this sample. None: it heard all of the turn."""
+
+    def spoken_text(self) -> str:
+        """The prefix of the turn's text the listener heard."""
+        text = "".join(self.text_parts)
+        if self.heard_until is None:
+            return text
+        end = 0
+        for ends in (self.segment_ends, self.word_ends):
+            for sample_end, text_end in ends:
+                if sample_end > self.heard_until:
+                    break
+                end = max(end, text_end)
+        return text[:end]
 
 
 @dataclass(eq=False)
@@ -160,10 +194,10 @@ class _SegmentAudio:
     __slots__ = ("_waiter", "items")
 
     def __init__(self) -> None:
-        self.items: collections.deque[bytes | SpeechError | None] = collections.deque()
+        self.items: collections.deque[SynthesisItem | SpeechError | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, item: bytes | SpeechError | None) -> None:
+    def put(self, item: SynthesisItem | SpeechError | None) -> None:
         self.items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -186,6 +220,10 @@ class _SegmentJob:
     turn: _Turn
     number: int
     text: str
+    offset: int = 0
+    """Where `text` starts in the turn's text as sent."""
+    words: list[tuple[WordTiming, ...]] = field(default_factory=list)
+    """Word timing the merger took from `audio` and has not placed in the turn yet."""
     audio: _SegmentAudio = field(default_factory=_SegmentAudio)
     task: asyncio.Task[None] | None = None
     buffered_bytes: int = 0
@@ -262,6 +300,7 @@ class SessionDispatcher:
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
         stagger_while: Callable[[], bool] | None = None,
+        word_timestamps: bool = False,
         observer: SessionObserver | None = None,
         session_id: str = "",
     ) -> None:
@@ -287,6 +326,8 @@ class SessionDispatcher:
         one has the head's audio to play to be ready). Under load nothing is made alone,
         and waiting would only make the next segment late."""
         self._last_released: _SegmentJob | None = None
+        self._word_timestamps = word_timestamps
+        """Send word timing (`WordsOut`) from what `synthesize` yields beside audio."""
         self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
         """When this session's audio is due: the scheduler serves the most urgent first."""
@@ -315,6 +356,8 @@ class SessionDispatcher:
         self._inflight = 0
         self._turn_count = 0
         self._open_turn: _Turn | None = None
+        self._live_turns: dict[int, _Turn] = {}
+        """Turns started and whose `TurnEnded` has not been sent, by number, in order."""
         self._delivering: _SegmentJob | None = None
         self._state = SessionState.OPEN
         self._error: SpeechError | None = None
@@ -389,7 +432,8 @@ class SessionDispatcher:
                 "as fast as it is spoken, or end turns so it can be synthesized",
             )
         turn = self._open_turn or self._start_turn()
-        for segment in self._splitter.feed(clean_text(text)):
+        turn.text_parts.append(text)  # as sent: cleaning keeps every position
+        for segment in self._splitter.feed_segments(clean_text(text)):
             self._release(turn, segment)
         if self._stall_s:
             self._watch_for_stall()
@@ -421,20 +465,43 @@ class SessionDispatcher:
         if self._accepting_input() and self._open_turn is not None:
             self._end_turn(self._open_turn, speak_rest=True)
 
-    def cancel(self) -> None:
-        """Barge-in: drop everything accepted so far that has not been delivered."""
+    def cancel(self, *, turn: int = 0, played_samples: int = 0) -> None:
+        """Barge-in: drop everything accepted so far that has not been delivered.
+
+        `turn` and `played_samples` say where the listener stopped (sample
+        `played_samples` of turn `turn`, counted from the turn's start); they change
+        only what each turn's `TurnEnded.spoken_text` says was heard:
+
+        - the named turn, if it is being spoken or queued: the segments (and, with word
+          timing, the words sent) whose audio ends at or before `played_samples`,
+          clamped to the samples sent before this cancel (audio not sent was not
+          heard). `turn` 0 with `played_samples` names the first turn not yet ended;
+          both 0: the position is unknown;
+        - every other turn this cancels: the segments whose audio was all sent
+          before it; a named turn that is not being spoken or queued (ended, or not
+          yet started) is ignored, and so counted this way.
+        """
         self._last_input = time.monotonic()
         if not self._accepting_input():
             return
+        live = self._live_turns
+        named = live.get(turn) if turn else next(iter(live.values()), None)
+        if not turn and not played_samples:
+            named = None
         self._waiting_jobs.clear()  # first, so freed slots start nothing that is dropped
         for job in self._undelivered_jobs():
             job.turn.cancelled = True
             self._drop(job)
-        turn = self._open_turn
-        if turn is not None:
+        open_turn = self._open_turn
+        if open_turn is not None:
             if self._splitter.clear():
-                turn.cancelled = True
-            self._end_turn(turn, speak_rest=False)
+                open_turn.cancelled = True
+            self._end_turn(open_turn, speak_rest=False)
+        for affected in live.values():
+            if affected is named:
+                affected.heard_until = min(played_samples, affected.sent_samples)
+            elif affected.cancelled and affected.heard_until is None:
+                affected.heard_until = affected.sent_samples
 
     def close(self) -> None:
         """The caller is done sending: finish every accepted turn, then end the session."""
@@ -496,13 +563,19 @@ class SessionDispatcher:
         turn_offset = 0
         wire_turn = 0  # started on the wire and not yet ended
         ogg: OggOpusTurn | None = None  # the turn's Ogg Opus stream
-        ogg_segment = 0  # the segment whose audio last went into it
+        ogg_segment = 0  # the segment whose audio last went into it, and its place
+        ogg_place = (0, 0)
+        ogg_fed = 0  # samples of the turn given to the Ogg encoder
         rate = self._output.sample_rate_hz
+        words: TurnWords | None = None  # the turn's word timing not sent yet
+        words_done = 0  # with Ogg, the last segment whose audio is all in the encoder
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
-                turn_offset = 0
+                turn_offset = ogg_fed = words_done = 0
                 wire_turn = entry.turn.number
+                if self._word_timestamps:
+                    words = TurnWords(wire_turn, self._native_rate_hz, rate, entry.turn.word_ends)
                 if self._ogg:
                     ogg = OggOpusTurn(rate, chunk_samples=rate * self._output.chunk_ms // 1000)
                 yield TurnStarted(wire_turn)
@@ -514,15 +587,28 @@ class SessionDispatcher:
                     tail = await ogg.close()
                     ogg = None
                     for chunk in tail:
-                        yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset)
+                        if words:
+                            for timing in words.due(turn_offset + chunk.samples):
+                                yield timing
+                        entry.turn.sent_samples = turn_offset + chunk.samples
+                        yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset, *ogg_place)
                         turn_offset += chunk.samples
                     if tail:
                         samples = sum(chunk.samples for chunk in tail)
                         self._observer.audio_sent(
                             wire_turn, ogg_segment, samples=samples, first=False
                         )
+                if words:  # the words of segments all sent, rounded past their end
+                    for timing in words.rest(words_done, turn_offset):
+                        yield timing
+                    words.clear()
                 wire_turn = 0
-                yield TurnEnded(entry.turn.number, cancelled=entry.turn.cancelled)
+                self._live_turns.pop(entry.turn.number, None)
+                yield TurnEnded(
+                    entry.turn.number,
+                    cancelled=entry.turn.cancelled,
+                    spoken_text=entry.turn.spoken_text(),
+                )
                 self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
             elif isinstance(entry, _SessionEnd):
                 self._end()
@@ -541,16 +627,24 @@ class SessionDispatcher:
                 self._wake_audio_waiters()  # a new head job may go ahead of the budget
                 encoder = SegmentEncoder(self._native_rate_hz, self._segment_output)
                 turn, segment = job.turn.number, job.number
+                speaking = job.turn
+                place = (job.offset, len(job.text))
                 report = self._observer.audio_sent
                 played = self._played
                 bytes_per_sample = self._bytes_per_sample
                 segment_start = turn_offset
+                words_start = turn_offset if ogg is None else ogg_fed
                 first = True
                 unreported = 0  # samples sent and not yet told to the observer
-                ogg_segment = segment
+                ogg_segment, ogg_place = segment, place
                 try:
                     while True:
                         pcm = await self._next_audio(job)
+                        if job.words:
+                            if words is not None:
+                                for timings in job.words:
+                                    words.add(segment, job.text, job.offset, words_start, timings)
+                            job.words.clear()
                         batch = encoder.finish() if pcm is None else encoder.push(pcm)
                         for piece in batch if ogg is None else ogg.slices(batch):
                             if ogg is None:
@@ -558,9 +652,15 @@ class SessionDispatcher:
                                     (piece, len(piece) // bytes_per_sample),
                                 )
                             else:
+                                ogg_fed += len(piece) // bytes_per_sample
                                 messages = [(c.data, c.samples) for c in await ogg.encode(piece)]
                             for data, samples in messages:
-                                yield AudioOut(turn, segment, data, turn_offset)
+                                if words:  # the words whose first sample this holds
+                                    for timing in words.due(turn_offset + samples):
+                                        yield timing
+                                # Counted before the yield: once yielded, it was handed out.
+                                speaking.sent_samples = turn_offset + samples
+                                yield AudioOut(turn, segment, data, turn_offset, *place)
                                 turn_offset += samples
                                 if first:  # on its own: its time is the segment's first audio
                                     first = False
@@ -576,9 +676,21 @@ class SessionDispatcher:
                             unreported = 0
                         if pcm is None:
                             self._learn_pace(job.text, (turn_offset - segment_start) / rate)
+                            # Where its audio ends in the turn: in what was sent, or for
+                            # Ogg in what the encoder was given (its pages may follow).
+                            audio_end = turn_offset if ogg is None else ogg_fed
+                            speaking.segment_ends.append((audio_end, sum(place)))
+                            if words and ogg is None:
+                                for timing in words.rest(segment, turn_offset):
+                                    yield timing
+                            words_done = segment
                             break
                 except _JobDropped:
-                    pass  # cancelled, or the session failed: `_next_entry` reports that
+                    # Cancelled, or the session failed: `_next_entry` reports that. Its
+                    # words not sent go with its audio (with Ogg, the turn's end sends
+                    # what the encoder holds, and the words in it).
+                    if words is not None and ogg is None:
+                        words.clear()
                 except _SegmentFailure as failure:
                     self._fail(failure.error, segment)
                 finally:
@@ -623,8 +735,8 @@ class SessionDispatcher:
         self._stall_timer = None
         turn = self._open_turn
         if self._accepting_input() and turn is not None and self._splitter.at_turn_start:
-            words = self._splitter.take_words()
-            if words:
+            words = self._splitter.take_segment()
+            if words is not None:
                 self._release(turn, words)
 
     # The dry rule: words waiting in the middle of a turn when the listener is about to
@@ -648,7 +760,7 @@ class SessionDispatcher:
         slack_s = max(self._playback.runs_out_at - now, 0.0) + buffered_s
         lead_s = DRY_LEAD_FACTOR * self._first_audio_estimate_s() + DRY_MARGIN_S
         if slack_s <= lead_s:
-            if (words := self._splitter.take_words()) is not None:
+            if (words := self._splitter.take_segment()) is not None:
                 self._release(turn, words)
             return
         fire_at = now + slack_s - lead_s
@@ -701,11 +813,15 @@ class SessionDispatcher:
         cancelled or the session failed.
         """
         items = job.audio.items
-        if not items:
-            await job.audio.wait()
-        item = items.popleft()
-        if job.cancelled or self._state not in _RUNNING:
-            raise _JobDropped
+        while True:
+            if not items:
+                await job.audio.wait()
+            item = items.popleft()
+            if job.cancelled or self._state not in _RUNNING:
+                raise _JobDropped
+            if not isinstance(item, tuple):
+                break
+            job.words.append(item)  # word timing: placed by the merger
         if isinstance(item, SpeechError):
             raise _SegmentFailure(item)
         if item is None:
@@ -715,6 +831,10 @@ class SessionDispatcher:
         size = len(item)
         while size < _MERGE_BYTES and items:
             queued = items[0]
+            if isinstance(queued, tuple):
+                job.words.append(queued)
+                items.popleft()
+                continue
             if not isinstance(queued, bytes):
                 break  # the end or an error: left for the next call
             items.popleft()
@@ -728,9 +848,10 @@ class SessionDispatcher:
 
     # The scheduler.
 
-    def _release(self, turn: _Turn, text: str) -> None:
+    def _release(self, turn: _Turn, segment: Segment) -> None:
+        text = segment.text
         turn.segments += 1
-        job = _SegmentJob(turn, turn.segments, text)
+        job = _SegmentJob(turn, turn.segments, text, segment.offset)
         if self._stagger_while is not None:
             job.previous, self._last_released = self._last_released, job
         self._queued_text_chars += len(text)
@@ -754,7 +875,7 @@ class SessionDispatcher:
     async def _run(self, job: _SegmentJob) -> None:
         error: SpeechError | None = None
         started = False
-        chunks: AsyncIterator[bytes] | None = None
+        chunks: AsyncIterator[SynthesisItem] | None = None
         try:
             if (previous := job.previous) is not None:
                 job.previous = None
@@ -819,10 +940,15 @@ class SessionDispatcher:
         )
         job.audio.put(error if error is not None else _END_OF_AUDIO)
 
-    async def _synthesize_into(self, job: _SegmentJob, chunks: AsyncIterator[bytes]) -> bool:
+    async def _synthesize_into(
+        self, job: _SegmentJob, chunks: AsyncIterator[SynthesisItem]
+    ) -> bool:
         """Move the engine's audio into `job` until the engine is done (True) or the
         client is so far behind that the segment must pause (False)."""
         async for chunk in chunks:
+            if isinstance(chunk, tuple):  # word timing: no audio of its own
+                job.audio.put(chunk)
+                continue
             if not chunk:
                 continue
             self._buffered_audio_bytes += len(chunk)
@@ -953,12 +1079,13 @@ class SessionDispatcher:
         self._turn_count += 1
         turn = _Turn(self._turn_count)
         self._open_turn = turn
+        self._live_turns[turn.number] = turn
         self._append(_TurnStart(turn))
         return turn
 
     def _end_turn(self, turn: _Turn, *, speak_rest: bool) -> None:
-        rest = self._splitter.flush().strip() if speak_rest else ""
-        if rest:
+        rest = self._splitter.flush_segment() if speak_rest else None
+        if rest is not None:
             self._release(turn, rest)
         self._append(_TurnEnd(turn))
         self._open_turn = None

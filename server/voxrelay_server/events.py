@@ -27,6 +27,34 @@ class AudioOut:
     data: bytes
     offset_samples: int
     """Index of the first sample of `data`, counted from the start of the turn."""
+    text_offset: int = 0
+    """Where the segment's text starts in the turn's text as sent, in characters."""
+    text_length: int = 0
+    """How many characters the segment's text has: `turn_text[text_offset:][:text_length]`."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordOut:
+    """One word of a turn's text and where it is spoken in the turn's audio."""
+
+    text: str
+    """The word as the caller sent it."""
+    text_offset: int
+    """Its first character in the turn's text as sent, in code points."""
+    start_samples: int
+    """Its first sample, counted from the turn's start at the output rate."""
+    end_samples: int
+    """The sample after its last, counted the same way."""
+
+
+@dataclass(frozen=True)
+class WordsOut:
+    """Word timing of segment `segment` of turn `turn`, sent before the audio holding
+    the first sample of each of its words (only with `word_timestamps`)."""
+
+    turn: int
+    segment: int
+    words: tuple[WordOut, ...]
 
 
 @dataclass(frozen=True)
@@ -35,6 +63,9 @@ class TurnEnded:
 
     turn: int
     cancelled: bool = False
+    spoken_text: str = ""
+    """What the listener heard: a prefix of the turn's text as sent (see
+    `SessionDispatcher.cancel`), all of it for a turn no cancel cut short."""
 
 
 @dataclass(frozen=True)
@@ -56,4 +87,4 @@ class SessionEnded:
     """Every accepted turn is done (or the session failed); nothing follows."""
 
 
-SessionEvent = TurnStarted | AudioOut | TurnEnded | SessionFailed | SessionEnded
+SessionEvent = TurnStarted | AudioOut | WordsOut | TurnEnded | SessionFailed | SessionEnded

@@ -25,6 +25,7 @@ from voxrelay_server.events import (
     SessionFailed,
     TurnEnded,
     TurnStarted,
+    WordsOut,
 )
 from voxrelay_server.service import CallSlot, SpeechService
 from voxrelay_server.serving import (
@@ -103,6 +104,7 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
         segmentation=segmentation,
         first_clause_min_words=config.first_clause_min_words,
         stall_ms=config.stall_ms,
+        word_timestamps=config.word_timestamps,
     )
 
 
@@ -121,11 +123,30 @@ def response_for(
         chunk.encoding = encoding
         chunk.sample_rate_hz = sample_rate_hz
         chunk.offset_samples = event.offset_samples
+        chunk.text_offset = event.text_offset
+        chunk.text_length = event.text_length
+        return response
+    if isinstance(event, WordsOut):
+        response = speech_pb2.StreamResponse()
+        timings = response.words
+        timings.turn = event.turn
+        timings.segment = event.segment
+        timings.words.extend(
+            speech_pb2.Word(
+                text=word.text,
+                text_offset=word.text_offset,
+                start_samples=word.start_samples,
+                end_samples=word.end_samples,
+            )
+            for word in event.words
+        )
         return response
     if isinstance(event, TurnStarted):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, event.turn)
     if isinstance(event, TurnEnded):
-        return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled)
+        return _lifecycle(
+            speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled, event.spoken_text
+        )
     if isinstance(event, SessionEnded):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
     return _error_response(event.error, event.turn, event.segment)
@@ -142,10 +163,15 @@ def _error_response(
 
 
 def _lifecycle(
-    event: speech_pb2.LifecycleEvent.ValueType, turn: int, cancelled: bool = False
+    event: speech_pb2.LifecycleEvent.ValueType,
+    turn: int,
+    cancelled: bool = False,
+    spoken_text: str = "",
 ) -> speech_pb2.StreamResponse:
     return speech_pb2.StreamResponse(
-        lifecycle=speech_pb2.Lifecycle(event=event, turn=turn, cancelled=cancelled)
+        lifecycle=speech_pb2.Lifecycle(
+            event=event, turn=turn, cancelled=cancelled, spoken_text=spoken_text
+        )
     )
 
 
@@ -179,7 +205,7 @@ def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> N
     elif kind == "turn_done":
         session.turn_done()
     elif kind == "cancel":
-        session.cancel()
+        session.cancel(turn=request.cancel.turn, played_samples=request.cancel.played_samples)
     elif kind == "config":
         raise InvalidInput(
             "config is allowed only as the first message of the stream; "
@@ -391,6 +417,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                     language_codes=voice.language_codes,
                     native_sample_rate_hz=voice.native_sample_rate_hz,
                     is_default=voice.name == default,
+                    word_timestamps=service.catalog.resolve(voice.name)[0].word_timing,
                 )
                 for voice in voices
             ]

@@ -131,8 +131,11 @@ class SpeechService:
             observers.insert(0, self._observer_factory(session_id, settings))
         scheduler = self.schedulers[engine.name]
         options = SynthesisOptions(speed=settings.speed, instructions=settings.instructions)
+        # Word timing where the voice gives it; a voice without it sends none (documented).
+        timed = settings.word_timestamps and engine.word_timing
+        speak = engine.synthesize_words if timed else engine.synthesize
         session = SessionDispatcher(
-            lambda text: engine.synthesize(voice, without_markup(text), options),
+            lambda text: speak(voice, without_markup(text), options),
             native_rate_hz=voice.native_sample_rate_hz,
             output=settings.output,
             min_sentence_chars=settings.min_sentence_chars,
@@ -144,6 +147,7 @@ class SpeechService:
             synthesis_slot=scheduler.slot,
             paused_segment_bytes=engine.paused_segment_bytes,
             stagger_while=scheduler.making_one if engine.faster_alone else None,
+            word_timestamps=timed,
             observer=CompositeObserver(observers),
             session_id=session_id,
         )

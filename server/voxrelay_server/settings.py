@@ -99,6 +99,7 @@ class SessionRequest:
     segmentation: Segmentation = Segmentation.FIRST_CLAUSE
     first_clause_min_words: int = 0
     stall_ms: int = 0
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ class SessionSettings:
     0 with `Segmentation.SENTENCES`."""
     stall_s: float = 0.0
     """The start of a turn stalled this long speaks its complete words; 0 = never."""
+    word_timestamps: bool = False
+    """Send word timing, where the voice gives it."""
 
 
 def validate_request(
@@ -187,6 +190,7 @@ def validate_request(
             else 0
         ),
         stall_s=(request.stall_ms or DEFAULT_STALL_MS) / 1000 if first_clause else 0.0,
+        word_timestamps=request.word_timestamps,
     )
 
 

@@ -33,11 +33,16 @@ without a space after). The rules on top of it:
   the work one request can cause (and sentencex never reads more than
   `max_chars` characters at a time);
 - `flush()` returns whatever is buffered, so no text is ever dropped.
+
+Each segment's place in the turn's text is tracked (`Segment.offset`): the splitter
+counts the characters of the turn consumed before its buffer, the whitespace it
+strips included, so that a listener can be told which text a segment's audio speaks.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import sentencex
 
@@ -77,8 +82,27 @@ _CONTINUED = re.compile(
 ("J." "U.S." "e.g." "p.m.") or a title or abbreviation that usually goes on ("Dr." "vs.")."""
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A released segment: its text (stripped of surrounding whitespace) and where it
+    starts in the turn's text, in characters (code points), so that
+    `turn_text[offset:offset + len(text)] == text`."""
+
+    text: str
+    offset: int
+
+    @property
+    def end(self) -> int:
+        """Where the segment ends in the turn's text (exclusive)."""
+        return self.offset + len(self.text)
+
+
 class SentenceSplitter:
-    """Accumulates text chunks and releases segments at sentence ends."""
+    """Accumulates text chunks and releases segments at sentence ends.
+
+    `feed_segments`, `take_segment` and `flush_segment` give each segment with its
+    place in the turn; `feed`, `take_words` and `flush` are their plain-text views.
+    """
 
     def __init__(
         self, min_chars: int, max_chars: int, first_clause_words: int = 0, language: str = "en"
@@ -93,6 +117,8 @@ class SentenceSplitter:
         """0: every segment ends at a sentence end (or the limit)."""
         self._language = language.split("-")[0].lower() or "en"
         self._buffer = ""
+        self._consumed = 0
+        """Characters of the current turn before the buffer (released or stripped)."""
         self._turn_start = True
         """No segment of the current turn has been released yet."""
 
@@ -108,6 +134,10 @@ class SentenceSplitter:
 
     def feed(self, text: str) -> list[str]:
         """Add a chunk; return the segments it completes, in order (often none)."""
+        return [segment.text for segment in self.feed_segments(text)]
+
+    def feed_segments(self, text: str) -> list[Segment]:
+        """`feed`, each segment with its place in the turn's text."""
         self._buffer += text
         segments = []
         while (segment := self._next_segment()) is not None:
@@ -117,26 +147,60 @@ class SentenceSplitter:
     def flush(self) -> str:
         """Return and clear everything buffered (the rest of a turn); a new turn starts."""
         rest, self._buffer = self._buffer, ""
-        self._turn_start = True
+        self._new_turn()
         return rest
+
+    def flush_segment(self) -> Segment | None:
+        """`flush`, as a stripped segment with its place; None when only whitespace
+        was buffered."""
+        rest = self._buffer
+        stripped = rest.lstrip()
+        offset = self._consumed + len(rest) - len(stripped)
+        self.flush()
+        text = stripped.rstrip()
+        return Segment(text, offset) if text else None
 
     def clear(self) -> bool:
         """Drop the buffer; return whether it held any text. A new turn starts."""
         had_text = bool(self._buffer)
         self._buffer = ""
-        self._turn_start = True
+        self._new_turn()
         return had_text
 
     def take_words(self) -> str | None:
         """Release the complete words buffered (all but a word that may still be
         growing); None when there are none."""
-        buffer = self._buffer.lstrip()
+        segment = self.take_segment()
+        return None if segment is None else segment.text
+
+    def take_segment(self) -> Segment | None:
+        """`take_words`, as a segment with its place in the turn's text."""
+        buffer = self._lstripped_buffer()
         ends = [match.start() for match in _WHITESPACE.finditer(buffer)]
         if not ends:
             return None
-        self._buffer = buffer[ends[-1] :]
         self._turn_start = False
-        return buffer[: ends[-1]].strip()
+        return self._release(ends[-1])
+
+    def _new_turn(self) -> None:
+        self._consumed = 0
+        self._turn_start = True
+
+    def _lstripped_buffer(self) -> str:
+        """Drop the buffer's leading whitespace (segments are stripped anyway), counting
+        it as consumed; return the buffer."""
+        buffer = self._buffer.lstrip()
+        self._consumed += len(self._buffer) - len(buffer)
+        self._buffer = buffer
+        return buffer
+
+    def _release(self, cut: int) -> Segment:
+        """Release the (lstripped) buffer's first `cut` characters as a segment."""
+        buffer = self._buffer
+        segment = Segment(buffer[:cut].rstrip(), self._consumed)
+        self._buffer = buffer[cut:]
+        self._consumed += cut
+        return segment
 
     def sentence_ends(self, text: str) -> list[int]:
         """Where sentences end in `text`, the start of a stream's text so far: positions
@@ -167,11 +231,10 @@ class SentenceSplitter:
         match = _CLOSERS.match(text, stripped)
         return max(end, match.end()) if match else end
 
-    def _next_segment(self) -> str | None:
+    def _next_segment(self) -> Segment | None:
         # Leading whitespace joins nothing: segments are stripped anyway.
-        buffer = self._buffer.lstrip()
+        buffer = self._lstripped_buffer()
         if not buffer:
-            self._buffer = buffer
             return None
         if len(buffer) > self._max_chars:
             cut = self._cut_within_limit(buffer)
@@ -183,11 +246,9 @@ class SentenceSplitter:
             elif ends and len(buffer[: ends[-1]].rstrip()) >= self._min_chars:
                 cut = ends[-1]
             else:
-                self._buffer = buffer
                 return None
-        self._buffer = buffer[cut:]
         self._turn_start = False
-        return buffer[:cut].strip()
+        return self._release(cut)
 
     def _first_clause_end(self, buffer: str, sentence_ends: list[int]) -> int | None:
         """Where the first segment of a turn ends: after the first clause mark or

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18voxrelay/v1/speech.proto\x12\x0bvoxrelay.v1\"\xab\x01\n\rStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.voxrelay.v1.SessionConfigH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\tturn_done\x18\x03 \x01(\x0b\x32\x15.voxrelay.v1.TurnDoneH\x00\x12%\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x13.voxrelay.v1.CancelH\x00\x42\t\n\x07request\"M\n\x11SynthesizeRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.voxrelay.v1.SessionConfig\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xa3\x02\n\rSessionConfig\x12\r\n\x05voice\x18\x01 \x01(\t\x12.\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x18.voxrelay.v1.AudioFormat\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\x1a\n\x12min_sentence_chars\x18\x05 \x01(\r\x12\x10\n\x08\x63hunk_ms\x18\x06 \x01(\r\x12\x1d\n\x15max_inflight_segments\x18\x07 \x01(\r\x12/\n\x0csegmentation\x18\x08 \x01(\x0e\x32\x19.voxrelay.v1.Segmentation\x12\x1e\n\x16\x66irst_clause_min_words\x18\t \x01(\r\x12\x10\n\x08stall_ms\x18\n \x01(\r\"S\n\x0b\x41udioFormat\x12,\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1a.voxrelay.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\"\n\n\x08TurnDone\"\x08\n\x06\x43\x61ncel\"\x98\x01\n\x0eStreamResponse\x12(\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x17.voxrelay.v1.AudioChunkH\x00\x12+\n\tlifecycle\x18\x02 \x01(\x0b\x32\x16.voxrelay.v1.LifecycleH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.voxrelay.v1.ErrorH\x00\x42\n\n\x08response\"\x97\x01\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12\x0f\n\x07segment\x18\x03 \x01(\r\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.voxrelay.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x05 \x01(\r\x12\x16\n\x0eoffset_samples\x18\x06 \x01(\x04\"X\n\tLifecycle\x12*\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x1b.voxrelay.v1.LifecycleEvent\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12\x11\n\tcancelled\x18\x03 \x01(\x08\"E\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\x04\x12\x0f\n\x07segment\x18\x04 \x01(\r\"*\n\x11ListVoicesRequest\x12\x15\n\rlanguage_code\x18\x01 \x01(\t\"8\n\x12ListVoicesResponse\x12\"\n\x06voices\x18\x01 \x03(\x0b\x32\x12.voxrelay.v1.Voice\"p\n\x05Voice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0elanguage_codes\x18\x03 \x03(\t\x12\x1d\n\x15native_sample_rate_hz\x18\x04 \x01(\r\x12\x12\n\nis_default\x18\x05 \x01(\x08*g\n\x0cSegmentation\x12\x1c\n\x18SEGMENTATION_UNSPECIFIED\x10\x00\x12\x1d\n\x19SEGMENTATION_FIRST_CLAUSE\x10\x01\x12\x1a\n\x16SEGMENTATION_SENTENCES\x10\x02*\xbb\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_F32LE\x10\x02\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x04\x12\x1b\n\x17\x41UDIO_ENCODING_OGG_OPUS\x10\x05*\x96\x01\n\x0eLifecycleEvent\x12\x1f\n\x1bLIFECYCLE_EVENT_UNSPECIFIED\x10\x00\x12 \n\x1cLIFECYCLE_EVENT_TURN_STARTED\x10\x01\x12\x1e\n\x1aLIFECYCLE_EVENT_TURN_ENDED\x10\x02\x12!\n\x1dLIFECYCLE_EVENT_SESSION_ENDED\x10\x03\x32\xeb\x01\n\x06Speech\x12\x45\n\x06Stream\x12\x1a.voxrelay.v1.StreamRequest\x1a\x1b.voxrelay.v1.StreamResponse(\x01\x30\x01\x12K\n\nSynthesize\x12\x1e.voxrelay.v1.SynthesizeRequest\x1a\x1b.voxrelay.v1.StreamResponse0\x01\x12M\n\nListVoices\x12\x1e.voxrelay.v1.ListVoicesRequest\x1a\x1f.voxrelay.v1.ListVoicesResponseB\x8c\x01\n\x0eio.voxrelay.v1B\x0bSpeechProtoP\x01Z:github.com/voxrelay/voxrelay/gen/go/voxrelay/v1;voxrelayv1\xa2\x02\x03VXR\xaa\x02\x0bVoxrelay.V1\xca\x02\x0bVoxrelay\\V1\xea\x02\x0cVoxrelay::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18voxrelay/v1/speech.proto\x12\x0bvoxrelay.v1\"\xab\x01\n\rStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.voxrelay.v1.SessionConfigH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\tturn_done\x18\x03 \x01(\x0b\x32\x15.voxrelay.v1.TurnDoneH\x00\x12%\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x13.voxrelay.v1.CancelH\x00\x42\t\n\x07request\"M\n\x11SynthesizeRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.voxrelay.v1.SessionConfig\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xbc\x02\n\rSessionConfig\x12\r\n\x05voice\x18\x01 \x01(\t\x12.\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x18.voxrelay.v1.AudioFormat\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\x1a\n\x12min_sentence_chars\x18\x05 \x01(\r\x12\x10\n\x08\x63hunk_ms\x18\x06 \x01(\r\x12\x1d\n\x15max_inflight_segments\x18\x07 \x01(\r\x12/\n\x0csegmentation\x18\x08 \x01(\x0e\x32\x19.voxrelay.v1.Segmentation\x12\x1e\n\x16\x66irst_clause_min_words\x18\t \x01(\r\x12\x10\n\x08stall_ms\x18\n \x01(\r\x12\x17\n\x0fword_timestamps\x18\x0b \x01(\x08\"S\n\x0b\x41udioFormat\x12,\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1a.voxrelay.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\"\n\n\x08TurnDone\".\n\x06\x43\x61ncel\x12\x0c\n\x04turn\x18\x01 \x01(\x04\x12\x16\n\x0eplayed_samples\x18\x02 \x01(\x04\"\xc3\x01\n\x0eStreamResponse\x12(\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x17.voxrelay.v1.AudioChunkH\x00\x12+\n\tlifecycle\x18\x02 \x01(\x0b\x32\x16.voxrelay.v1.LifecycleH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.voxrelay.v1.ErrorH\x00\x12)\n\x05words\x18\x04 \x01(\x0b\x32\x18.voxrelay.v1.WordTimingsH\x00\x42\n\n\x08response\"N\n\x0bWordTimings\x12\x0c\n\x04turn\x18\x01 \x01(\x04\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12 \n\x05words\x18\x03 \x03(\x0b\x32\x11.voxrelay.v1.Word\"U\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btext_offset\x18\x02 \x01(\r\x12\x15\n\rstart_samples\x18\x03 \x01(\x04\x12\x13\n\x0b\x65nd_samples\x18\x04 \x01(\x04\"\xc1\x01\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12\x0f\n\x07segment\x18\x03 \x01(\r\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.voxrelay.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x05 \x01(\r\x12\x16\n\x0eoffset_samples\x18\x06 \x01(\x04\x12\x13\n\x0btext_offset\x18\x07 \x01(\r\x12\x13\n\x0btext_length\x18\x08 \x01(\r\"m\n\tLifecycle\x12*\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x1b.voxrelay.v1.LifecycleEvent\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12\x11\n\tcancelled\x18\x03 \x01(\x08\x12\x13\n\x0bspoken_text\x18\x04 \x01(\t\"E\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\x04\x12\x0f\n\x07segment\x18\x04 \x01(\r\"*\n\x11ListVoicesRequest\x12\x15\n\rlanguage_code\x18\x01 \x01(\t\"8\n\x12ListVoicesResponse\x12\"\n\x06voices\x18\x01 \x03(\x0b\x32\x12.voxrelay.v1.Voice\"\x89\x01\n\x05Voice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0elanguage_codes\x18\x03 \x03(\t\x12\x1d\n\x15native_sample_rate_hz\x18\x04 \x01(\r\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x17\n\x0fword_timestamps\x18\x06 \x01(\x08*g\n\x0cSegmentation\x12\x1c\n\x18SEGMENTATION_UNSPECIFIED\x10\x00\x12\x1d\n\x19SEGMENTATION_FIRST_CLAUSE\x10\x01\x12\x1a\n\x16SEGMENTATION_SENTENCES\x10\x02*\xbb\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_F32LE\x10\x02\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x04\x12\x1b\n\x17\x41UDIO_ENCODING_OGG_OPUS\x10\x05*\x96\x01\n\x0eLifecycleEvent\x12\x1f\n\x1bLIFECYCLE_EVENT_UNSPECIFIED\x10\x00\x12 \n\x1cLIFECYCLE_EVENT_TURN_STARTED\x10\x01\x12\x1e\n\x1aLIFECYCLE_EVENT_TURN_ENDED\x10\x02\x12!\n\x1dLIFECYCLE_EVENT_SESSION_ENDED\x10\x03\x32\xeb\x01\n\x06Speech\x12\x45\n\x06Stream\x12\x1a.voxrelay.v1.StreamRequest\x1a\x1b.voxrelay.v1.StreamResponse(\x01\x30\x01\x12K\n\nSynthesize\x12\x1e.voxrelay.v1.SynthesizeRequest\x1a\x1b.voxrelay.v1.StreamResponse0\x01\x12M\n\nListVoices\x12\x1e.voxrelay.v1.ListVoicesRequest\x1a\x1f.voxrelay.v1.ListVoicesResponseB\x8c\x01\n\x0eio.voxrelay.v1B\x0bSpeechProtoP\x01Z:github.com/voxrelay/voxrelay/gen/go/voxrelay/v1;voxrelayv1\xa2\x02\x03VXR\xaa\x02\x0bVoxrelay.V1\xca\x02\x0bVoxrelay\\V1\xea\x02\x0cVoxrelay::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,38 +32,42 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voxrelay.v1.speech_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016io.voxrelay.v1B\013SpeechProtoP\001Z:github.com/voxrelay/voxrelay/gen/go/voxrelay/v1;voxrelayv1\242\002\003VXR\252\002\013Voxrelay.V1\312\002\013Voxrelay\\V1\352\002\014Voxrelay::V1'
-  _globals['_SEGMENTATION']._serialized_start=1381
-  _globals['_SEGMENTATION']._serialized_end=1484
-  _globals['_AUDIOENCODING']._serialized_start=1487
-  _globals['_AUDIOENCODING']._serialized_end=1674
-  _globals['_LIFECYCLEEVENT']._serialized_start=1677
-  _globals['_LIFECYCLEEVENT']._serialized_end=1827
+  _globals['_SEGMENTATION']._serialized_start=1743
+  _globals['_SEGMENTATION']._serialized_end=1846
+  _globals['_AUDIOENCODING']._serialized_start=1849
+  _globals['_AUDIOENCODING']._serialized_end=2036
+  _globals['_LIFECYCLEEVENT']._serialized_start=2039
+  _globals['_LIFECYCLEEVENT']._serialized_end=2189
   _globals['_STREAMREQUEST']._serialized_start=42
   _globals['_STREAMREQUEST']._serialized_end=213
   _globals['_SYNTHESIZEREQUEST']._serialized_start=215
   _globals['_SYNTHESIZEREQUEST']._serialized_end=292
   _globals['_SESSIONCONFIG']._serialized_start=295
-  _globals['_SESSIONCONFIG']._serialized_end=586
-  _globals['_AUDIOFORMAT']._serialized_start=588
-  _globals['_AUDIOFORMAT']._serialized_end=671
-  _globals['_TURNDONE']._serialized_start=673
-  _globals['_TURNDONE']._serialized_end=683
-  _globals['_CANCEL']._serialized_start=685
-  _globals['_CANCEL']._serialized_end=693
-  _globals['_STREAMRESPONSE']._serialized_start=696
-  _globals['_STREAMRESPONSE']._serialized_end=848
-  _globals['_AUDIOCHUNK']._serialized_start=851
-  _globals['_AUDIOCHUNK']._serialized_end=1002
-  _globals['_LIFECYCLE']._serialized_start=1004
-  _globals['_LIFECYCLE']._serialized_end=1092
-  _globals['_ERROR']._serialized_start=1094
-  _globals['_ERROR']._serialized_end=1163
-  _globals['_LISTVOICESREQUEST']._serialized_start=1165
-  _globals['_LISTVOICESREQUEST']._serialized_end=1207
-  _globals['_LISTVOICESRESPONSE']._serialized_start=1209
-  _globals['_LISTVOICESRESPONSE']._serialized_end=1265
-  _globals['_VOICE']._serialized_start=1267
-  _globals['_VOICE']._serialized_end=1379
-  _globals['_SPEECH']._serialized_start=1830
-  _globals['_SPEECH']._serialized_end=2065
+  _globals['_SESSIONCONFIG']._serialized_end=611
+  _globals['_AUDIOFORMAT']._serialized_start=613
+  _globals['_AUDIOFORMAT']._serialized_end=696
+  _globals['_TURNDONE']._serialized_start=698
+  _globals['_TURNDONE']._serialized_end=708
+  _globals['_CANCEL']._serialized_start=710
+  _globals['_CANCEL']._serialized_end=756
+  _globals['_STREAMRESPONSE']._serialized_start=759
+  _globals['_STREAMRESPONSE']._serialized_end=954
+  _globals['_WORDTIMINGS']._serialized_start=956
+  _globals['_WORDTIMINGS']._serialized_end=1034
+  _globals['_WORD']._serialized_start=1036
+  _globals['_WORD']._serialized_end=1121
+  _globals['_AUDIOCHUNK']._serialized_start=1124
+  _globals['_AUDIOCHUNK']._serialized_end=1317
+  _globals['_LIFECYCLE']._serialized_start=1319
+  _globals['_LIFECYCLE']._serialized_end=1428
+  _globals['_ERROR']._serialized_start=1430
+  _globals['_ERROR']._serialized_end=1499
+  _globals['_LISTVOICESREQUEST']._serialized_start=1501
+  _globals['_LISTVOICESREQUEST']._serialized_end=1543
+  _globals['_LISTVOICESRESPONSE']._serialized_start=1545
+  _globals['_LISTVOICESRESPONSE']._serialized_end=1601
+  _globals['_VOICE']._serialized_start=1604
+  _globals['_VOICE']._serialized_end=1741
+  _globals['_SPEECH']._serialized_start=2192
+  _globals['_SPEECH']._serialized_end=2427
 # @@protoc_insertion_point(module_scope)

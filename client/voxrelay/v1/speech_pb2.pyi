@@ -272,6 +272,8 @@ class StreamRequest(_message.Message):
         been delivered yet. In-flight synthesis stops, queued segments and
         turns are discarded, and each affected turn ends with a TURN_ENDED
         whose `cancelled` is true. Text sent after `cancel` starts a new turn.
+        Its `turn` and `played_samples` say where the listener stopped, for
+        `Lifecycle.spoken_text`; they do not change what is cancelled.
         """
 
     def __init__(
@@ -350,6 +352,7 @@ class SessionConfig(_message.Message):
     SEGMENTATION_FIELD_NUMBER: _builtins.int
     FIRST_CLAUSE_MIN_WORDS_FIELD_NUMBER: _builtins.int
     STALL_MS_FIELD_NUMBER: _builtins.int
+    WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     voice: _builtins.str
     """The voice to speak with, named `<engine>/<voice>`, for example
     `piper/en_US-joe-medium` or `espeak/en-us`; `ListVoices` lists them.
@@ -412,6 +415,15 @@ class SessionConfig(_message.Message):
     (unset) means 500. At most 10000; larger values are rejected with
     INVALID_ARGUMENT. Ignored with SEGMENTATION_SENTENCES.
     """
+    word_timestamps: _builtins.bool
+    """Send word timing: a `StreamResponse.words` message (`WordTimings`) before
+    the audio holding the first sample of each word it lists. Default false
+    (unset): nothing about word timing is sent, and the stream is exactly as
+    without this field. Only voices whose `Voice.word_timestamps` is true give
+    word timing (piper, espeak, tone: from the engine's own alignment); with
+    any other voice (openai) this is accepted and no `words` message is sent.
+    No value is invalid.
+    """
     @_builtins.property
     def audio_format(self) -> Global___AudioFormat:
         """Encoding and sample rate of the audio the server sends."""
@@ -429,10 +441,11 @@ class SessionConfig(_message.Message):
         segmentation: Global___Segmentation.ValueType = ...,
         first_clause_min_words: _builtins.int = ...,
         stall_ms: _builtins.int = ...,
+        word_timestamps: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "chunk_ms", b"chunk_ms", "first_clause_min_words", b"first_clause_min_words", "instructions", b"instructions", "max_inflight_segments", b"max_inflight_segments", "min_sentence_chars", b"min_sentence_chars", "segmentation", b"segmentation", "speed", b"speed", "stall_ms", b"stall_ms", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "chunk_ms", b"chunk_ms", "first_clause_min_words", b"first_clause_min_words", "instructions", b"instructions", "max_inflight_segments", b"max_inflight_segments", "min_sentence_chars", b"min_sentence_chars", "segmentation", b"segmentation", "speed", b"speed", "stall_ms", b"stall_ms", "voice", b"voice", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,16 +503,41 @@ Global___TurnDone: _TypeAlias = TurnDone  # noqa: Y015
 
 @_typing.final
 class Cancel(_message.Message):
-    """Requests a barge-in; see `StreamRequest.cancel`."""
+    """Requests a barge-in; see `StreamRequest.cancel`. It always cancels as
+    described there; `turn` and `played_samples` only say where the listener
+    stopped, so that `Lifecycle.spoken_text` tells what it heard.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    TURN_FIELD_NUMBER: _builtins.int
+    PLAYED_SAMPLES_FIELD_NUMBER: _builtins.int
+    turn: _builtins.int
+    """The turn the listener was playing when it stopped, numbered as in
+    `AudioChunk.turn`. 0 (unset): unknown, or, with `played_samples` above 0,
+    the turn in progress (the earliest whose TURN_ENDED has not been sent).
+    A turn that is neither being spoken nor queued (its TURN_ENDED already
+    sent, or a number not yet given) is ignored: the cancel still cancels
+    everything in progress, and each cancelled turn's `spoken_text` covers the
+    segments delivered whole, as when the position is unknown.
+    """
+    played_samples: _builtins.int
+    """How much of `turn` the listener played before it stopped, in samples at
+    the session's output rate counted from the start of the turn (as
+    `AudioChunk.offset_samples` counts them). Range: 0 to the turn's samples
+    sent before the cancel; a larger value is clamped to them (audio not sent
+    cannot have been heard). With `turn` set, 0 means none of it was played;
+    with `turn` and `played_samples` both 0 the position is unknown.
+    """
     def __init__(
         self,
+        *,
+        turn: _builtins.int = ...,
+        played_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["played_samples", b"played_samples", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,6 +552,7 @@ class StreamResponse(_message.Message):
     AUDIO_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def audio(self) -> Global___AudioChunk:
         """A piece of synthesized audio."""
@@ -530,22 +569,128 @@ class StreamResponse(_message.Message):
         place. Turns not yet started are not reported.
         """
 
+    @_builtins.property
+    def words(self) -> Global___WordTimings:
+        """Where words of a segment are spoken in the turn's audio; sent only with
+        `SessionConfig.word_timestamps`. Every word's timing comes before (never
+        after) the `audio` message holding its first sample, and only for audio
+        that is sent: no timing is sent for audio a cancel or a failure dropped.
+        """
+
     def __init__(
         self,
         *,
         audio: Global___AudioChunk | None = ...,
         lifecycle: Global___Lifecycle | None = ...,
         error: Global___Error | None = ...,
+        words: Global___WordTimings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response", "words", b"words"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["audio", "lifecycle", "error"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["audio", "lifecycle", "error", "words"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
 Global___StreamResponse: _TypeAlias = StreamResponse  # noqa: Y015
+
+@_typing.final
+class WordTimings(_message.Message):
+    """The timing of words of one segment, in the order they are spoken.
+
+    Each word of a segment's text is listed exactly once, in order, across the
+    segment's `WordTimings` messages (all of its words, unless a cancel or a
+    failure stopped its audio; a segment's words may come in several messages,
+    and with AUDIO_ENCODING_OGG_OPUS after the pages of the segment before).
+    A word is a run of characters without whitespace holding a letter, a digit
+    or a symbol, without the punctuation at either end: `"Hello,` is the word
+    `Hello`; `$5` and `5%` are words; a lone `--` or `...` is not. Scripts
+    written without spaces make one word of a whole run. Timing follows the
+    session's `speed` and is at the session's output rate (resampled audio
+    included).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
+    turn: _builtins.int
+    """The turn, numbered as in `AudioChunk.turn`."""
+    segment: _builtins.int
+    """The segment of the turn the words belong to, numbered as in
+    `AudioChunk.segment`.
+    """
+    @_builtins.property
+    def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]:
+        """The words, in the order they are spoken; at least one."""
+
+    def __init__(
+        self,
+        *,
+        turn: _builtins.int = ...,
+        segment: _builtins.int = ...,
+        words: _abc.Iterable[Global___Word] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment", "turn", b"turn", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WordTimings: _TypeAlias = WordTimings  # noqa: Y015
+
+@_typing.final
+class Word(_message.Message):
+    """One word and where it is spoken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    START_SAMPLES_FIELD_NUMBER: _builtins.int
+    END_SAMPLES_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The word exactly as it appears in the turn's text as sent:
+    turn_text[text_offset:text_offset + len(text)] (in code points).
+    """
+    text_offset: _builtins.int
+    """Index of the word's first character in the turn's text as sent (the
+    turn's `StreamRequest.text` chunks joined, or the `Synthesize` text), in
+    Unicode code points from 0, as `AudioChunk.text_offset` counts them.
+    """
+    start_samples: _builtins.int
+    """The word's first sample, counted from the start of the turn at the
+    session's output rate, as `AudioChunk.offset_samples` counts them (with
+    AUDIO_ENCODING_OGG_OPUS: in decoded samples). Never less than the end of
+    the word before it.
+    """
+    end_samples: _builtins.int
+    """The sample after the word's last one, counted like `start_samples`: at
+    least `start_samples`, at most the end of the segment's audio (a word
+    whose audio a cancel or a failure cut short may end past the audio sent,
+    where the engine would have ended it). A pause
+    after the word (a clause's end) is not part of it. A word the engine said
+    together with the one before it (espeak-ng speaks "in the" as one word)
+    gets a share of their time by its length in characters; a word it did not
+    say has `end_samples` equal to `start_samples`.
+    """
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        text_offset: _builtins.int = ...,
+        start_samples: _builtins.int = ...,
+        end_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_samples", b"end_samples", "start_samples", b"start_samples", "text", b"text", "text_offset", b"text_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Word: _TypeAlias = Word  # noqa: Y015
 
 @_typing.final
 class AudioChunk(_message.Message):
@@ -559,6 +704,8 @@ class AudioChunk(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     OFFSET_SAMPLES_FIELD_NUMBER: _builtins.int
+    TEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    TEXT_LENGTH_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """Audio in `encoding` at `sample_rate_hz`, mono. A whole number of
     samples for PCM and G.711; whole Ogg pages for AUDIO_ENCODING_OGG_OPUS.
@@ -581,6 +728,21 @@ class AudioChunk(_message.Message):
     """Index, counted in samples from the start of the turn, of the first
     sample in `data` (for AUDIO_ENCODING_OGG_OPUS, see that value).
     """
+    text_offset: _builtins.int
+    """Where the text of `segment` starts in the turn's text, in Unicode code
+    points from 0. The turn's text is the concatenation of the turn's
+    `StreamRequest.text` chunks exactly as sent (for `Synthesize`, the
+    request's text), before any cleaning: control characters and markdown
+    marks are spoken as spaces of the same length, so positions are the same.
+    Every chunk of a segment carries the same value, and segments follow one
+    another in the text without overlap. With AUDIO_ENCODING_OGG_OPUS, the
+    place of the segment named in `segment`.
+    """
+    text_length: _builtins.int
+    """How long the text of `segment` is, in Unicode code points, at least 1:
+    turn_text[text_offset:text_offset + text_length] is exactly the text the
+    segment speaks (the whitespace around it, which is not spoken, left out).
+    """
     def __init__(
         self,
         *,
@@ -590,10 +752,12 @@ class AudioChunk(_message.Message):
         encoding: Global___AudioEncoding.ValueType = ...,
         sample_rate_hz: _builtins.int = ...,
         offset_samples: _builtins.int = ...,
+        text_offset: _builtins.int = ...,
+        text_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "encoding", b"encoding", "offset_samples", b"offset_samples", "sample_rate_hz", b"sample_rate_hz", "segment", b"segment", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "encoding", b"encoding", "offset_samples", b"offset_samples", "sample_rate_hz", b"sample_rate_hz", "segment", b"segment", "text_length", b"text_length", "text_offset", b"text_offset", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -608,6 +772,7 @@ class Lifecycle(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     TURN_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    SPOKEN_TEXT_FIELD_NUMBER: _builtins.int
     event: Global___LifecycleEvent.ValueType
     """What happened."""
     turn: _builtins.int
@@ -616,16 +781,33 @@ class Lifecycle(_message.Message):
     """For TURN_ENDED: true when the turn ended because of a `cancel` request,
     so some or all of its audio was not sent.
     """
+    spoken_text: _builtins.str
+    """For TURN_ENDED: the text the listener heard, always a prefix of the
+    turn's text as sent (see `AudioChunk.text_offset`); empty for other
+    events. A turn that ended without a cancel naming it: all of its text.
+    A turn whose position `Cancel` gave (`turn`, `played_samples`): the text
+    up to where the listener stopped: with `SessionConfig.word_timestamps`
+    and a voice that gives word timing, the end of the last word (as sent in
+    `words`) whose audio ended at or before the played sample; otherwise the
+    end of the last whole segment whose audio ended at or before the played
+    sample. A turn cancelled with the position unknown: up to the end of the
+    last segment whose audio was all sent before the cancel (with
+    AUDIO_ENCODING_OGG_OPUS, whose pages completed all of its samples). Empty
+    when none of the turn's audio was played (or sent) before the cancel.
+    The prefix ends at a segment's end (text_offset + text_length), a word's
+    end (with word timing), or at the end of the text when all of it was heard.
+    """
     def __init__(
         self,
         *,
         event: Global___LifecycleEvent.ValueType = ...,
         turn: _builtins.int = ...,
         cancelled: _builtins.bool = ...,
+        spoken_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "event", b"event", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "event", b"event", "spoken_text", b"spoken_text", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -737,6 +919,7 @@ class Voice(_message.Message):
     LANGUAGE_CODES_FIELD_NUMBER: _builtins.int
     NATIVE_SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to put in `SessionConfig.voice`, as `<engine>/<voice>`."""
     engine: _builtins.str
@@ -747,6 +930,11 @@ class Voice(_message.Message):
     """The rate the voice produces audio at, in hertz."""
     is_default: _builtins.bool
     """True for the voice used when `SessionConfig.voice` is empty."""
+    word_timestamps: _builtins.bool
+    """True when the voice gives word timing (`SessionConfig.word_timestamps`):
+    piper (its phoneme alignments), espeak (espeak-ng's word events) and tone.
+    False for openai, whose endpoint reports none.
+    """
     @_builtins.property
     def language_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """BCP-47 language tags the voice speaks, for example `en-US`."""
@@ -759,10 +947,11 @@ class Voice(_message.Message):
         language_codes: _abc.Iterable[_builtins.str] | None = ...,
         native_sample_rate_hz: _builtins.int = ...,
         is_default: _builtins.bool = ...,
+        word_timestamps: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "is_default", b"is_default", "language_codes", b"language_codes", "name", b"name", "native_sample_rate_hz", b"native_sample_rate_hz"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "is_default", b"is_default", "language_codes", b"language_codes", "name", b"name", "native_sample_rate_hz", b"native_sample_rate_hz", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

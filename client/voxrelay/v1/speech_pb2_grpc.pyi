@@ -42,7 +42,9 @@ class SpeechStub:
     """Stream is one conversation. The client streams configuration (optional,
     first message only), text chunks, turn markers and cancel requests; the
     server streams, for each turn in the order its text arrived:
-    TURN_STARTED, the turn's audio in order, TURN_ENDED. After the client
+    TURN_STARTED, the turn's audio in order (with
+    `SessionConfig.word_timestamps`, `words` messages among it, each before
+    the audio of its words' first samples), TURN_ENDED. After the client
     half-closes and every accepted turn is spoken, the server sends
     SESSION_ENDED and ends the call with status OK.
 
@@ -92,7 +94,9 @@ class SpeechAsyncStub(SpeechStub):
     """Stream is one conversation. The client streams configuration (optional,
     first message only), text chunks, turn markers and cancel requests; the
     server streams, for each turn in the order its text arrived:
-    TURN_STARTED, the turn's audio in order, TURN_ENDED. After the client
+    TURN_STARTED, the turn's audio in order (with
+    `SessionConfig.word_timestamps`, `words` messages among it, each before
+    the audio of its words' first samples), TURN_ENDED. After the client
     half-closes and every accepted turn is spoken, the server sends
     SESSION_ENDED and ends the call with status OK.
 
@@ -145,7 +149,9 @@ class SpeechServicer(metaclass=_abc_1.ABCMeta):
         """Stream is one conversation. The client streams configuration (optional,
         first message only), text chunks, turn markers and cancel requests; the
         server streams, for each turn in the order its text arrived:
-        TURN_STARTED, the turn's audio in order, TURN_ENDED. After the client
+        TURN_STARTED, the turn's audio in order (with
+        `SessionConfig.word_timestamps`, `words` messages among it, each before
+        the audio of its words' first samples), TURN_ENDED. After the client
         half-closes and every accepted turn is spoken, the server sends
         SESSION_ENDED and ends the call with status OK.
 

@@ -11,6 +11,10 @@ a worker: once `AHEAD_BYTES` of its audio wait, its worker is stopped at the sta
 the last word received, and the text from that word is given to a worker again when
 the consumer has taken the audio before it. The rest of a segment cut there starts
 as a new utterance would, which a listener hears only in such a long segment.
+
+Word timing comes from espeak-ng's own events: a word starts at its word event's
+sample and ends where the next word starts or, before that, where a pause phoneme
+(a clause's end) starts.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
-from voxrelay_server.engines.espeak_library import BUFFER_MS
+from voxrelay_server.engines.base import (
+    SpeechEngine,
+    SynthesisItem,
+    SynthesisOptions,
+    VoiceInfo,
+)
+from voxrelay_server.engines.espeak_library import BUFFER_MS, PAUSE
 from voxrelay_server.engines.espeak_worker import (
     AUDIO,
     DONE,
@@ -41,6 +50,7 @@ from voxrelay_server.engines.espeak_worker import (
     WORD_START,
     WORDS,
 )
+from voxrelay_server.engines.words import WordClock, spoken_words
 from voxrelay_server.errors import EngineError, ErrorCode
 
 _LOG = logging.getLogger(__name__)
@@ -93,6 +103,8 @@ class _Job:
     taken_samples: int = 0
     words: list[tuple[int, int]] = field(default_factory=list)
     """Where each word received so far starts: its first character, its first sample."""
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    """Its words' starts and its pauses (character `PAUSE`), in order, for word timing."""
 
 
 class _Worker:
@@ -258,7 +270,9 @@ class _Worker:
                 self._cut(job)
             return
         if kind == WORDS:
-            job.words.extend(WORD_START.iter_unpack(payload))
+            marks = list(WORD_START.iter_unpack(payload))
+            job.marks += marks
+            job.words += [mark for mark in marks if mark[0] != PAUSE]
             return
         del self._jobs[number]
         if kind == DONE:
@@ -379,6 +393,7 @@ class EspeakEngine(SpeechEngine):
     """espeak-ng's languages as voices, synthesized in `workers` worker processes."""
 
     name = ENGINE_NAME
+    word_timing = True
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
@@ -430,23 +445,54 @@ class EspeakEngine(SpeechEngine):
     async def synthesize(
         self, voice: VoiceInfo, text: str, options: SynthesisOptions
     ) -> AsyncIterator[bytes]:
+        async for item in self._speak(voice, text, options, None):
+            assert isinstance(item, bytes)  # no clock: audio only
+            yield item
+
+    async def synthesize_words(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions
+    ) -> AsyncIterator[SynthesisItem]:
+        async for item in self._speak(voice, text, options, WordClock(spoken_words(text))):
+            yield item
+
+    async def _speak(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions, clock: WordClock | None
+    ) -> AsyncIterator[SynthesisItem]:
+        """The audio of `text`; with `clock`, its words' timing too (see `WordClock`)."""
         words_per_minute = round(NORMAL_WORDS_PER_MINUTE * options.speed)
         words_per_minute = max(MIN_WORDS_PER_MINUTE, min(MAX_WORDS_PER_MINUTE, words_per_minute))
         identifier = self._identifiers[voice.name]
         worker, job = await self._submit(identifier, text, words_per_minute)
+        base = (0, 0)  # where `job` starts in the segment's text and audio (after cuts)
+        marks_read = 0
         try:
             while (item := await job.queue.get()) is not None:
                 if isinstance(item, EngineError):
                     raise item
                 if isinstance(item, _Resume):  # cut at a word: the rest, anew
                     self._live.discard(job)
+                    base = (base[0] + item.character, base[1] + job.taken_samples)
+                    marks_read = 0
                     rest = job.text[item.character :]
                     worker, job = await self._submit(identifier, rest, words_per_minute)
                     continue
                 job.waiting_bytes -= len(item)
                 job.taken_samples += len(item) // 2
-                yield item
+                if clock is None:
+                    yield item
+                    continue
+                # The marks in this chunk's audio (not beyond: a cut drops what follows).
+                while marks_read < len(job.marks) and job.marks[marks_read][1] < job.taken_samples:
+                    _mark(clock, job.marks[marks_read], base)
+                    marks_read += 1
+                for ready in clock.audio(item):
+                    yield ready
             job.over = True
+            if clock is not None:
+                for mark in job.marks[marks_read:]:
+                    _mark(clock, mark, base)
+                for ready in clock.finish():
+                    yield ready
         finally:
             self._live.discard(job)
             if not job.over:
@@ -475,6 +521,16 @@ class EspeakEngine(SpeechEngine):
         for worker in self._workers:
             worker.detach()
         await asyncio.gather(*(asyncio.to_thread(w.close) for w in self._workers))
+
+
+def _mark(clock: WordClock, mark: tuple[int, int], base: tuple[int, int]) -> None:
+    """Tell `clock` of a word start or a pause of a job starting at `base` (its first
+    character and sample in the segment)."""
+    character, sample = mark
+    if character == PAUSE:
+        clock.end(base[1] + sample)
+    elif (index := clock.word_at(base[0] + character)) is not None:
+        clock.start(index, base[1] + sample)
 
 
 def _bcp47(language: str) -> str:

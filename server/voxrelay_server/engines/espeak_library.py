@@ -23,6 +23,10 @@ _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
 _EE_OK = 0
 _PHONEMES_IPA = 0x02
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+"""Phoneme events too: a pause phoneme says where the word before it ended."""
+PAUSE = 0xFFFFFFFF
+"""The character index `OnWords` gives a pause: the word before it ends at its sample."""
 BUFFER_MS = 2000
 """Audio per callback, and so per message to the caller. espeak-ng makes 2 s of
 speech in about 2 ms, so larger chunks cost little first-audio time (0.9 ms at
@@ -33,9 +37,11 @@ OnAudio = Callable[[bytes], bool]
 """Receives each chunk of int16 PCM; returns False to stop the synthesis."""
 OnWords = Callable[[list[tuple[int, int]]], None]
 """Receives, before each chunk, the words starting in it: (index of the word's first
-character in the text, in code points; index of its first sample in the audio)."""
+character in the text, in code points; index of its first sample in the audio), and
+the pauses starting in it, as (`PAUSE`, index of the pause's first sample)."""
 _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
+_EVENT_PHONEME = 7
 
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -100,7 +106,10 @@ class EspeakLibrary:
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
         self._data_path = Path(espeakng_loader.get_data_path())
         sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, str(self._data_path).encode(), 0
+            _AUDIO_OUTPUT_SYNCHRONOUS,
+            BUFFER_MS,
+            str(self._data_path).encode(),
+            _INITIALIZE_PHONEME_EVENTS,
         )
         if sample_rate <= 0:
             raise EngineError(ErrorCode.FAILED_PRECONDITION, "espeak-ng failed to initialise")
@@ -233,17 +242,21 @@ class EspeakLibrary:
         return 0
 
     def _word_starts(self, events: int) -> list[tuple[int, int]]:
-        """The words starting in this callback's audio, each once: espeak-ng reports some
-        words (braille, for one) with an event for each of their parts."""
+        """The words starting in this callback's audio, each once (espeak-ng reports some
+        words, braille for one, with an event for each of their parts), and the pauses
+        (the phonemes `_` and `_:` that espeak-ng puts at clause ends and between some
+        words), in order."""
         event = ctypes.cast(events, ctypes.POINTER(_EspeakEvent))
         characters, samples = self._word_base
         starts = []
         index = 0
-        while event[index].type != _EVENT_LIST_TERMINATED:
-            if event[index].type == _EVENT_WORD:
+        while (kind := event[index].type) != _EVENT_LIST_TERMINATED:
+            if kind == _EVENT_WORD:
                 character = characters + event[index].text_position - 1
                 if character > self._last_word:
                     self._last_word = character
                     starts.append((character, samples + event[index].sample))
+            elif kind == _EVENT_PHONEME and event[index].id.startswith(b"_"):
+                starts.append((PAUSE, samples + event[index].sample))
             index += 1
         return starts

@@ -13,7 +13,7 @@ payload:
     R  (job 0, once, first) ready: JSON {"sample_rate_hz": ..., "languages": {...}}
     W  words of job N starting in its next audio frame: pairs of uint32 (index of the
        word's first character in the job's text, in code points; index of its first
-       sample in the job's audio)
+       sample in the job's audio), and its pauses, as pairs (0xFFFFFFFF, first sample)
     A  audio of job N: int16 little-endian PCM
     D  job N is over: finished, or stopped
     E  job N failed: JSON {"code": <ErrorCode number>, "message": "..."}

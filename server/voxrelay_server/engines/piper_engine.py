@@ -7,6 +7,10 @@ Each run here speaks at most `MAX_PHONEMES_PER_RUN` phonemes (fewer when slower)
 longer sentences are cut between words, after a pause mark where there is one. And
 once no segment is being spoken, onnxruntime's memory arena gives back what the runs
 took. Text espeak-ng's phonemizer would cut short is phonemized in pieces (`clauses`).
+
+Word timing: each voice is loaded patched in memory (piper's `include_alignments`,
+with the `onnx` package) to also output how many samples each phoneme takes, and
+`piper_alignment` maps the phonemes to the words of the text.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +30,21 @@ import onnxruntime
 from piper import PiperVoice, SynthesisConfig
 from piper.config import PiperConfig
 
-from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
+from voxrelay_server.engines.base import (
+    SpeechEngine,
+    SynthesisItem,
+    SynthesisOptions,
+    VoiceInfo,
+)
 from voxrelay_server.engines.clauses import whole_pieces
+from voxrelay_server.engines.piper_alignment import (
+    assign_words,
+    leading_samples,
+    phoneme_samples,
+    word_phonemes,
+    word_spans,
+)
+from voxrelay_server.engines.words import WordClock, spoken_words
 from voxrelay_server.errors import EngineError, ErrorCode
 
 ENGINE_NAME = "piper"
@@ -119,6 +136,7 @@ class PiperEngine(SpeechEngine):
 
     name = ENGINE_NAME
     faster_alone = True
+    word_timing = True
 
     def __init__(
         self,
@@ -144,10 +162,12 @@ class PiperEngine(SpeechEngine):
         """Runs whose memory the engine can hold at once (`memory.memory_bound`)."""
         self._voices: dict[str, _Voice] = {}
         for model_path, config_path in model_paths:
-            shared = _load(model_path, config_path, threads_per_segment)
+            model = _with_alignments(model_path)
+            shared = _load(model, model_path, config_path, threads_per_segment)
             lone = None
             if lone_threads > threads_per_segment:
-                lone = _load(model_path, config_path, lone_threads)
+                lone = _load(model, model_path, config_path, lone_threads)
+            del model
             info = VoiceInfo(
                 name=f"{ENGINE_NAME}/{model_path.name.removesuffix('.onnx')}",
                 engine=ENGINE_NAME,
@@ -163,13 +183,43 @@ class PiperEngine(SpeechEngine):
     async def synthesize(
         self, voice: VoiceInfo, text: str, options: SynthesisOptions
     ) -> AsyncIterator[bytes]:
+        async for audio, _ in self._speak(voice, text, options, timed=False):
+            yield audio
+
+    async def synthesize_words(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions
+    ) -> AsyncIterator[SynthesisItem]:
+        clock = WordClock(spoken_words(text))
+        runs = self._speak(voice, text, options, timed=True)
+        position = 0  # where the run starts in the segment's audio
+        try:
+            async for audio, spans in runs:
+                for word, start, end, ends_here in spans:
+                    clock.start(word, position + start)
+                    if ends_here:  # else it goes on in the next run
+                        clock.end(position + end)
+                position += len(audio) // 2
+                for item in clock.audio(audio):
+                    yield item
+        finally:
+            if isinstance(runs, AsyncGenerator):
+                await runs.aclose()
+        for item in clock.finish():
+            yield item
+
+    async def _speak(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions, *, timed: bool
+    ) -> AsyncIterator[tuple[bytes, list[tuple[int, int, int, bool]]]]:
+        """Each run's audio; `timed`: with (word, first sample, end sample, whether the
+        word ends in this run) of each word it speaks, in the run's audio."""
         loaded = self._voices[voice.name]
         piper_voice = loaded.shared.voice
+        id_map = piper_voice.config.phoneme_id_map
         config = SynthesisConfig(length_scale=1.0 / options.speed)
         most = max(16, round(MAX_PHONEMES_PER_RUN * options.speed))
         loop = asyncio.get_running_loop()
 
-        def phonemize() -> list[list[str]]:
+        def phonemize() -> tuple[list[list[str]], list[list[int | None]] | None]:
             phonemized: dict[str, list[list[str]]] = {}
             """Each part's phonemes, as measured: a part is phonemized once."""
 
@@ -177,19 +227,28 @@ class PiperEngine(SpeechEngine):
                 phonemized[part] = piper_voice.phonemize(part)
                 return max((len(sentence) for sentence in phonemized[part]), default=0)
 
-            return [
+            pieces = [
                 piece
                 for part in whole_pieces(text, largest_sentence)
                 for sentence in phonemized.pop(part, None) or piper_voice.phonemize(part)
                 for piece in phoneme_pieces(sentence, most)
             ]
+            if not timed:
+                return pieces, None
+            words = [text[start:end] for start, end in spoken_words(text)]
+            return pieces, assign_words(pieces, word_phonemes(piper_voice.phonemize, words))
 
-        def run(model: PiperVoice, piece: list[str]) -> bytes:
-            audio = model.phoneme_ids_to_audio(model.phonemes_to_ids(piece), config)
-            assert isinstance(audio, np.ndarray)  # not asked for alignments
-            return _int16_bytes(audio)
+        def run(model: PiperVoice, piece: list[str]) -> tuple[bytes, Any]:
+            ids = model.phonemes_to_ids(piece)
+            if not timed:
+                audio = model.phoneme_ids_to_audio(ids, config)
+                assert isinstance(audio, np.ndarray)  # not asked for alignments
+                return _int16_bytes(audio), None
+            result = model.phoneme_ids_to_audio(ids, config, include_alignments=True)
+            audio, id_samples = result if isinstance(result, tuple) else (result, None)
+            return _int16_bytes(audio), id_samples
 
-        def speak(piece: list[str]) -> bytes:
+        def speak(piece: list[str]) -> tuple[bytes, Any]:
             with self._lock:
                 # Every core for the only segment being spoken; with more, one each.
                 alone = loaded.lone is not None and self._segments == 1 and not self._runs
@@ -209,8 +268,29 @@ class PiperEngine(SpeechEngine):
             self._segments += 1
             self._activity += 1
         try:
-            for piece in await loop.run_in_executor(self._executor, phonemize):
-                yield await loop.run_in_executor(self._executor, speak, piece)
+            pieces, labels = await loop.run_in_executor(self._executor, phonemize)
+            last_run: dict[int, int] = {}  # each word's last run
+            for number, piece_labels in enumerate(labels or ()):
+                for label in piece_labels:
+                    if label is not None:
+                        last_run[label] = number
+            for number, piece in enumerate(pieces):
+                audio, id_samples = await loop.run_in_executor(self._executor, speak, piece)
+                counts = None
+                if labels is not None and id_samples is not None:
+                    counts = phoneme_samples(piece, id_samples, id_map)
+                if counts is None:  # not asked for, or the ids did not line up
+                    yield audio, []
+                    continue
+                assert labels is not None and id_samples is not None
+                lead = leading_samples(id_samples, id_map)
+                yield (
+                    audio,
+                    [
+                        (word, start, end, last_run[word] == number)
+                        for word, start, end in word_spans(labels[number], counts, lead)
+                    ],
+                )
         finally:
             if (activity := self._ended(segments=1)) is not None:
                 self._give_back_later(loaded, activity)
@@ -247,7 +327,26 @@ class PiperEngine(SpeechEngine):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _load(model_path: Path, config_path: Path, threads: int) -> _Model:
+def _with_alignments(model_path: Path) -> bytes:
+    """The model, patched in memory to also output the samples of each phoneme id (as
+    piper's `include_alignments` does): the tensor is computed anyway, so runs cost the
+    same. A model already patched, or one without the tensor, is taken as it is."""
+    import onnx
+    from piper.patch_voice_with_alignment import add_alignment_output
+
+    try:
+        model = onnx.load(str(model_path))
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION, f"cannot load piper voice {model_path}: {error}"
+        ) from error
+    with contextlib.suppress(ValueError):
+        add_alignment_output(model)
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def _load(model: bytes, model_path: Path, config_path: Path, threads: int) -> _Model:
     import json
 
     options = onnxruntime.SessionOptions()
@@ -256,7 +355,7 @@ def _load(model_path: Path, config_path: Path, threads: int) -> _Model:
     try:
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         session = onnxruntime.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            model, sess_options=options, providers=["CPUExecutionProvider"]
         )
     except (OSError, ValueError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as error:
         raise EngineError(

@@ -8,19 +8,31 @@ chunk, then audio of `ms_per_char` per character of text, produced at
 
 Directives inside the text, for tests: `[[latency_ms=N]]` overrides the first
 audio latency of that segment, `[[fail]]` makes the segment fail half-way.
+
+Word timing is exact by construction: every character spoken (directives are not)
+takes the same number of samples, so a word lasts from its first character's first
+sample to its last character's last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
+from voxrelay_server.engines.base import (
+    SpeechEngine,
+    SynthesisItem,
+    SynthesisOptions,
+    VoiceInfo,
+    WordTiming,
+)
+from voxrelay_server.engines.words import spoken_words
 from voxrelay_server.errors import EngineError, ErrorCode
 
 ENGINE_NAME = "tone"
@@ -34,6 +46,7 @@ engine cutting frames."""
 _PERIOD_SAMPLES = 40  # 400 Hz at 16 kHz
 _LATENCY = re.compile(r"\[\[latency_ms=(\d+)\]\]")
 _FAIL = "[[fail]]"
+_DIRECTIVE = re.compile(r"\[\[latency_ms=\d+\]\]|\[\[fail\]\]")
 
 
 @dataclass
@@ -52,6 +65,7 @@ class ToneEngine(SpeechEngine):
     """Square-wave 'speech' with controllable latency, length and failures."""
 
     name = ENGINE_NAME
+    word_timing = True
 
     def __init__(
         self,
@@ -83,6 +97,50 @@ class ToneEngine(SpeechEngine):
         """How many samples a segment's text yields."""
         spoken = _LATENCY.sub("", text).replace(_FAIL, "")
         return round(len(spoken) * self.ms_per_char / speed * SAMPLE_RATE_HZ / 1000)
+
+    def word_timings(self, text: str, speed: float = 1.0) -> list[WordTiming]:
+        """Where each word of `text` is in its audio (at `SAMPLE_RATE_HZ`): a word's
+        characters take their share of the samples; directives take none."""
+        directives = [m.span() for m in _DIRECTIVE.finditer(text)]
+        spoken_before = [0] * (len(text) + 1)
+        """Spoken characters before each index."""
+        inside = bytearray(len(text))
+        for start, end in directives:
+            inside[start:end] = b"\x01" * (end - start)
+        for index in range(len(text)):
+            spoken_before[index + 1] = spoken_before[index] + (not inside[index])
+        spoken = spoken_before[-1]
+        total = self.samples_for(text, speed)
+
+        def at(index: int) -> int:
+            return round(spoken_before[index] * total / spoken) if spoken else 0
+
+        return [
+            WordTiming(start, end - start, at(start), at(end))
+            for start, end in spoken_words(text)
+            if not any(d_start <= start < d_end for d_start, d_end in directives)
+        ]
+
+    async def synthesize_words(
+        self, voice: VoiceInfo, text: str, options: SynthesisOptions
+    ) -> AsyncIterator[SynthesisItem]:
+        words = collections.deque(self.word_timings(text, options.speed))
+        position = 0
+        chunks = self.synthesize(voice, text, options)
+        try:
+            async for chunk in chunks:
+                position += len(chunk) // 2
+                starting = []
+                while words and words[0].start_sample < position:
+                    starting.append(words.popleft())
+                if starting:
+                    yield tuple(starting)
+                yield chunk
+        finally:  # a consumer that stops early stops the synthesis now
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
+        if words:  # words of no audio (the text had no spoken character)
+            yield tuple(words)
 
     async def synthesize(
         self, voice: VoiceInfo, text: str, options: SynthesisOptions
