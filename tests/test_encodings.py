@@ -36,7 +36,9 @@ G711 = {
     speech_pb2.AUDIO_ENCODING_MULAW: ("ULAW", linear_to_ulaw),
     speech_pb2.AUDIO_ENCODING_ALAW: ("ALAW", linear_to_alaw),
 }
-TEXT = "The first sentence of this turn is here. And then a second one follows it."
+TEXT = "The first sentence of this turn is here. And then a second one follows it. "
+"""Cut the same way on every call: each sentence is complete as it arrives (the space
+after the last), so no words wait for the dry rule, whose timing varies from call to call."""
 PAGE = struct.Struct("<4sBBqIIIB")
 
 

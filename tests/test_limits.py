@@ -63,7 +63,7 @@ async def test_a_long_session_does_not_starve_short_ones(start_server: StartServ
             await novel.write(text(f"Chapter sentence number {index}. "))
         # Set as the last segment is released; the segments started before it have
         # taken a slot or queued for one by the time this wakes.
-        await novel_released.wait()
+        await asyncio.wait_for(novel_released.wait(), timeout=30)
         queued_ahead = server.service.schedulers["tone"].queued
         assert queued_ahead >= novel_lookahead // 2
 

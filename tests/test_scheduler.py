@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.conftest import wait_for
 from voxrelay_server.playback import PlaybackClock
 from voxrelay_server.scheduler import (
     PROTECT_HOLDS,
@@ -294,21 +295,20 @@ def test_the_playback_clock_plays_audio_back_to_back_from_when_it_is_sent() -> N
     assert before + 2.0 <= clock.runs_out_at <= after + 2.0
 
 
-async def test_a_holder_whose_listener_has_audio_in_hand_yields_to_a_segment_due_sooner() -> None:
-    scheduler = DeadlineScheduler(1, protect_within=0.5)
+async def test_making_one_says_whether_a_segment_would_be_made_alone() -> None:
+    scheduler = DeadlineScheduler(2)
     log: list[str] = []
-    holding = PlaybackClock()
-    holder = Holder(scheduler, holding, "holder", log)
-    await asyncio.sleep(0)
-    assert not scheduler.should_yield(holding)  # nobody waits
-    holding.sent(3.0)  # three seconds in hand
+    assert scheduler.making_one()
+    first = Holder(scheduler, PlaybackClock(), "first", log)
+    await wait_for(lambda: log == ["first"])
+    assert scheduler.making_one()  # only the one segment
+    second = Holder(scheduler, PlaybackClock(), "second", log)
+    await wait_for(lambda: log == ["first", "second"])
+    assert not scheduler.making_one()
     waiting: list[Holder] = []
-    later = PlaybackClock()
-    later.sent(2.8)  # due in 2.8 s: not sooner than the holder's 3 s by the 0.5 s margin
-    await line_up(scheduler, later, "later", log, waiting)
-    assert not scheduler.should_yield(holding)
-    await line_up(scheduler, PlaybackClock(), "new turn", log, waiting)  # due now
-    assert scheduler.should_yield(holding)
-    assert not scheduler.should_yield(PlaybackClock())  # a listener with nothing in hand
-    await run_out(holder, waiting)
-    assert log == ["holder", "new turn", "later"]
+    await line_up(scheduler, PlaybackClock(), "third", log, waiting)
+    second.release.set()
+    await second.done()
+    assert not scheduler.making_one()  # one held, and the third holds the other
+    await run_out(first, waiting)
+    assert scheduler.making_one()

@@ -341,7 +341,14 @@ def test_sentences_end_where_a_reader_would_end_them(
         ("We are ready. ", ["We are ready."]),  # no word after it could continue it
         ("It is done! ", ["It is done!"]),
         ("今天天气很好。", ["今天天气很好。"]),  # no space needed after `。`
+        (
+            "The library closes on the first Friday of May. ",
+            ["The library closes on the first Friday of May."],
+        ),
         ("I will call Dr. ", []),  # the next word decides
+        ("It starts at 5 p.m. ", []),
+        ("Written by J. ", []),
+        ("This is chapter number 2. ", ["This is chapter number 2."]),  # a digit is no initial
         ("They live in the U.S. ", []),
         ("Let me think... ", []),
         ("Here is the list:\n1. ", ["Here is the list:"]),

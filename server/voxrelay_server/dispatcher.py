@@ -282,8 +282,7 @@ class SessionDispatcher:
         limits: SessionLimits | None = None,
         synthesis_slot: SlotFactory | None = None,
         paused_segment_bytes: int = 0,
-        should_yield: Callable[[PlaybackClock], bool] | None = None,
-        staggered: bool = False,
+        stagger_while: Callable[[], bool] | None = None,
         observer: SessionObserver | None = None,
         session_id: str = "",
     ) -> None:
@@ -302,16 +301,13 @@ class SessionDispatcher:
         self._synthesis_slot = synthesis_slot or _unlimited_slot
         self._paused_segment_bytes = paused_segment_bytes
         """What the engine may keep for each paused segment, outside this session's buffer."""
-        self._staggered = staggered
-        """A segment starts once the one released before it has made audio: the engine
-        makes a segment's audio faster while no other is being made, and the head
-        segment's first audio is what a listener waits for (a next one has the head's
-        audio to play to be ready)."""
+        self._stagger_while = stagger_while
+        """While this says so (the engine makes nothing else), a segment starts once the
+        one released before it has made audio: the engine makes a lone segment's audio
+        faster, and the head segment's first audio is what a listener waits for (a next
+        one has the head's audio to play to be ready). Under load nothing is made alone,
+        and waiting would only make the next segment late."""
         self._last_released: _SegmentJob | None = None
-        self._should_yield = should_yield if not paused_segment_bytes else None
-        """Whether a segment should give its synthesis slot to a more urgent one between
-        two pieces of its audio. Only for engines that keep nothing for a segment that
-        is not being read (so a yielded segment costs no memory outside the buffer)."""
         self._paused = 0  # segments paused part-way
         self._playback = PlaybackClock()
         """When this session's audio is due: the scheduler serves the most urgent first."""
@@ -791,7 +787,7 @@ class SessionDispatcher:
         text = segment.text
         turn.segments += 1
         job = _SegmentJob(turn, turn.segments, text, segment.offset)
-        if self._staggered:
+        if self._stagger_while is not None:
             job.previous, self._last_released = self._last_released, job
         self._queued_text_chars += len(text)
         self._append(job)
@@ -818,7 +814,8 @@ class SessionDispatcher:
         try:
             if (previous := job.previous) is not None:
                 job.previous = None
-                await previous.sounding.wait()
+                if self._stagger_while is not None and self._stagger_while():
+                    await previous.sounding.wait()
             estimate_s = self._estimated_audio_s(job.text)
             while True:
                 await self._wait_for_audio_room(job, started=started)
@@ -840,8 +837,7 @@ class SessionDispatcher:
                     if await self._synthesize_into(job, chunks):
                         break
                 # Paused: the client is behind, and the slot went back to the server
-                # until it has read enough of this session's audio; or a more urgent
-                # segment took the slot, and this one queued again.
+                # until it has read enough of this session's audio.
         except asyncio.CancelledError:
             if started:
                 self._observer.segment_synthesized(
@@ -880,9 +876,8 @@ class SessionDispatcher:
         job.audio.put(error if error is not None else _END_OF_AUDIO)
 
     async def _synthesize_into(self, job: _SegmentJob, chunks: AsyncIterator[bytes]) -> bool:
-        """Move the engine's audio into `job` until the engine is done (True), or the
-        client is so far behind that the segment must pause, or a more urgent segment
-        should have the slot (False)."""
+        """Move the engine's audio into `job` until the engine is done (True) or the
+        client is so far behind that the segment must pause (False)."""
         async for chunk in chunks:
             if not chunk:
                 continue
@@ -901,8 +896,6 @@ class SessionDispatcher:
                     await asyncio.sleep(0)
             if self._behind(job):
                 return False
-            if self._should_yield is not None and self._should_yield(self._playback):
-                return False  # queued again at once, due when its listener runs out
         return True
 
     # The playback clock: how urgent this session's next segment is.

@@ -11,11 +11,6 @@ dry goes before one with seconds of audio in hand, new turns are served in the
 order they came, and a session queueing a novel cannot starve ten sessions that
 each want one sentence: its later segments are due far in the future.
 
-A segment holding a slot gives it up between two pieces of its audio when a segment
-due well before its own listener needs more waits (`should_yield`): a long reply
-being made for a listener with seconds of audio in hand does not keep a new turn
-from its first audio. It queues again, due when its listener runs out.
-
 One exception to that order: a listener who is playing and will run out of audio
 within `protect_within_s` goes before new turns, even those that asked earlier.
 A new turn's deadline is when it asked, so in a burst of new turns (hundreds of
@@ -98,21 +93,9 @@ class DeadlineScheduler:
         else:
             self._hold_s += (hold_s - self._hold_s) * _HOLD_WEIGHT
 
-    def should_yield(self, session: PlaybackClock) -> bool:
-        """Whether a segment of `session` that holds a slot should give it up now: another
-        session's segment waits whose deadline is more than `protect_within_s` before
-        `session`'s listener runs out of audio. Queued again, the yielding segment is
-        due when its listener runs out, and goes before new turns once that is near, so
-        its listener hears no gap for it."""
-        heap = self._heap
-        while heap:
-            entry = heap[0]
-            if self._entries.get(entry[2]) is not entry:  # replaced, or no longer waiting
-                heapq.heappop(heap)
-                continue
-            due: float = entry[0]
-            return due + self.protect_within_s < session.runs_out_at
-        return False
+    def making_one(self) -> bool:
+        """Whether at most one segment holds a slot and none waits for one."""
+        return self.in_use <= 1 and not self._waiting
 
     @property
     def in_use(self) -> int:

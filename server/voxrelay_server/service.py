@@ -142,8 +142,7 @@ class SpeechService:
             limits=self.limits,
             synthesis_slot=scheduler.slot,
             paused_segment_bytes=engine.paused_segment_bytes,
-            should_yield=scheduler.should_yield,
-            staggered=engine.faster_alone,
+            stagger_while=scheduler.making_one if engine.faster_alone else None,
             observer=CompositeObserver(observers),
             session_id=session_id,
         )

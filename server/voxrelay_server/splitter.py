@@ -7,8 +7,9 @@ marks of every script, `。` `！` `？` `।` `؟` `։` `።` among them, with 
 without a space after). The rules on top of it:
 
 - a sentence end counts once text follows it; at the end of the text so far, it
-  counts when sentencex would end the sentence there whatever word came next (so
-  "Ready. " is released at once, "Dr. " and "U.S. " wait for the next word), and
+  counts when sentencex would end the sentence before a sentence-starting word and
+  the mark does not end an initial, an initialism or a title ("Ready. " and "of May. "
+  are released at once, "Dr. ", "U.S. " and "p.m. " wait for the next word), and
   never after a list number ("2. ") or an ellipsis, which the next word decides;
 - closing quotes, brackets and markdown emphasis after a sentence mark stay with
   their sentence; a line break ends a sentence before a markdown block (a heading,
@@ -70,9 +71,15 @@ _STANDALONE_STOP = re.compile(
 )
 """Sentence marks that end a sentence with no space after them, and never stand inside
 a word or a number (`。` `！` `？` `।` `॥` `؟` `։` `።` `፧` `፨`), unlike `.`, as in "3." + "50"."""
-_PROBE = "A"
-"""A word that starts a sentence: if sentencex cuts before it, the text so far ends
-in a sentence end whatever comes next."""
+_PROBE = "The"
+"""A word that starts a sentence: if sentencex cuts before it, the text so far may end
+in a sentence end (a single capital would read as an initial, and hold "of May. ")."""
+_CONTINUED = re.compile(
+    r"(?:^|[\s(\[])(?:(?:[^\W\d_]\.)+|(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|Mt|Gen|Gov|Sen|Rep|Lt|Col"
+    r"|Capt|Sgt|Rev|Hon|vs|No|Nos|Fig|fig|approx|cf|ca)\.)$"
+)
+"""What the next word decides at the end of the text so far: an initial or initialism
+("J." "U.S." "e.g." "p.m.") or a title or abbreviation that usually goes on ("Dr." "vs.")."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +213,7 @@ class SentenceSplitter:
             probed = sentencex.get_sentence_boundaries(self._language, text + _PROBE)
             if len(probed) > 1 and probed[-1]["start_index"] >= len(text.rstrip()):
                 last = text.rstrip()
-                if _ELLIPSIS.search(last) is None:
+                if _ELLIPSIS.search(last) is None and _CONTINUED.search(last) is None:
                     ends.add(self._after_closers(text, len(last)))
         kept = []
         for end in sorted(ends):
