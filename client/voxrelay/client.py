@@ -273,7 +273,12 @@ def event_from_response(
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
             return TurnStarted(lifecycle.turn)
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_ENDED:
-            return TurnEnded(lifecycle.turn, lifecycle.cancelled, lifecycle.spoken_text)
+            return TurnEnded(
+                lifecycle.turn,
+                lifecycle.cancelled,
+                lifecycle.spoken_text,
+                max(lifecycle.spoken_length, len(lifecycle.spoken_text)),
+            )
         return SessionEnded()
     error = response.error
     raise VoxrelayError(

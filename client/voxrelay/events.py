@@ -76,7 +76,23 @@ class TurnEnded:
     turn no `cancel()` cut short or named; for a turn named by `cancel(turn=...,
     played_samples=...)`, the text up to the end of the last segment whose audio
     ended at or before that sample; for another cancelled turn, up to the end of the
-    last segment whose audio was all sent before the cancel; "" when none was."""
+    last segment whose audio was all sent before the cancel; "" when none was. At
+    most the first 100000 characters: `spoken_length` says how much was heard, and
+    `heard(turn_text)` cuts the whole text there."""
+    spoken_length: int = -1
+    """How many characters of the turn's text as sent the listener heard; -1 (a
+    server that does not say) means `len(spoken_text)`."""
+
+    @property
+    def heard_chars(self) -> int:
+        """How many characters of the turn's text the listener heard."""
+        return len(self.spoken_text) if self.spoken_length < 0 else self.spoken_length
+
+    def heard(self, turn_text: str) -> str:
+        """What the listener heard of `turn_text` (the turn's text chunks as sent,
+        joined): `spoken_text`, or for a turn longer than it carries, the text cut at
+        `spoken_length`."""
+        return turn_text[: self.heard_chars]
 
 
 @dataclass(frozen=True)

@@ -127,9 +127,11 @@ def response_for(
     if isinstance(event, TurnStarted):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, event.turn)
     if isinstance(event, TurnEnded):
-        return _lifecycle(
+        response = _lifecycle(
             speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled, event.spoken_text
         )
+        response.lifecycle.spoken_length = event.spoken_length
+        return response
     if isinstance(event, SessionEnded):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
     return _error_response(event.error, event.turn, event.segment)

@@ -13,6 +13,11 @@ MAX_TEXT_CHUNK_CHARS = 16384
 MAX_WHOLE_TEXT_CHARS = 1_000_000
 """Longest text one `Synthesize` call accepts: many hours of speech, and even at
 4 bytes per character still under gRPC's default 4 MiB message limit."""
+MAX_SPOKEN_TEXT_CHARS = 100_000
+"""Most of a turn's text `TURN_ENDED.spoken_text` carries (and a session keeps for it,
+per turn): at most 400 KB of UTF-8, a tenth of gRPC's default 4 MiB message limit, for
+any turn, however long (a `Stream` turn has no limit). `spoken_length` says how much
+was heard in all."""
 DEFAULT_MAX_SEGMENT_CHARS = 400
 """Longest segment an engine is given by default: about 25 s of speech. Piper's memory
 grows with a segment's length (about 1 MB a character), so a bound on it is a bound
