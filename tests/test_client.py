@@ -25,7 +25,14 @@ async def test_a_session_streams_ordered_events(tone_server: RunningServer) -> N
         await session.close()
         events = [event async for event in session]
     kinds = [type(e).__name__ for e in events if not isinstance(e, voxrelay.Audio)]
-    assert kinds == ["TurnStarted", "TurnEnded", "TurnStarted", "TurnEnded", "SessionEnded"]
+    assert kinds == [
+        "SessionStarted",
+        "TurnStarted",
+        "TurnEnded",
+        "TurnStarted",
+        "TurnEnded",
+        "SessionEnded",
+    ]
     audio = [e for e in events if isinstance(e, voxrelay.Audio)]
     assert [(a.turn, a.segment) for a in audio] == sorted((a.turn, a.segment) for a in audio)
     assert {a.samples.dtype for a in audio} == {np.dtype("<i2")}

@@ -14,7 +14,15 @@ from voxrelay.client import (
     synthesize,
 )
 from voxrelay.errors import VoxrelayError
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
+from voxrelay.events import (
+    Audio,
+    Event,
+    SessionEnded,
+    SessionStarted,
+    TurnEnded,
+    TurnStarted,
+    WireEncoding,
+)
 
 __all__ = [
     "AsyncClient",
@@ -24,6 +32,7 @@ __all__ = [
     "Event",
     "SessionEnded",
     "SessionOptions",
+    "SessionStarted",
     "SynthesizedAudio",
     "TurnEnded",
     "TurnStarted",

@@ -29,7 +29,15 @@ import numpy.typing as npt
 
 from voxrelay.codecs import OpusPageCounter, alaw_to_linear, decode_ogg_opus, ulaw_to_linear
 from voxrelay.errors import VoxrelayError, status_from_number
-from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
+from voxrelay.events import (
+    Audio,
+    Event,
+    SessionEnded,
+    SessionStarted,
+    TurnEnded,
+    TurnStarted,
+    WireEncoding,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
 if TYPE_CHECKING:
@@ -48,6 +56,12 @@ _SEGMENTATIONS = {
     "": speech_pb2.SEGMENTATION_UNSPECIFIED,
     "first_clause": speech_pb2.SEGMENTATION_FIRST_CLAUSE,
     "sentences": speech_pb2.SEGMENTATION_SENTENCES,
+}
+Pace = Literal["", "as_made", "realtime"]
+_PACES = {
+    "": speech_pb2.PACE_UNSPECIFIED,
+    "as_made": speech_pb2.PACE_AS_MADE,
+    "realtime": speech_pb2.PACE_REALTIME,
 }
 _WIRE_ENCODINGS = {
     "mulaw": speech_pb2.AUDIO_ENCODING_MULAW,
@@ -149,6 +163,10 @@ class SessionOptions:
     """Words a turn's first segment holds before it may end at a clause; 0 = 4."""
     stall_ms: int = 0
     """A turn's start stalled this long speaks its complete words; 0 = 500 ms."""
+    pace: Pace = ""
+    """"as_made" (the server's default: audio as fast as it is made) or "realtime"
+    (at real-time pace, at most `SessionStarted.pace_lead_ms` ahead of a listener,
+    for a bridge that forwards audio as it comes)."""
 
     def to_proto(self) -> speech_pb2.SessionConfig:
         if self.dtype not in _ENCODINGS:
@@ -156,6 +174,11 @@ class SessionOptions:
         if self.encoding != "pcm" and self.encoding not in _WIRE_ENCODINGS:
             raise ValueError(
                 f"encoding must be 'pcm', 'mulaw', 'alaw' or 'opus', not {self.encoding!r}"
+            )
+        if self.pace not in _PACES:
+            raise ValueError(
+                "pace must be 'as_made', 'realtime' or '' (the server's default), "
+                f"not {self.pace!r}"
             )
         if self.segmentation not in _SEGMENTATIONS:
             raise ValueError(
@@ -176,6 +199,7 @@ class SessionOptions:
             segmentation=_SEGMENTATIONS[self.segmentation],
             first_clause_min_words=self.first_clause_min_words,
             stall_ms=self.stall_ms,
+            pace=_PACES[self.pace],
         )
 
 
@@ -268,6 +292,15 @@ def event_from_response(
             text_offset=chunk.text_offset,
             text_length=chunk.text_length,
         )
+    if kind == "session_started":
+        started = response.session_started
+        return SessionStarted(
+            started.session_id,
+            started.voice,
+            _NAMES.get(started.encoding, "pcm"),
+            started.sample_rate_hz,
+            started.pace_lead_ms,
+        )
     if kind == "lifecycle":
         lifecycle = response.lifecycle
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
@@ -355,6 +388,9 @@ class AsyncSession:
         """How reading the call ended, if not at its end of stream."""
         self._changed = asyncio.Event()
         """Set (and replaced) when a response arrives, one is taken, or reading ends."""
+        self.started: SessionStarted | None = None
+        """The session's first event, once iterating has yielded it: its id (which the
+        server's logs name it by), voice, encoding and rate."""
 
     async def __aenter__(self) -> AsyncSession:
         await self.open()
@@ -421,6 +457,8 @@ class AsyncSession:
             except VoxrelayError:
                 call.cancel()
                 raise
+            if isinstance(event, SessionStarted):
+                self.started = event
             yield event
             if isinstance(event, SessionEnded):
                 break

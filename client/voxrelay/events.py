@@ -62,6 +62,24 @@ class Audio:
 
 
 @dataclass(frozen=True)
+class SessionStarted:
+    """The first event of every session: its id and what the server will send."""
+
+    session_id: str
+    """Names the session in the server's logs and error messages: quote it when
+    reporting a problem."""
+    voice: str
+    """The voice that speaks, `<engine>/<voice>` (the server's default when none was
+    asked for)."""
+    encoding: WireEncoding
+    sample_rate_hz: int
+    """The rate of every `Audio` of the session, in hertz."""
+    pace_lead_ms: int = 0
+    """With `pace="realtime"`: how far ahead of a real-time listener the server may be
+    when it sends audio; 0 when audio comes as fast as it is made."""
+
+
+@dataclass(frozen=True)
 class TurnStarted:
     turn: int
 
@@ -100,4 +118,4 @@ class SessionEnded:
     """The server finished every turn; the stream ends after this."""
 
 
-Event = Audio | TurnStarted | TurnEnded | SessionEnded
+Event = SessionStarted | Audio | TurnStarted | TurnEnded | SessionEnded

@@ -43,7 +43,7 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
-from voxrelay_server.playback import PlaybackClock
+from voxrelay_server.playback import Pacer, PlaybackClock
 from voxrelay_server.settings import (
     DEFAULT_MAX_SEGMENT_CHARS,
     MAX_SPOKEN_TEXT_CHARS,
@@ -321,9 +321,16 @@ class SessionDispatcher:
         stagger_while: Callable[[], bool] | None = None,
         observer: SessionObserver | None = None,
         session_id: str = "",
+        voice: str = "",
+        pacer: Pacer | None = None,
     ) -> None:
         self.session_id = session_id
         """Names the session in logs and in messages to its caller."""
+        self.voice = voice
+        """The voice that speaks, `<engine>/<voice>` (for the caller: not used here)."""
+        self.pacer = pacer
+        """Paced delivery: each audio message waits until a real-time listener is within
+        the pacer's lead of it. None: audio goes out as fast as it is made and read."""
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output
@@ -597,6 +604,7 @@ class SessionDispatcher:
         ogg_place = (0, 0)
         ogg_fed = 0  # samples of the turn given to the Ogg encoder
         rate = self._output.sample_rate_hz
+        pacer = self.pacer
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
@@ -615,6 +623,10 @@ class SessionDispatcher:
                     tail = await ogg.close()
                     ogg = None
                     for chunk in tail:
+                        if pacer is not None:
+                            if not entry.turn.cancelled:  # a cancelled turn's end goes now
+                                await pacer.wait()
+                            pacer.sent(chunk.samples / rate)
                         entry.turn.sent_samples = turn_offset + chunk.samples
                         yield AudioOut(wire_turn, ogg_segment, chunk.data, turn_offset, *ogg_place)
                         turn_offset += chunk.samples
@@ -672,6 +684,11 @@ class SessionDispatcher:
                                 ogg_fed += len(piece) // bytes_per_sample
                                 messages = [(c.data, c.samples) for c in await ogg.encode(piece)]
                             for data, samples in messages:
+                                if pacer is not None:
+                                    await pacer.wait()  # interrupted by a cancel
+                                    if job.cancelled:
+                                        raise _JobDropped  # held back, never sent
+                                    pacer.sent(samples / rate)
                                 # Counted before the yield: once yielded, it was handed out.
                                 speaking.sent_samples = turn_offset + samples
                                 yield AudioOut(turn, segment, data, turn_offset, *place)
@@ -1058,6 +1075,8 @@ class SessionDispatcher:
             self._wake_text_waiters()
 
     def _drop(self, job: _SegmentJob) -> None:
+        if job is self._delivering and self.pacer is not None:
+            self.pacer.interrupt()  # the audio it holds back is dropped: go on now
         if job.ahead_s:
             self._playback.finished(job.ahead_s)
             job.ahead_s = 0.0

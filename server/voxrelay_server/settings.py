@@ -52,6 +52,15 @@ class Segmentation(enum.Enum):
     """Every segment ends at a sentence end."""
 
 
+class Pace(enum.Enum):
+    """How a session's audio is sent."""
+
+    AS_MADE = "as_made"
+    """As fast as it is made and the client reads it."""
+    REALTIME = "realtime"
+    """At real-time pace, a bounded lead (`playback.PACE_LEAD_S`) ahead of a listener."""
+
+
 class AudioEncoding(enum.Enum):
     """Encoding of the samples sent to the caller (always mono)."""
 
@@ -104,6 +113,7 @@ class SessionRequest:
     segmentation: Segmentation = Segmentation.FIRST_CLAUSE
     first_clause_min_words: int = 0
     stall_ms: int = 0
+    pace: Pace = Pace.AS_MADE
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class SessionSettings:
     0 with `Segmentation.SENTENCES`."""
     stall_s: float = 0.0
     """The start of a turn stalled this long speaks its complete words; 0 = never."""
+    pace: Pace = Pace.AS_MADE
 
 
 def validate_request(
@@ -192,6 +203,7 @@ def validate_request(
             else 0
         ),
         stall_s=(request.stall_ms or DEFAULT_STALL_MS) / 1000 if first_clause else 0.0,
+        pace=request.pace,
     )
 
 
@@ -202,6 +214,12 @@ def whole_text_chunks(text: str, chunk_chars: int = MAX_TEXT_CHUNK_CHARS) -> lis
     Cutting anywhere is safe: a session joins its chunks exactly as sent.
     """
     chunk_chars = max(1, min(chunk_chars, MAX_TEXT_CHUNK_CHARS))
+    check_whole_text(text)
+    return [text[start : start + chunk_chars] for start in range(0, len(text), chunk_chars)]
+
+
+def check_whole_text(text: str) -> None:
+    """Raise `InvalidInput` for a `Synthesize` text that is empty or too long."""
     if not text:
         raise InvalidInput("text must not be empty: send at least one character")
     if len(text) > MAX_WHOLE_TEXT_CHARS:
@@ -209,7 +227,6 @@ def whole_text_chunks(text: str, chunk_chars: int = MAX_TEXT_CHUNK_CHARS) -> lis
             f"text of {len(text)} characters is over the limit of {MAX_WHOLE_TEXT_CHARS}: "
             "split it across several calls, or stream it with the Stream rpc"
         )
-    return [text[start : start + chunk_chars] for start in range(0, len(text), chunk_chars)]
 
 
 def _check_at_most(name: str, value: int, limit: int) -> None:
