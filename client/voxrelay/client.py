@@ -17,11 +17,12 @@ import asyncio
 import collections
 import math
 import os
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -604,8 +605,105 @@ class AsyncClient:
         return _join(chunks, options)
 
 
+_T = TypeVar("_T")
+
+
+class _LoopThread:
+    """An event loop on a daemon thread, for the blocking API to run the async one on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="voxrelay-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run `work` on the loop and wait for its result (its exception is raised here)."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Session:
+    """The blocking twin of `AsyncSession`: the same session, run by the same code on
+    a background event loop. Use it as a context manager; iterate it for events.
+
+    with voxrelay.Client() as client, client.session(voice="espeak/en-us") as session:
+        session.send_text("Hello there. ")
+        session.turn_done()
+        for event in session:
+            ...
+            if user_barged_in:
+                session.cancel(played_samples=player.played_samples, turn=player.turn)
+    """
+
+    def __init__(self, runner: _LoopThread, session: AsyncSession) -> None:
+        self._runner = runner
+        self._session = session
+        self._events: AsyncIterator[Event] | None = None
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._runner.run(self._session.__aexit__(exc_type, exc, traceback))
+
+    @property
+    def started(self) -> SessionStarted | None:
+        """The session's first event once iterating yielded it (see `AsyncSession`)."""
+        return self._session.started
+
+    def open(self) -> None:
+        """Start the call and send the configuration."""
+        self._runner.run(self._session.open())
+
+    def send_text(self, text: str) -> None:
+        """Send the next chunk of text of the current turn (whitespace is kept)."""
+        self._runner.run(self._session.send_text(text))
+
+    def turn_done(self) -> None:
+        """Mark the current turn complete."""
+        self._runner.run(self._session.turn_done())
+
+    def cancel(self, played_samples: int = 0, turn: int = 0) -> None:
+        """Barge-in, saying where the listener stopped; see `AsyncSession.cancel`."""
+        self._runner.run(self._session.cancel(played_samples, turn))
+
+    def close(self) -> None:
+        """Send nothing more: the server finishes every turn, then ends the session."""
+        self._runner.run(self._session.close())
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        """The next event, waiting for it; the end of the session stops the iteration."""
+        if self._events is None:
+            self._events = self._session.events()
+        try:
+            return self._runner.run(_next_event(self._events))
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+
+async def _next_event(events: AsyncIterator[Event]) -> Event:
+    return await anext(events)
+
+
 class Client:
-    """The blocking twin of `AsyncClient`, for scripts: `voices()` and `synthesize()`.
+    """The blocking twin of `AsyncClient`, for scripts: `voices()`, `synthesize()` and
+    `session()`, a blocking `Session` (run by `AsyncSession` on a background event
+    loop, started on first use).
 
     Takes the same `tls_ca`, `tls_cert`, `tls_key` and `token` keywords.
     """
@@ -621,12 +719,31 @@ class Client:
     ) -> None:
         self.target = target or default_target()
         security = _security(tls_ca, tls_cert, tls_key, token)
+        self._security_options = {
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "token": token,
+        }
         self._metadata = security.metadata
         if security.credentials is None:
             self._channel = grpc.insecure_channel(self.target)
         else:
             self._channel = grpc.secure_channel(self.target, security.credentials)
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
+        self._runner: _LoopThread | None = None
+        self._async_client: AsyncClient | None = None
+
+    def session(self, options: SessionOptions | None = None, **fields: object) -> Session:
+        """A new blocking session; pass `SessionOptions` or its fields as keywords."""
+        if self._runner is None or self._async_client is None:
+            self._runner = _LoopThread()
+            self._async_client = self._runner.run(self._new_async_client())
+        return Session(self._runner, self._async_client.session(options, **fields))
+
+    async def _new_async_client(self) -> AsyncClient:
+        # Made on the runner's loop: an asyncio gRPC channel belongs to its loop.
+        return AsyncClient(self.target, **self._security_options)
 
     def __enter__(self) -> Client:
         return self
@@ -641,6 +758,11 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        if self._runner is not None:
+            if self._async_client is not None:
+                self._runner.run(self._async_client.close())
+            self._runner.stop()
+            self._runner = self._async_client = None
 
     def voices(self) -> list[VoiceInfo]:
         """Every voice the server offers, the default first."""
