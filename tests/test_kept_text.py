@@ -8,18 +8,21 @@ import asyncio
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import voxrelay
 from tests.conftest import StartServer
 from tests.test_dispatcher import make_dispatcher
 from voxrelay.v1 import speech_pb2
-from voxrelay_server.dispatcher import SessionLimits
+from voxrelay_server.dispatcher import SessionLimits, _Turn
 from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.events import TurnEnded
 from voxrelay_server.memory import kept_turn_text_chars
 from voxrelay_server.settings import (
     DEFAULT_MAX_SEGMENT_CHARS,
+    MAX_SEGMENT_ENDS,
     MAX_SPOKEN_TEXT_CHARS,
     MAX_WHOLE_TEXT_CHARS,
 )
@@ -126,3 +129,34 @@ async def test_the_longest_synthesize_of_the_widest_characters_fits_a_default_cl
     event = voxrelay.client.event_from_response(ended)
     assert isinstance(event, voxrelay.TurnEnded)
     assert event.heard(whole) == whole
+
+
+@given(
+    lengths=st.lists(st.integers(1, 50), min_size=1, max_size=3 * MAX_SEGMENT_ENDS),
+    played=st.integers(0, 200_000),
+)
+@settings(max_examples=30, deadline=None)
+def test_a_turn_of_any_number_of_segments_keeps_a_bounded_number_of_ends(
+    lengths: list[int], played: int
+) -> None:
+    """Ends of a long turn are thinned: a cut lands on a segment end at or before the
+    exact one (never text not heard), and exactly on it within the latest half."""
+    exact_ends = []
+    turn = _Turn(1)
+    sample = text_end = 0
+    for length in lengths:
+        sample += length * 10
+        text_end += length + 1
+        exact_ends.append((sample, text_end - 1))
+        turn.add_segment_end(sample, text_end - 1)
+    assert len(turn.segment_ends) <= MAX_SEGMENT_ENDS
+    played = min(played, sample)
+    truth = max((end for at, end in exact_ends if at <= played), default=0)
+    kept = turn.segment_ends
+    assert set(kept) <= set(exact_ends) and kept == sorted(kept)
+    assert kept[-MAX_SEGMENT_ENDS // 2 :] == exact_ends[-MAX_SEGMENT_ENDS // 2 :]
+    turn.fix_heard(played)
+    assert turn.spoken is not None and turn.spoken <= truth
+    recent = exact_ends[-MAX_SEGMENT_ENDS // 2 :]
+    if len(exact_ends) <= MAX_SEGMENT_ENDS or played >= recent[0][0]:
+        assert turn.spoken == truth

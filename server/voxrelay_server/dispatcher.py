@@ -46,6 +46,7 @@ from voxrelay_server.observer import SessionObserver
 from voxrelay_server.playback import Pacer, PlaybackClock
 from voxrelay_server.settings import (
     DEFAULT_MAX_SEGMENT_CHARS,
+    MAX_SEGMENT_ENDS,
     MAX_SPOKEN_TEXT_CHARS,
     MAX_TEXT_CHUNK_CHARS,
     AudioEncoding,
@@ -135,7 +136,8 @@ class _Turn:
     """Samples of the turn's audio handed out so far."""
     segment_ends: list[tuple[int, int]] = field(default_factory=list)
     """(sample, text end) where each segment whose audio is complete in the turn's
-    stream ends, in order."""
+    stream ends, in order; at most `MAX_SEGMENT_ENDS`, the older ones thinned out
+    (`add_segment_end`)."""
     spoken: int | None = None
     """Set by the first `cancel` that cuts the turn or names it: how many characters of
     its text the listener heard. None: all of it, as it grows."""
@@ -151,6 +153,20 @@ class _Turn:
         if room > 0:
             self.kept_parts.append(text[:room])
         self.length += len(text)
+
+    def add_segment_end(self, sample_end: int, text_end: int) -> None:
+        """A segment's audio is complete in the turn's stream up to `sample_end`.
+
+        A `Stream` turn has no length limit, so neither has its number of segments:
+        past `MAX_SEGMENT_ENDS` every other end of the older half is dropped. A cut far
+        behind the turn's end then lands on an earlier segment end (a shorter prefix,
+        never text that was not heard); the latest half stays exact.
+        """
+        ends = self.segment_ends
+        ends.append((sample_end, text_end))
+        if len(ends) > MAX_SEGMENT_ENDS:
+            half = len(ends) // 2
+            self.segment_ends = ends[: half - 1 : 2] + ends[half - 1 :]
 
     def spoken_length(self) -> int:
         """How many characters of the turn's text the listener heard (a prefix)."""
@@ -710,7 +726,7 @@ class SessionDispatcher:
                             # Where its audio ends in the turn: in what was sent, or for
                             # Ogg in what the encoder was given (its pages may follow).
                             audio_end = turn_offset if ogg is None else ogg_fed
-                            speaking.segment_ends.append((audio_end, sum(place)))
+                            speaking.add_segment_end(audio_end, sum(place))
                             break
                 except _JobDropped:
                     pass  # cancelled, or the session failed: `_next_entry` reports that

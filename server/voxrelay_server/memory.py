@@ -22,7 +22,8 @@ each term is a bound the server enforces, times a measured constant:
   every later turn's text is waiting to be spoken (within the text budget, the
   whitespace between its segments included) or in a segment synthesized ahead (at
   most `MAX_INFLIGHT_SEGMENTS` of `--max-segment-chars`); a cancelled turn keeps only
-  what it heard;
+  what it heard; and the turn on the wire keeps where its last `MAX_SEGMENT_ENDS`
+  segments end;
 
 whatever the text: a segment's audio is not bounded by its text, which may make
 hours of speech. espeak-ng runs in worker processes of its own, a few megabytes each,
@@ -43,6 +44,7 @@ from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.settings import (
     DEFAULT_MAX_SEGMENT_CHARS,
     MAX_INFLIGHT_SEGMENTS,
+    MAX_SEGMENT_ENDS,
     MAX_SPOKEN_TEXT_CHARS,
     MAX_WHOLE_TEXT_CHARS,
 )
@@ -56,6 +58,8 @@ BYTES_PER_TEXT_CHAR = 8
 """A character held as a Python string (up to 4 bytes) and in its request (up to 4)."""
 BYTES_PER_KEPT_CHAR = 4
 """A character of a turn's text kept for `spoken_text`: a Python string's widest."""
+BYTES_PER_SEGMENT_END = 128
+"""Where a segment ends, kept for `spoken_text`: a tuple of two ints and its list slot."""
 SESSION_OVERHEAD_BYTES = 1 * MIB
 """The rest of a session: its call's buffers and one outgoing message (at most a
 second of audio, 384 KiB at 96 kHz in 32-bit floats), its tasks and bookkeeping."""
@@ -142,8 +146,10 @@ def memory_bound(
         engine_lookahead=max_sessions * costliest.session_lookahead(buffer),
         session_text=max_sessions * text_chars * BYTES_PER_TEXT_CHAR,
         turn_text=max_sessions
-        * kept_turn_text_chars(max_buffered_text_chars, max_segment_chars)
-        * BYTES_PER_KEPT_CHAR,
+        * (
+            kept_turn_text_chars(max_buffered_text_chars, max_segment_chars) * BYTES_PER_KEPT_CHAR
+            + MAX_SEGMENT_ENDS * BYTES_PER_SEGMENT_END
+        ),
         session_overhead=max_sessions * SESSION_OVERHEAD_BYTES,
     )
 

@@ -18,6 +18,9 @@ MAX_SPOKEN_TEXT_CHARS = 100_000
 per turn): at most 400 KB of UTF-8, a tenth of gRPC's default 4 MiB message limit, for
 any turn, however long (a `Stream` turn has no limit). `spoken_length` says how much
 was heard in all."""
+MAX_SEGMENT_ENDS = 1024
+"""Where its segments end, kept by a turn for `spoken_text` (the older ones thinned out
+beyond this many): a `Stream` turn has no limit on its segments."""
 DEFAULT_MAX_SEGMENT_CHARS = 400
 """Longest segment an engine is given by default: about 25 s of speech. Piper's memory
 grows with a segment's length (about 1 MB a character), so a bound on it is a bound
