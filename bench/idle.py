@@ -77,6 +77,8 @@ class IdleSessions:
         await call.write(speech_pb2.StreamRequest(config=speech_pb2.SessionConfig()))
         await call.write(speech_pb2.StreamRequest(text=IDLE_TEXT))
         response = await call.read()
+        if isinstance(response, speech_pb2.StreamResponse) and response.HasField("session_started"):
+            response = await call.read()  # the call's first message; TURN_STARTED next
         if not (
             isinstance(response, speech_pb2.StreamResponse)
             and response.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED

@@ -4,7 +4,7 @@ Both servers run as their own processes, started here: `voxrelay serve` with
 the instant tone engine, and `python -m bench.messages bare-server`, a minimal
 `Speech` servicer that answers each text request with the same number of
 `StreamResponse(audio=AudioChunk(...))` messages of the same size that
-voxrelay would send for it (plus the same three lifecycle messages). A
+voxrelay would send for it (plus the same `session_started` and lifecycle messages). A
 separate client process (`python -m bench.messages client`) drives 1, 10 and
 100 concurrent sessions against each in turn and counts the audio messages it
 receives over a timed window after a warm-up, with the server's CPU time over
@@ -92,7 +92,18 @@ class BareSpeech(BareSpeechServicer):
     ) -> AsyncIterator[speech_pb2.StreamResponse]:
         chunk_ms = CHUNK_MS
         turn = 0
+        greeted = False
         async for request in request_iterator:
+            if not greeted:  # the first request opens the session, as voxrelay answers it
+                greeted = True
+                yield speech_pb2.StreamResponse(
+                    session_started=speech_pb2.SessionStarted(
+                        session_id="0" * 12,
+                        voice="tone/square",
+                        encoding=speech_pb2.AUDIO_ENCODING_PCM_S16LE,
+                        sample_rate_hz=SAMPLE_RATE_HZ,
+                    )
+                )
             kind = request.WhichOneof("request")
             if kind == "config":
                 chunk_ms = request.config.chunk_ms or CHUNK_MS

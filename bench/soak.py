@@ -183,13 +183,16 @@ def _brief(response: speech_pb2.StreamResponse) -> str:
         return f"{event.removeprefix('LIFECYCLE_EVENT_')} {response.lifecycle.turn}{cancelled}"
     if kind == "error":
         return f"error {_status_name(response.error.code)}"
+    if kind == "session_started":
+        return "session_started"
     return f"audio {response.audio.turn}/{response.audio.segment}" if kind else "empty"
 
 
 def contract_problem(seen: Seen) -> str | None:
     """What, if anything, breaks the contract's ending (and turn order) in `seen`.
 
-    Exactly one SESSION_ENDED, the last message; an `error` message right before it
+    `session_started` first and once when the session opened (always on OK); exactly
+    one SESSION_ENDED, the last message; an `error` message right before it
     exactly when the status is not OK, carrying the status's code; turns numbered
     from 1 and open one at a time, audio only inside its turn, none left open on OK.
     """
@@ -209,6 +212,9 @@ def contract_problem(seen: Seen) -> str | None:
             return f"status {code.name} with error messages at {errors} of {len(responses)}"
         if responses[-2].error.code != code.value[0]:
             return f"error message {_status_name(responses[-2].error.code)}, status {code.name}"
+    started = [i for i, r in enumerate(responses) if r.HasField("session_started")]
+    if started not in ([0], []) or (code is grpc.StatusCode.OK and not started):
+        return f"session_started at {started} of {len(responses)} messages (once, first)"
     open_turn = last_turn = 0
     for response in responses[:-1]:
         if response.HasField("audio") and response.audio.turn != open_turn:

@@ -132,6 +132,11 @@ def test_say_writes_a_wav_file_and_reports_timing(server: ServeProcess, tmp_path
     first = re.search(r"first audio after (\d+) ms \((\d+) Hz\)", result.stderr)
     assert first is not None, result.stderr
     assert int(first.group(2)) == NATIVE_RATE_HZ
+    # The session's id (which the server's logs carry), voice and format come first.
+    started = re.search(r"session ([0-9a-f]{12}): (\S+), pcm at (\d+) Hz", result.stderr)
+    assert started is not None, result.stderr
+    assert int(started.group(3)) == NATIVE_RATE_HZ
+    assert result.stderr.index("session ") < result.stderr.index("first audio")
     summary = re.search(
         r"wrote \S*hello\.wav \((\d+\.\d+) s of audio\) in (\d+\.\d+) s: "
         r"real-time factor (\d+\.\d+), first audio (\d+) ms",

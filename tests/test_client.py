@@ -25,7 +25,14 @@ async def test_a_session_streams_ordered_events(tone_server: RunningServer) -> N
         await session.close()
         events = [event async for event in session]
     kinds = [type(e).__name__ for e in events if not isinstance(e, voxrelay.Audio)]
-    assert kinds == ["TurnStarted", "TurnEnded", "TurnStarted", "TurnEnded", "SessionEnded"]
+    assert kinds == [
+        "SessionStarted",
+        "TurnStarted",
+        "TurnEnded",
+        "TurnStarted",
+        "TurnEnded",
+        "SessionEnded",
+    ]
     audio = [e for e in events if isinstance(e, voxrelay.Audio)]
     assert [(a.turn, a.segment) for a in audio] == sorted((a.turn, a.segment) for a in audio)
     assert {a.samples.dtype for a in audio} == {np.dtype("<i2")}
@@ -160,6 +167,46 @@ async def test_a_write_after_the_server_ended_the_call_raises_the_servers_error(
                 await asyncio.sleep(0.05)  # an LLM's pace, past the server's drain
     assert failure.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown voice 'nope/x'" in failure.value.message
+
+
+async def test_the_blocking_session_barges_in_and_learns_what_was_heard(
+    tone_server: RunningServer,
+) -> None:
+    """`Client.session()`: the async session's surface, blocking, with `cancel`'s
+    position; paced, so the cancel finds the turn still being spoken."""
+    sentences = [f"Sentence number {n} is here. " for n in range(12)]
+    tone = tone_server.tone
+
+    def run() -> tuple[list[voxrelay.Event], voxrelay.SessionStarted | None]:
+        events: list[voxrelay.Event] = []
+        with (
+            voxrelay.Client(tone_server.target) as client,
+            client.session(pace="realtime", segmentation="sentences") as session,
+        ):
+            for sentence in sentences:
+                session.send_text(sentence)
+            session.turn_done()
+            for event in session:
+                events.append(event)
+                if isinstance(event, voxrelay.Audio) and event.segment == 3:
+                    # The listener played the first two sentences and a bit of the third.
+                    played = tone.samples_for(sentences[0].strip()) + tone.samples_for(
+                        sentences[1].strip()
+                    )
+                    session.cancel(played_samples=played + 10, turn=event.turn)
+                    session.close()
+                    break
+            events.extend(session)
+            return events, session.started
+
+    events, started = await asyncio.to_thread(run)
+    assert isinstance(events[0], voxrelay.SessionStarted) and started == events[0]
+    assert started.pace_lead_ms == 200
+    (ended,) = [e for e in events if isinstance(e, voxrelay.TurnEnded)]
+    assert ended.cancelled
+    assert ended.spoken_text == "".join(sentences[:2]).strip()
+    assert ended.heard("".join(sentences)) == ended.spoken_text
+    assert isinstance(events[-1], voxrelay.SessionEnded)
 
 
 LONG_TEXT = "".join(f"This is sentence {n} of a long text read aloud. " for n in range(1, 420))

@@ -124,6 +124,7 @@ async def test_an_error_names_the_turn_it_cuts_short(start_server: StartServer) 
     async with grpc.aio.insecure_channel(server.target) as channel:
         call = server.stub(channel).Stream()
         await call.write(text("A turn has started"))
+        assert (await read_one(call)).HasField("session_started")
         started = await read_one(call)
         assert lifecycle_of([started]) == [("started", 1, False)]
         await call.write(config(voice="tone/square"))  # config after text: not allowed

@@ -88,7 +88,7 @@ def turn_of(message: dict[str, Any]) -> int:
 
 def check_speech(messages: list[dict[str, Any]], turns: int) -> None:
     """`turns` turns, each started, spoken and ended in order, then SESSION_ENDED last."""
-    expected: list[str] = []
+    expected: list[str] = ["session_started"]
     for _ in range(turns):
         expected += ["LIFECYCLE_EVENT_TURN_STARTED", "audio", "LIFECYCLE_EVENT_TURN_ENDED"]
     assert kinds(messages) == [*expected, "LIFECYCLE_EVENT_SESSION_ENDED"]

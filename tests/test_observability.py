@@ -323,6 +323,7 @@ async def test_active_sessions_gauge_follows_a_session(observed_server: Observed
         call = observed.stub(channel).Stream()
         await call.write(config())
         await call.write(text("Hello there, how are you today? "))
+        assert (await read_one(call)).HasField("session_started")
         started = await read_one(call)
         assert started.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED
         metrics = observed.scrape()  # blocking the loop: no task comes or goes meanwhile
@@ -514,6 +515,7 @@ async def test_barge_in_marks_spans_cancelled_not_failed(observed_server: Observ
         call = observed.stub(channel).Stream()
         await call.write(config())
         await call.write(text("A sentence that is slow to speak [[latency_ms=30000]]. "))
+        assert (await read_one(call)).HasField("session_started")
         started = await read_one(call)
         assert started.lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED
         await call.write(cancel())
@@ -676,3 +678,26 @@ async def test_each_call_is_counted_under_the_status_its_client_saw(
     assert metrics.value("voxrelay_sessions_total", code="DEADLINE_EXCEEDED") == 1
     assert metrics.value("voxrelay_sessions_total", code="CANCELLED") == 2
     assert metrics.value("voxrelay_active_sessions") == 0
+
+
+async def test_every_stream_starts_with_session_started_and_its_id_is_in_the_logs(
+    observed_server: ObservedFactory,
+) -> None:
+    observed = await observed_server()
+    mulaw_8k = speech_pb2.AudioFormat(encoding=speech_pb2.AUDIO_ENCODING_MULAW, sample_rate_hz=8000)
+    responses = await run_session(
+        observed, [config(audio_format=mulaw_8k), text("Hello there. "), turn_done()]
+    )
+    kinds = [r.WhichOneof("response") for r in responses]
+    assert kinds.count("session_started") == 1
+    assert kinds[:3] == ["session_started", "lifecycle", "audio"]  # then TURN_STARTED, audio
+    started = responses[0].session_started
+    assert started.voice == TONE_VOICE  # the server's default: none was asked for
+    assert started.encoding == speech_pb2.AUDIO_ENCODING_MULAW
+    assert started.sample_rate_hz == 8000
+    assert all(r.audio.sample_rate_hz == 8000 for r in responses if r.HasField("audio"))
+    lines = observed.log_lines()
+    (summary,) = [line for line in lines if line["message"] == SUMMARY_MESSAGE]
+    assert summary["session"] == started.session_id
+    assert len(started.session_id) == 12 and int(started.session_id, 16) >= 0
+    assert {line["session"] for line in lines} == {started.session_id}  # every line

@@ -430,8 +430,8 @@ async def test_grpc_stream_reports_endpoint_failure(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "upstream exploded" in (caught.value.details() or "")
     kinds = [r.WhichOneof("response") for r in responses]
-    assert kinds == ["lifecycle", "error", "lifecycle"]
-    error = responses[1].error
+    assert kinds == ["session_started", "lifecycle", "error", "lifecycle"]
+    error = responses[2].error
     assert (error.code, error.turn, error.segment) == (14, 1, 1)
     assert "upstream exploded" in error.message
     assert lifecycle_of(responses) == [("started", 1, False), ("session_ended", 0, False)]

@@ -242,8 +242,8 @@ def test_the_client_alone_speaks_to_a_server(
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     turns = "TurnStarted Audio TurnEnded"
-    assert lines["session"] == f"{turns} {turns} SessionEnded"
-    assert lines["rpc"] == "lifecycle True lifecycle"
+    assert lines["session"] == f"SessionStarted {turns} {turns} SessionEnded"
+    assert lines["rpc"] == "session_started True lifecycle"
     rate, duration_s = lines["synthesize"].split()
     assert rate == "22050" and 0.3 < float(duration_s) < 5
 

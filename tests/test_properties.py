@@ -359,7 +359,11 @@ async def drive_server(inputs: list[tuple[str, object]], ending: str) -> None:
             await asyncio.sleep(0.05)
             call.cancel()
         await reader
-        events = [domain_event(response) for response in responses]
+        # session_started: the call's first message, once; none for a call refused
+        # before its session opened (its error comes first) or cancelled before it.
+        started = [i for i, r in enumerate(responses) if r.HasField("session_started")]
+        assert started == [0] or (started == [] and (not responses or responses[0].error.code))
+        events = [domain_event(response) for response in responses[len(started) :]]
         # A call the client cancels at once may end before the server opened its session.
         segments = served.recorders[0].segments if served.recorders else {}
         complete = ending == "half_close"  # else the client ended the call itself

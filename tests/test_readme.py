@@ -80,10 +80,15 @@ class Ran:
 
 def check_streaming_example(ran: Ran) -> None:
     lines = ran.stdout.splitlines()
+    started = (
+        r"SessionStarted\(session_id='[0-9a-f]{12}', voice='piper/en_US-joe-medium', "
+        r"encoding='pcm', sample_rate_hz=24000, pace_lead_ms=0\)"
+    )
+    assert re.fullmatch(started, lines.pop(0)), ran.stdout
+    said = "Hello there, how are you? I hope you are well."
     assert lines[:3] == [
         "TurnStarted(turn=1)",
-        "TurnEnded(turn=1, cancelled=False, "
-        "spoken_text='Hello there, how are you? I hope you are well.')",
+        f"TurnEnded(turn=1, cancelled=False, spoken_text={said!r}, spoken_length={len(said)})",
         "SessionEnded()",
     ]
     info = soundfile.info(str(ran.folder / "hello.wav"))
@@ -110,7 +115,30 @@ def check_client_readme_example(ran: Ran) -> None:
     assert 0.3 < float(found.group(1)) < 5 and found.group(2) == "22050"
 
 
+def check_barge_in_example(ran: Ran) -> None:
+    """Cut 3.5 s into a paced reply of about 8 s: the first sentence (about 2.5 s) or,
+    on a machine too slow to make it in time, nothing was heard whole; never more."""
+    first_sentence = "Sure, I moved your appointment to Friday at ten."
+    cancelled, spoken = ran.stdout.rstrip("\n").split(" ", 1)
+    assert cancelled == "True", ran.stdout
+    assert spoken in (repr(""), repr(first_sentence)), ran.stdout
+
+
+def check_heard_example(ran: Ran) -> None:
+    """It only defines `heard()`, which test_spoken_text runs against the server."""
+    assert ran.stdout == ""
+
+
+def check_blocking_session_example(ran: Ran) -> None:
+    started, spoken = ran.stdout.splitlines()
+    assert re.fullmatch(r"[0-9a-f]{12} piper/en_US-joe-medium 200", started), ran.stdout
+    assert spoken == "Hello there. How are you today? "
+
+
 CHECKS: dict[str, Callable[[Ran], None]] = {
+    "played_s > 3.5": check_barge_in_example,
+    "def heard(": check_heard_example,
+    "event.session_id, event.voice": check_blocking_session_example,
     'SoundFile("hello.wav"': check_streaming_example,
     "tts-mtls.internal": check_security_example,
     "s of audio at": check_client_readme_example,
@@ -124,7 +152,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 3 and len(FRAGMENTS) == 3
+    assert len(BLOCKS) == 6 and len(FRAGMENTS) == 1
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )

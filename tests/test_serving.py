@@ -183,7 +183,13 @@ async def test_sigterm_lets_the_speaking_session_finish_then_exits_0(tmp_path: P
             code = await exit_code(server.process, timeout_s=grace_s)
     assert code == 0, server.log.read_text()
     assert time.monotonic() - finished_at < grace_s / 2
-    assert squeeze(kinds(received)) == ["started", "audio", "ended", "session_ended"]
+    assert squeeze(kinds(received)) == [
+        "session_started",
+        "started",
+        "audio",
+        "ended",
+        "session_ended",
+    ]
     assert audio_samples(received) == ToneEngine(ms_per_char=ms_per_char).samples_for(SENTENCE)
     log = server.log.read_text()
     assert "stopping (NOT_SERVING)" in log and "stopped" in log
@@ -216,7 +222,13 @@ async def test_calls_still_running_after_the_grace_period_end_unavailable(
     assert grace_s <= cut_off_after < grace_s + app.ABORT_GRACE_S
     speech_s = len(SENTENCE) * ms_per_char / 1000
     assert cut_off_after < speech_s / 2
-    assert squeeze(kinds(received)) == ["started", "audio", "error", "session_ended"]
+    assert squeeze(kinds(received)) == [
+        "session_started",
+        "started",
+        "audio",
+        "error",
+        "session_ended",
+    ]
     error = received[-2].error
     assert (error.code, error.message) == (
         grpc.StatusCode.UNAVAILABLE.value[0],

@@ -70,8 +70,9 @@ async def test_synthesize_speaks_one_turn_in_order(
         ("session_ended", 0, False),
     ]
     kinds = [r.WhichOneof("response") for r in responses]
-    assert kinds[0] == "lifecycle" and kinds[-2:] == ["lifecycle", "lifecycle"]
-    assert set(kinds[1:-2]) == {"audio"}
+    assert kinds[:2] == ["session_started", "lifecycle"]
+    assert kinds[-2:] == ["lifecycle", "lifecycle"]
+    assert set(kinds[2:-2]) == {"audio"}
     samples = sum(len(chunk.data) // 2 for chunk in audio_of(responses))
     # Split as the dispatcher does (min_sentence_chars 20): "Hello there. How are you today?"
     # reaches the minimum at the second sentence end; the rest is flushed at the end.
@@ -101,6 +102,10 @@ async def test_synthesize_answers_like_the_equivalent_stream_call(
         tone_server.stub(channel), [session, *(text(c) for c in chunks), turn_done()]
     )
 
+    # The same messages, but for the session's id in the first.
+    assert synthesized[0].session_started.session_id != streamed[0].session_started.session_id
+    for started in (synthesized[0], streamed[0]):
+        started.session_started.session_id = ""
     assert synthesized == streamed
     splitter = SentenceSplitter(200, DEFAULT_MAX_SEGMENT_CHARS)
     segments = [segment for chunk in chunks for segment in splitter.feed(chunk)]

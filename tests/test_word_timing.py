@@ -147,6 +147,9 @@ async def test_without_word_timestamps_nothing_changes_on_the_wire(
     timed = await collect(stub, stream_requests(chunk_ms=20, word_timestamps=True))
     assert not words_of(plain)
     assert words_of(timed)
+    for responses in (plain, timed):  # each session has its own id
+        assert responses[0].WhichOneof("response") == "session_started"
+        responses[0].session_started.ClearField("session_id")
     assert [r for r in timed if r.WhichOneof("response") != "words"] == plain
 
 

@@ -27,7 +27,15 @@ import soundfile
 
 from voxrelay.client import AsyncClient, SampleType, SessionOptions, default_target
 from voxrelay.errors import VoxrelayError
-from voxrelay.events import Audio, TurnEnded, TurnStarted, WireEncoding, Word, Words
+from voxrelay.events import (
+    Audio,
+    SessionStarted,
+    TurnEnded,
+    TurnStarted,
+    WireEncoding,
+    Word,
+    Words,
+)
 
 _FORMATS: dict[str, tuple[WireEncoding, SampleType]] = {
     "s16": ("pcm", "int16"),
@@ -405,7 +413,13 @@ async def _speak(
         feeder.add_done_callback(stop_listening)
         try:
             async for event in session:
-                if isinstance(event, TurnStarted):
+                if isinstance(event, SessionStarted):
+                    # The id the server's logs carry: what to quote about a problem.
+                    report.say(
+                        f"session {event.session_id}: {event.voice}, {event.encoding} "
+                        f"at {event.sample_rate_hz} Hz"
+                    )
+                elif isinstance(event, TurnStarted):
                     report.say(f"turn {event.turn} started")
                 elif isinstance(event, Audio):
                     if writer is None:

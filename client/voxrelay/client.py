@@ -17,11 +17,12 @@ import asyncio
 import collections
 import math
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -33,6 +34,7 @@ from voxrelay.events import (
     Audio,
     Event,
     SessionEnded,
+    SessionStarted,
     TurnEnded,
     TurnStarted,
     WireEncoding,
@@ -57,6 +59,12 @@ _SEGMENTATIONS = {
     "": speech_pb2.SEGMENTATION_UNSPECIFIED,
     "first_clause": speech_pb2.SEGMENTATION_FIRST_CLAUSE,
     "sentences": speech_pb2.SEGMENTATION_SENTENCES,
+}
+Pace = Literal["", "as_made", "realtime"]
+_PACES = {
+    "": speech_pb2.PACE_UNSPECIFIED,
+    "as_made": speech_pb2.PACE_AS_MADE,
+    "realtime": speech_pb2.PACE_REALTIME,
 }
 _WIRE_ENCODINGS = {
     "mulaw": speech_pb2.AUDIO_ENCODING_MULAW,
@@ -166,6 +174,10 @@ class SessionOptions:
     word_timestamps: bool = False
     """Receive `Words` events: where each word is spoken (voices whose
     `VoiceInfo.word_timestamps` is true; other voices send none)."""
+    pace: Pace = ""
+    """"as_made" (the server's default: audio as fast as it is made) or "realtime"
+    (at real-time pace, at most `SessionStarted.pace_lead_ms` ahead of a listener,
+    for a bridge that forwards audio as it comes)."""
 
     def to_proto(self) -> speech_pb2.SessionConfig:
         if self.dtype not in _ENCODINGS:
@@ -173,6 +185,11 @@ class SessionOptions:
         if self.encoding != "pcm" and self.encoding not in _WIRE_ENCODINGS:
             raise ValueError(
                 f"encoding must be 'pcm', 'mulaw', 'alaw' or 'opus', not {self.encoding!r}"
+            )
+        if self.pace not in _PACES:
+            raise ValueError(
+                "pace must be 'as_made', 'realtime' or '' (the server's default), "
+                f"not {self.pace!r}"
             )
         if self.segmentation not in _SEGMENTATIONS:
             raise ValueError(
@@ -194,6 +211,7 @@ class SessionOptions:
             first_clause_min_words=self.first_clause_min_words,
             stall_ms=self.stall_ms,
             word_timestamps=self.word_timestamps,
+            pace=_PACES[self.pace],
         )
 
 
@@ -300,12 +318,26 @@ def event_from_response(
                 for word in timings.words
             ),
         )
+    if kind == "session_started":
+        started = response.session_started
+        return SessionStarted(
+            started.session_id,
+            started.voice,
+            _NAMES.get(started.encoding, "pcm"),
+            started.sample_rate_hz,
+            started.pace_lead_ms,
+        )
     if kind == "lifecycle":
         lifecycle = response.lifecycle
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_STARTED:
             return TurnStarted(lifecycle.turn)
         if lifecycle.event == speech_pb2.LIFECYCLE_EVENT_TURN_ENDED:
-            return TurnEnded(lifecycle.turn, lifecycle.cancelled, lifecycle.spoken_text)
+            return TurnEnded(
+                lifecycle.turn,
+                lifecycle.cancelled,
+                lifecycle.spoken_text,
+                max(lifecycle.spoken_length, len(lifecycle.spoken_text)),
+            )
         return SessionEnded()
     error = response.error
     raise VoxrelayError(
@@ -413,6 +445,9 @@ class AsyncSession:
         """How reading the call ended, if not at its end of stream."""
         self._changed = asyncio.Event()
         """Set (and replaced) when a response arrives, one is taken, or reading ends."""
+        self.started: SessionStarted | None = None
+        """The session's first event, once iterating has yielded it: its id (which the
+        server's logs name it by), voice, encoding and rate."""
 
     async def __aenter__(self) -> AsyncSession:
         await self.open()
@@ -479,6 +514,8 @@ class AsyncSession:
             except VoxrelayError:
                 call.cancel()
                 raise
+            if isinstance(event, SessionStarted):
+                self.started = event
             yield event
             if isinstance(event, SessionEnded):
                 break
@@ -628,8 +665,105 @@ class AsyncClient:
         return synthesis.result()
 
 
+_T = TypeVar("_T")
+
+
+class _LoopThread:
+    """An event loop on a daemon thread, for the blocking API to run the async one on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="voxrelay-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run `work` on the loop and wait for its result (its exception is raised here)."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Session:
+    """The blocking twin of `AsyncSession`: the same session, run by the same code on
+    a background event loop. Use it as a context manager; iterate it for events.
+
+    with voxrelay.Client() as client, client.session(voice="espeak/en-us") as session:
+        session.send_text("Hello there. ")
+        session.turn_done()
+        for event in session:
+            ...
+            if user_barged_in:
+                session.cancel(played_samples=player.played_samples, turn=player.turn)
+    """
+
+    def __init__(self, runner: _LoopThread, session: AsyncSession) -> None:
+        self._runner = runner
+        self._session = session
+        self._events: AsyncIterator[Event] | None = None
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._runner.run(self._session.__aexit__(exc_type, exc, traceback))
+
+    @property
+    def started(self) -> SessionStarted | None:
+        """The session's first event once iterating yielded it (see `AsyncSession`)."""
+        return self._session.started
+
+    def open(self) -> None:
+        """Start the call and send the configuration."""
+        self._runner.run(self._session.open())
+
+    def send_text(self, text: str) -> None:
+        """Send the next chunk of text of the current turn (whitespace is kept)."""
+        self._runner.run(self._session.send_text(text))
+
+    def turn_done(self) -> None:
+        """Mark the current turn complete."""
+        self._runner.run(self._session.turn_done())
+
+    def cancel(self, played_samples: int = 0, turn: int = 0) -> None:
+        """Barge-in, saying where the listener stopped; see `AsyncSession.cancel`."""
+        self._runner.run(self._session.cancel(played_samples, turn))
+
+    def close(self) -> None:
+        """Send nothing more: the server finishes every turn, then ends the session."""
+        self._runner.run(self._session.close())
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        """The next event, waiting for it; the end of the session stops the iteration."""
+        if self._events is None:
+            self._events = self._session.events()
+        try:
+            return self._runner.run(_next_event(self._events))
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+
+async def _next_event(events: AsyncIterator[Event]) -> Event:
+    return await anext(events)
+
+
 class Client:
-    """The blocking twin of `AsyncClient`, for scripts: `voices()` and `synthesize()`.
+    """The blocking twin of `AsyncClient`, for scripts: `voices()`, `synthesize()` and
+    `session()`, a blocking `Session` (run by `AsyncSession` on a background event
+    loop, started on first use).
 
     Takes the same `tls_ca`, `tls_cert`, `tls_key` and `token` keywords.
     """
@@ -645,6 +779,12 @@ class Client:
     ) -> None:
         self.target = target or default_target()
         security = _security(tls_ca, tls_cert, tls_key, token)
+        self._security_options = {
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "token": token,
+        }
         self._metadata = security.metadata
         self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
@@ -652,6 +792,19 @@ class Client:
         else:
             self._channel = grpc.secure_channel(self.target, security.credentials)
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
+        self._runner: _LoopThread | None = None
+        self._async_client: AsyncClient | None = None
+
+    def session(self, options: SessionOptions | None = None, **fields: object) -> Session:
+        """A new blocking session; pass `SessionOptions` or its fields as keywords."""
+        if self._runner is None or self._async_client is None:
+            self._runner = _LoopThread()
+            self._async_client = self._runner.run(self._new_async_client())
+        return Session(self._runner, self._async_client.session(options, **fields))
+
+    async def _new_async_client(self) -> AsyncClient:
+        # Made on the runner's loop: an asyncio gRPC channel belongs to its loop.
+        return AsyncClient(self.target, **self._security_options)
 
     def __enter__(self) -> Client:
         return self
@@ -666,6 +819,11 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        if self._runner is not None:
+            if self._async_client is not None:
+                self._runner.run(self._async_client.close())
+            self._runner.stop()
+            self._runner = self._async_client = None
 
     def voices(self, language: str = "") -> list[VoiceInfo]:
         """Every voice the server offers, the default first; with `language`, only those

@@ -62,6 +62,24 @@ class Audio:
 
 
 @dataclass(frozen=True)
+class SessionStarted:
+    """The first event of every session: its id and what the server will send."""
+
+    session_id: str
+    """Names the session in the server's logs and error messages: quote it when
+    reporting a problem."""
+    voice: str
+    """The voice that speaks, `<engine>/<voice>` (the server's default when none was
+    asked for)."""
+    encoding: WireEncoding
+    sample_rate_hz: int
+    """The rate of every `Audio` of the session, in hertz."""
+    pace_lead_ms: int = 0
+    """With `pace="realtime"`: how far ahead of a real-time listener the server may be
+    when it sends audio; 0 when audio comes as fast as it is made."""
+
+
+@dataclass(frozen=True)
 class Word:
     """One word of a turn's text and where it is spoken in the turn's audio."""
 
@@ -108,8 +126,24 @@ class TurnEnded:
     turn no `cancel()` cut short or named; for a turn named by `cancel(turn=...,
     played_samples=...)`, the text up to the end of the last segment (with word
     timing: the last word) whose audio ended at or before that sample; for another
-    cancelled turn, up to the end of the last segment whose audio was all sent
-    before the cancel; "" when none was."""
+    cancelled turn, up to the end of the last segment whose audio was all sent before
+    the cancel; "" when none was. At
+    most the first 100000 characters: `spoken_length` says how much was heard, and
+    `heard(turn_text)` cuts the whole text there."""
+    spoken_length: int = -1
+    """How many characters of the turn's text as sent the listener heard; -1 (a
+    server that does not say) means `len(spoken_text)`."""
+
+    @property
+    def heard_chars(self) -> int:
+        """How many characters of the turn's text the listener heard."""
+        return len(self.spoken_text) if self.spoken_length < 0 else self.spoken_length
+
+    def heard(self, turn_text: str) -> str:
+        """What the listener heard of `turn_text` (the turn's text chunks as sent,
+        joined): `spoken_text`, or for a turn longer than it carries, the text cut at
+        `spoken_length`."""
+        return turn_text[: self.heard_chars]
 
 
 @dataclass(frozen=True)
@@ -117,4 +151,4 @@ class SessionEnded:
     """The server finished every turn; the stream ends after this."""
 
 
-Event = Audio | Words | TurnStarted | TurnEnded | SessionEnded
+Event = SessionStarted | Audio | Words | TurnStarted | TurnEnded | SessionEnded

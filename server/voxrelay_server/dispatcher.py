@@ -49,9 +49,11 @@ from voxrelay_server.events import (
     TurnStarted,
 )
 from voxrelay_server.observer import SessionObserver
-from voxrelay_server.playback import PlaybackClock
+from voxrelay_server.playback import Pacer, PlaybackClock
 from voxrelay_server.settings import (
     DEFAULT_MAX_SEGMENT_CHARS,
+    MAX_SEGMENT_ENDS,
+    MAX_SPOKEN_TEXT_CHARS,
     MAX_TEXT_CHUNK_CHARS,
     AudioEncoding,
     OutputFormat,
@@ -127,32 +129,93 @@ class _Turn:
     number: int
     segments: int = 0
     cancelled: bool = False
-    text_parts: list[str] = field(default_factory=list)
-    """The turn's text chunks as sent: `spoken_text` is a prefix of them joined."""
+    kept_parts: list[str] = field(default_factory=list)
+    """The start of the turn's text as sent, at most `MAX_SPOKEN_TEXT_CHARS` of it:
+    `spoken_text` is a prefix of it joined (the caller, who sent the text, cuts its
+    own copy beyond that with `TurnEnded.spoken_length`)."""
+    length: int = 0
+    """Characters of the turn's text as sent, kept or not."""
+    released_chars: int = 0
+    """Characters of its segments' texts (the rest is whitespace between them, or
+    still in the splitter)."""
+    gap_chars: int = 0
+    """Its kept whitespace between segments counted in the session's text budget: while
+    the turn waits to go on the wire, text the splitter strips is still held here."""
+    on_wire: bool = False
+    """Its TurnStarted was sent."""
     sent_samples: int = 0
     """Samples of the turn's audio handed out so far."""
     segment_ends: list[tuple[int, int]] = field(default_factory=list)
     """(sample, text end) where each segment whose audio is complete in the turn's
-    stream ends, in order."""
+    stream ends, in order; at most `MAX_SEGMENT_ENDS`, the older ones thinned out
+    (`add_segment_end`)."""
     word_ends: list[tuple[int, int]] = field(default_factory=list)
     """(sample, text end) where each word whose timing was sent ends, in order (with
-    word timing only)."""
-    heard_until: int | None = None
-    """Set by `cancel`: the listener heard the segments (and, with word timing, the
-    words) whose audio ends at or before this sample. None: it heard all of the turn."""
+    word timing only), thinned out like `segment_ends` (`add_word_end`)."""
+    spoken: int | None = None
+    """Set by the first `cancel` that cuts the turn or names it: how many characters of
+    its text the listener heard. None: all of it, as it grows."""
 
-    def spoken_text(self) -> str:
-        """The prefix of the turn's text the listener heard."""
-        text = "".join(self.text_parts)
-        if self.heard_until is None:
-            return text
+    @property
+    def kept_chars(self) -> int:
+        """Characters of the turn's text kept for `spoken_text`."""
+        return min(self.length, MAX_SPOKEN_TEXT_CHARS)
+
+    def keep(self, text: str) -> None:
+        """Add a chunk of the turn's text as sent, keeping what `spoken_text` may need."""
+        room = MAX_SPOKEN_TEXT_CHARS - self.kept_chars
+        if room > 0:
+            self.kept_parts.append(text[:room])
+        self.length += len(text)
+
+    def add_segment_end(self, sample_end: int, text_end: int) -> None:
+        """A segment's audio is complete in the turn's stream up to `sample_end`."""
+        self.segment_ends = _with_end(self.segment_ends, sample_end, text_end)
+
+    def add_word_end(self, sample_end: int, text_end: int) -> None:
+        """A word whose timing was sent ends at `sample_end` of the turn's stream."""
+        self.word_ends = _with_end(self.word_ends, sample_end, text_end)
+
+    def spoken_length(self) -> int:
+        """How many characters of the turn's text the listener heard (a prefix)."""
+        return self.length if self.spoken is None else self.spoken
+
+    def fix_heard(self, played_samples: int) -> None:
+        """A cancel says the listener heard `played_samples` of the turn: it heard the
+        segments (and, with word timing, the words) whose audio ends at or before that
+        sample. No more of the turn is sent, so only that prefix is kept, and the ends
+        are dropped."""
         end = 0
         for ends in (self.segment_ends, self.word_ends):
             for sample_end, text_end in ends:
-                if sample_end > self.heard_until:
+                if sample_end > played_samples:
                     break
                 end = max(end, text_end)
-        return text[:end]
+        self.spoken = end
+        kept = "".join(self.kept_parts)[:end]
+        self.kept_parts = [kept] if kept else []
+        self.segment_ends = []
+        self.word_ends = []
+
+    def spoken_text(self) -> str:
+        """The prefix of the turn's text the listener heard, at most
+        `MAX_SPOKEN_TEXT_CHARS` of it."""
+        return "".join(self.kept_parts)[: self.spoken_length()]
+
+
+def _with_end(ends: list[tuple[int, int]], sample_end: int, text_end: int) -> list[tuple[int, int]]:
+    """`ends` with (sample_end, text_end) added, at most `MAX_SEGMENT_ENDS` of them.
+
+    A `Stream` turn has no length limit, so neither has its number of segments or
+    words: past `MAX_SEGMENT_ENDS` every other end of the older half is dropped. A cut
+    far behind the turn's end then lands on an earlier end (a shorter prefix, never
+    text that was not heard); the latest half stays exact.
+    """
+    ends.append((sample_end, text_end))
+    if len(ends) > MAX_SEGMENT_ENDS:
+        half = len(ends) // 2
+        return ends[: half - 1 : 2] + ends[half - 1 :]
+    return ends
 
 
 @dataclass(eq=False)
@@ -303,9 +366,16 @@ class SessionDispatcher:
         word_timestamps: bool = False,
         observer: SessionObserver | None = None,
         session_id: str = "",
+        voice: str = "",
+        pacer: Pacer | None = None,
     ) -> None:
         self.session_id = session_id
         """Names the session in logs and in messages to its caller."""
+        self.voice = voice
+        """The voice that speaks, `<engine>/<voice>` (for the caller: not used here)."""
+        self.pacer = pacer
+        """Paced delivery: each audio message waits until a real-time listener is within
+        the pacer's lead of it. None: audio goes out as fast as it is made and read."""
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output
@@ -365,6 +435,8 @@ class SessionDispatcher:
         self._failed_segment = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued_text_chars = 0  # in released jobs whose synthesis has not finished
+        self._gap_chars = 0
+        """Whitespace between segments kept by turns not yet on the wire (`_Turn.gap_chars`)."""
         self._buffered_audio_bytes = 0
         self._audio_waiters: list[asyncio.Future[None]] = []
         self._text_waiters: list[asyncio.Future[None]] = []
@@ -396,8 +468,15 @@ class SessionDispatcher:
 
     @property
     def buffered_text_chars(self) -> int:
-        """Text accepted and not yet synthesized: the splitter's buffer and queued segments."""
-        return self._queued_text_chars + len(self._splitter.buffered)
+        """Text accepted and not yet synthesized: the splitter's buffer, queued segments
+        and the whitespace between segments of turns not yet on the wire."""
+        return self._queued_text_chars + len(self._splitter.buffered) + self._gap_chars
+
+    @property
+    def kept_text_chars(self) -> int:
+        """Characters of its turns' text the session keeps for `TurnEnded.spoken_text`
+        (see `memory.kept_turn_text_chars` for their bound)."""
+        return sum(len(part) for turn in self._live_turns.values() for part in turn.kept_parts)
 
     @property
     def text_budget_chars(self) -> int:
@@ -432,9 +511,10 @@ class SessionDispatcher:
                 "as fast as it is spoken, or end turns so it can be synthesized",
             )
         turn = self._open_turn or self._start_turn()
-        turn.text_parts.append(text)  # as sent: cleaning keeps every position
+        turn.keep(text)  # as sent: cleaning keeps every position
         for segment in self._splitter.feed_segments(clean_text(text)):
             self._release(turn, segment)
+        self._count_gaps(turn)
         if self._stall_s:
             self._watch_for_stall()
         self._watch_for_dry()
@@ -451,7 +531,7 @@ class SessionDispatcher:
         while (
             self._accepting_input()
             and self.buffered_text_chars + len(text) > limit
-            and self._queued_text_chars > 0
+            and (self._queued_text_chars > 0 or self._gap_chars > 0)
             and len(self._splitter.buffered) + len(text) <= limit
         ):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -492,16 +572,24 @@ class SessionDispatcher:
         for job in self._undelivered_jobs():
             job.turn.cancelled = True
             self._drop(job)
+        # Dropped jobs leave the timeline now, with their text: a client that does not
+        # read must not pile up what it cancels.
+        self._timeline = collections.deque(
+            entry for entry in self._timeline if not isinstance(entry, _SegmentJob)
+        )
         open_turn = self._open_turn
         if open_turn is not None:
             if self._splitter.clear():
                 open_turn.cancelled = True
             self._end_turn(open_turn, speak_rest=False)
         for affected in live.values():
+            if affected.spoken is not None:
+                continue  # an earlier cancel fixed what was heard
             if affected is named:
-                affected.heard_until = min(played_samples, affected.sent_samples)
-            elif affected.cancelled and affected.heard_until is None:
-                affected.heard_until = affected.sent_samples
+                affected.fix_heard(min(played_samples, affected.sent_samples))
+            elif affected.cancelled:
+                affected.fix_heard(affected.sent_samples)
+            self._count_gaps(affected)
 
     def close(self) -> None:
         """The caller is done sending: finish every accepted turn, then end the session."""
@@ -569,13 +657,18 @@ class SessionDispatcher:
         rate = self._output.sample_rate_hz
         words: TurnWords | None = None  # the turn's word timing not sent yet
         words_done = 0  # with Ogg, the last segment whose audio is all in the encoder
+        pacer = self.pacer
         while True:
             entry = await self._next_entry()
             if isinstance(entry, _TurnStart):
                 turn_offset = ogg_fed = words_done = 0
                 wire_turn = entry.turn.number
+                entry.turn.on_wire = True
+                self._count_gaps(entry.turn)  # its text is the listener's now, capped
                 if self._word_timestamps:
-                    words = TurnWords(wire_turn, self._native_rate_hz, rate, entry.turn.word_ends)
+                    words = TurnWords(
+                        wire_turn, self._native_rate_hz, rate, entry.turn.add_word_end
+                    )
                 if self._ogg:
                     ogg = OggOpusTurn(rate, chunk_samples=rate * self._output.chunk_ms // 1000)
                 yield TurnStarted(wire_turn)
@@ -587,6 +680,10 @@ class SessionDispatcher:
                     tail = await ogg.close()
                     ogg = None
                     for chunk in tail:
+                        if pacer is not None:
+                            if not entry.turn.cancelled:  # a cancelled turn's end goes now
+                                await pacer.wait()
+                            pacer.sent(chunk.samples / rate)
                         if words:
                             for timing in words.due(turn_offset + chunk.samples):
                                 yield timing
@@ -604,10 +701,12 @@ class SessionDispatcher:
                     words.clear()
                 wire_turn = 0
                 self._live_turns.pop(entry.turn.number, None)
+                spoken_text = entry.turn.spoken_text()
                 yield TurnEnded(
                     entry.turn.number,
                     cancelled=entry.turn.cancelled,
-                    spoken_text=entry.turn.spoken_text(),
+                    spoken_text=spoken_text,
+                    spoken_beyond=entry.turn.spoken_length() - len(spoken_text),
                 )
                 self._observer.turn_ended(entry.turn.number, cancelled=entry.turn.cancelled)
             elif isinstance(entry, _SessionEnd):
@@ -655,6 +754,11 @@ class SessionDispatcher:
                                 ogg_fed += len(piece) // bytes_per_sample
                                 messages = [(c.data, c.samples) for c in await ogg.encode(piece)]
                             for data, samples in messages:
+                                if pacer is not None:
+                                    await pacer.wait()  # interrupted by a cancel
+                                    if job.cancelled:
+                                        raise _JobDropped  # held back, never sent
+                                    pacer.sent(samples / rate)
                                 if words:  # the words whose first sample this holds
                                     for timing in words.due(turn_offset + samples):
                                         yield timing
@@ -679,7 +783,7 @@ class SessionDispatcher:
                             # Where its audio ends in the turn: in what was sent, or for
                             # Ogg in what the encoder was given (its pages may follow).
                             audio_end = turn_offset if ogg is None else ogg_fed
-                            speaking.segment_ends.append((audio_end, sum(place)))
+                            speaking.add_segment_end(audio_end, sum(place))
                             if words and ogg is None:
                                 for timing in words.rest(segment, turn_offset):
                                     yield timing
@@ -852,12 +956,14 @@ class SessionDispatcher:
         text = segment.text
         turn.segments += 1
         job = _SegmentJob(turn, turn.segments, text, segment.offset)
+        turn.released_chars += len(text)
         if self._stagger_while is not None:
             job.previous, self._last_released = self._last_released, job
         self._queued_text_chars += len(text)
         self._append(job)
         self._waiting_jobs.append(job)
         self._observer.segment_released(turn.number, job.number, text)
+        self._count_gaps(turn)
         self._start_ready_jobs()
 
     def _start_ready_jobs(self) -> None:
@@ -1049,12 +1155,32 @@ class SessionDispatcher:
             self._queued_text_chars -= len(job.text)
             if not self._queued_text_chars:
                 self._watch_for_dry()
-            waiters, self._text_waiters = self._text_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake_text_waiters()
+
+    def _wake_text_waiters(self) -> None:
+        waiters, self._text_waiters = self._text_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _count_gaps(self, turn: _Turn) -> None:
+        """Count in the text budget the whitespace between segments that `turn` keeps
+        while it waits to go on the wire: the splitter strips it, so nothing else
+        bounds a queue of turns that send only whitespace. Once on the wire (or fixed
+        by a cancel), a turn keeps at most `MAX_SPOKEN_TEXT_CHARS`, and counts none."""
+        gaps = 0
+        if not turn.on_wire and turn.spoken is None:
+            buffered = len(self._splitter.buffered) if turn is self._open_turn else 0
+            gaps = max(0, min(turn.length - turn.released_chars - buffered, turn.kept_chars))
+        self._gap_chars += gaps - turn.gap_chars
+        freed = gaps < turn.gap_chars
+        turn.gap_chars = gaps
+        if freed:
+            self._wake_text_waiters()
 
     def _drop(self, job: _SegmentJob) -> None:
+        if job is self._delivering and self.pacer is not None:
+            self.pacer.interrupt()  # the audio it holds back is dropped: go on now
         if job.ahead_s:
             self._playback.finished(job.ahead_s)
             job.ahead_s = 0.0
@@ -1089,6 +1215,7 @@ class SessionDispatcher:
             self._release(turn, rest)
         self._append(_TurnEnd(turn))
         self._open_turn = None
+        self._count_gaps(turn)
 
     def _append(self, entry: _Entry) -> None:
         self._timeline.append(entry)

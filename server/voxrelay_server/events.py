@@ -65,7 +65,16 @@ class TurnEnded:
     cancelled: bool = False
     spoken_text: str = ""
     """What the listener heard: a prefix of the turn's text as sent (see
-    `SessionDispatcher.cancel`), all of it for a turn no cancel cut short."""
+    `SessionDispatcher.cancel`), all of it for a turn no cancel cut short; at most
+    `MAX_SPOKEN_TEXT_CHARS` characters of it."""
+    spoken_beyond: int = 0
+    """Characters the listener heard after `spoken_text`, which holds only the first
+    `MAX_SPOKEN_TEXT_CHARS`: the caller cuts its own copy of the turn's text there."""
+
+    @property
+    def spoken_length(self) -> int:
+        """How many characters of the turn's text as sent the listener heard."""
+        return len(self.spoken_text) + self.spoken_beyond
 
 
 @dataclass(frozen=True)

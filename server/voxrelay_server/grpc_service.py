@@ -38,8 +38,10 @@ from voxrelay_server.serving import (
 )
 from voxrelay_server.settings import (
     AudioEncoding,
+    Pace,
     Segmentation,
     SessionRequest,
+    check_whole_text,
     whole_text_chunks,
 )
 
@@ -57,6 +59,11 @@ _SEGMENTATIONS_IN = {
     speech_pb2.SEGMENTATION_UNSPECIFIED: Segmentation.FIRST_CLAUSE,
     speech_pb2.SEGMENTATION_FIRST_CLAUSE: Segmentation.FIRST_CLAUSE,
     speech_pb2.SEGMENTATION_SENTENCES: Segmentation.SENTENCES,
+}
+_PACES_IN = {
+    speech_pb2.PACE_UNSPECIFIED: Pace.AS_MADE,
+    speech_pb2.PACE_AS_MADE: Pace.AS_MADE,
+    speech_pb2.PACE_REALTIME: Pace.REALTIME,
 }
 _ENCODINGS_OUT = {
     AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
@@ -92,6 +99,9 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
             f"segmentation {config.segmentation} is unknown: use SEGMENTATION_FIRST_CLAUSE or "
             "SEGMENTATION_SENTENCES"
         )
+    pace = _PACES_IN.get(config.pace)
+    if pace is None:
+        raise InvalidInput(f"pace {config.pace} is unknown: use PACE_AS_MADE or PACE_REALTIME")
     return SessionRequest(
         voice=config.voice,
         encoding=encoding,
@@ -105,6 +115,7 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
         first_clause_min_words=config.first_clause_min_words,
         stall_ms=config.stall_ms,
         word_timestamps=config.word_timestamps,
+        pace=pace,
     )
 
 
@@ -144,9 +155,11 @@ def response_for(
     if isinstance(event, TurnStarted):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_TURN_STARTED, event.turn)
     if isinstance(event, TurnEnded):
-        return _lifecycle(
+        response = _lifecycle(
             speech_pb2.LIFECYCLE_EVENT_TURN_ENDED, event.turn, event.cancelled, event.spoken_text
         )
+        response.lifecycle.spoken_length = event.spoken_length
+        return response
     if isinstance(event, SessionEnded):
         return _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)
     return _error_response(event.error, event.turn, event.segment)
@@ -324,6 +337,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         try:
             service = self._service.get()
             slot = service.admit()
+            try:  # a bad text refuses the call before a session opens
+                check_whole_text(request.text)
+            except SpeechError as error:
+                slot.release()
+                service.reject(error)
             session = service.open_session(session_request(request.config), slot)
         except SpeechError as error:
             for response in _end_with_error(error, context):
@@ -369,7 +387,18 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
 
         watchdog = SendWatchdog(timeout_s, stalled)
         ended_by: SpeechError | None = None
+        started = speech_pb2.StreamResponse()
+        started.session_started.session_id = session.session_id
+        started.session_started.voice = session.voice
+        started.session_started.encoding = encoding
+        started.session_started.sample_rate_hz = sample_rate_hz
+        if session.pacer is not None:
+            started.session_started.pace_lead_ms = round(session.pacer.lead_s * 1000)
         try:
+            # The call's first message, before the session's events.
+            watchdog.sending()
+            yield started
+            watchdog.sent()
             async for event in session.events():
                 response = response_for(event, encoding, sample_rate_hz)
                 watchdog.sending()

@@ -17,6 +17,13 @@ each term is a bound the server enforces, times a measured constant:
   buffer at that size, so at most the buffer plus one for each slot and the head;
 - each session: its text, a `Synthesize` request of up to 1,000,000 characters, or
   `--max-buffered-text-chars`, and its call's buffers and bookkeeping;
+- each session: the text its turns keep for `TURN_ENDED.spoken_text` until they end
+  (`SessionDispatcher`): the turn on the wire keeps at most `MAX_SPOKEN_TEXT_CHARS`;
+  every later turn's text is waiting to be spoken (within the text budget, the
+  whitespace between its segments included) or in a segment synthesized ahead (at
+  most `MAX_INFLIGHT_SEGMENTS` of `--max-segment-chars`); a cancelled turn keeps only
+  what it heard; and the turn on the wire keeps where its last `MAX_SEGMENT_ENDS`
+  segments end;
 
 whatever the text: a segment's audio is not bounded by its text, which may make
 hours of speech. espeak-ng runs in worker processes of its own, a few megabytes each,
@@ -34,7 +41,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from voxrelay_server.engines.base import SpeechEngine
-from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
+from voxrelay_server.settings import (
+    DEFAULT_MAX_SEGMENT_CHARS,
+    MAX_INFLIGHT_SEGMENTS,
+    MAX_SEGMENT_ENDS,
+    MAX_SPOKEN_TEXT_CHARS,
+    MAX_WHOLE_TEXT_CHARS,
+)
 
 MIB = 1 << 20
 PIPER_RUN_BYTES = 600 * MIB
@@ -43,6 +56,10 @@ about 15 s of speech): 157 to 421 MiB measured on numbers, braille, English and
 punctuation at speeds 0.25, 1 and 4, and up to 521 MiB on pause marks at speed 0.25."""
 BYTES_PER_TEXT_CHAR = 8
 """A character held as a Python string (up to 4 bytes) and in its request (up to 4)."""
+BYTES_PER_KEPT_CHAR = 4
+"""A character of a turn's text kept for `spoken_text`: a Python string's widest."""
+BYTES_PER_SEGMENT_END = 128
+"""Where a segment ends, kept for `spoken_text`: a tuple of two ints and its list slot."""
 SESSION_OVERHEAD_BYTES = 1 * MIB
 """The rest of a session: its call's buffers and one outgoing message (at most a
 second of audio, 384 KiB at 96 kHz in 32-bit floats), its tasks and bookkeeping."""
@@ -84,6 +101,7 @@ class MemoryBound:
     session_audio: int
     engine_lookahead: int
     session_text: int
+    turn_text: int
     session_overhead: int
 
     @property
@@ -93,6 +111,7 @@ class MemoryBound:
             + self.session_audio
             + self.engine_lookahead
             + self.session_text
+            + self.turn_text
             + self.session_overhead
         )
 
@@ -111,6 +130,7 @@ def memory_bound(
     engines: Sequence[EngineMemory],
     session_audio_buffer_bytes: int,
     max_buffered_text_chars: int,
+    max_segment_chars: int = DEFAULT_MAX_SEGMENT_CHARS,
 ) -> MemoryBound:
     """The bound for these settings, every session on the costliest engine."""
     buffer = session_audio_buffer_bytes
@@ -125,7 +145,21 @@ def memory_bound(
         session_audio=max_sessions * costliest.session_audio(buffer),
         engine_lookahead=max_sessions * costliest.session_lookahead(buffer),
         session_text=max_sessions * text_chars * BYTES_PER_TEXT_CHAR,
+        turn_text=max_sessions
+        * (
+            kept_turn_text_chars(max_buffered_text_chars, max_segment_chars) * BYTES_PER_KEPT_CHAR
+            + MAX_SEGMENT_ENDS * BYTES_PER_SEGMENT_END
+        ),
         session_overhead=max_sessions * SESSION_OVERHEAD_BYTES,
+    )
+
+
+def kept_turn_text_chars(max_buffered_text_chars: int, max_segment_chars: int) -> int:
+    """Most characters a session's turns keep for `spoken_text` at once: the turn on the
+    wire's `MAX_SPOKEN_TEXT_CHARS`, the text waiting to be spoken, and the segments
+    synthesized ahead of delivery."""
+    return (
+        MAX_SPOKEN_TEXT_CHARS + max_buffered_text_chars + MAX_INFLIGHT_SEGMENTS * max_segment_chars
     )
 
 

@@ -10,8 +10,9 @@ from voxrelay_server.dispatcher import SessionDispatcher, SessionLimits
 from voxrelay_server.engines.base import SynthesisOptions, VoiceInfo
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.observer import CompositeObserver, SessionObserver
+from voxrelay_server.playback import Pacer
 from voxrelay_server.scheduler import DeadlineScheduler
-from voxrelay_server.settings import SessionRequest, SessionSettings, validate_request
+from voxrelay_server.settings import Pace, SessionRequest, SessionSettings, validate_request
 from voxrelay_server.textclean import without_markup
 from voxrelay_server.voices import VoiceCatalog
 
@@ -150,6 +151,8 @@ class SpeechService:
             word_timestamps=timed,
             observer=CompositeObserver(observers),
             session_id=session_id,
+            voice=settings.voice,
+            pacer=Pacer() if settings.pace is Pace.REALTIME else None,
         )
         self._sessions[session_id] = session
         return session

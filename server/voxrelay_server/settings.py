@@ -13,6 +13,14 @@ MAX_TEXT_CHUNK_CHARS = 16384
 MAX_WHOLE_TEXT_CHARS = 1_000_000
 """Longest text one `Synthesize` call accepts: many hours of speech, and even at
 4 bytes per character still under gRPC's default 4 MiB message limit."""
+MAX_SPOKEN_TEXT_CHARS = 100_000
+"""Most of a turn's text `TURN_ENDED.spoken_text` carries (and a session keeps for it,
+per turn): at most 400 KB of UTF-8, a tenth of gRPC's default 4 MiB message limit, for
+any turn, however long (a `Stream` turn has no limit). `spoken_length` says how much
+was heard in all."""
+MAX_SEGMENT_ENDS = 1024
+"""Where its segments end, kept by a turn for `spoken_text` (the older ones thinned out
+beyond this many): a `Stream` turn has no limit on its segments."""
 DEFAULT_MAX_SEGMENT_CHARS = 400
 """Longest segment an engine is given by default: about 25 s of speech. Piper's memory
 grows with a segment's length (about 1 MB a character), so a bound on it is a bound
@@ -45,6 +53,15 @@ class Segmentation(enum.Enum):
     the text stalls, at its last complete word); later ones at sentence ends."""
     SENTENCES = "sentences"
     """Every segment ends at a sentence end."""
+
+
+class Pace(enum.Enum):
+    """How a session's audio is sent."""
+
+    AS_MADE = "as_made"
+    """As fast as it is made and the client reads it."""
+    REALTIME = "realtime"
+    """At real-time pace, a bounded lead (`playback.PACE_LEAD_S`) ahead of a listener."""
 
 
 class AudioEncoding(enum.Enum):
@@ -100,6 +117,7 @@ class SessionRequest:
     first_clause_min_words: int = 0
     stall_ms: int = 0
     word_timestamps: bool = False
+    pace: Pace = Pace.AS_MADE
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,7 @@ class SessionSettings:
     """The start of a turn stalled this long speaks its complete words; 0 = never."""
     word_timestamps: bool = False
     """Send word timing, where the voice gives it."""
+    pace: Pace = Pace.AS_MADE
 
 
 def validate_request(
@@ -191,6 +210,7 @@ def validate_request(
         ),
         stall_s=(request.stall_ms or DEFAULT_STALL_MS) / 1000 if first_clause else 0.0,
         word_timestamps=request.word_timestamps,
+        pace=request.pace,
     )
 
 
@@ -201,6 +221,12 @@ def whole_text_chunks(text: str, chunk_chars: int = MAX_TEXT_CHUNK_CHARS) -> lis
     Cutting anywhere is safe: a session joins its chunks exactly as sent.
     """
     chunk_chars = max(1, min(chunk_chars, MAX_TEXT_CHUNK_CHARS))
+    check_whole_text(text)
+    return [text[start : start + chunk_chars] for start in range(0, len(text), chunk_chars)]
+
+
+def check_whole_text(text: str) -> None:
+    """Raise `InvalidInput` for a `Synthesize` text that is empty or too long."""
     if not text:
         raise InvalidInput("text must not be empty: send at least one character")
     if len(text) > MAX_WHOLE_TEXT_CHARS:
@@ -208,7 +234,6 @@ def whole_text_chunks(text: str, chunk_chars: int = MAX_TEXT_CHUNK_CHARS) -> lis
             f"text of {len(text)} characters is over the limit of {MAX_WHOLE_TEXT_CHARS}: "
             "split it across several calls, or stream it with the Stream rpc"
         )
-    return [text[start : start + chunk_chars] for start in range(0, len(text), chunk_chars)]
 
 
 def _check_at_most(name: str, value: int, limit: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Callable
 
 from voxrelay_server.engines.base import WordTiming
 from voxrelay_server.events import WordOut, WordsOut
@@ -21,18 +22,22 @@ from voxrelay_server.events import WordOut, WordsOut
 class TurnWords:
     """The words of one turn whose audio has not been sent yet, in order."""
 
-    __slots__ = ("_native_rate_hz", "_output_rate_hz", "_pending", "ends", "turn")
+    __slots__ = ("_native_rate_hz", "_output_rate_hz", "_pending", "turn", "word_ended")
 
     def __init__(
-        self, turn: int, native_rate_hz: int, output_rate_hz: int, ends: list[tuple[int, int]]
+        self,
+        turn: int,
+        native_rate_hz: int,
+        output_rate_hz: int,
+        word_ended: Callable[[int, int], None],
     ) -> None:
         self.turn = turn
         self._native_rate_hz = native_rate_hz
         self._output_rate_hz = output_rate_hz
         self._pending: collections.deque[tuple[int, WordOut]] = collections.deque()
-        self.ends = ends
-        """(end sample, end in the text) of each word sent is appended here, in order:
-        what a listener who stopped at a sample heard."""
+        self.word_ended = word_ended
+        """Told (end sample, end in the text) of each word sent, in order: what a
+        listener who stopped at a sample heard."""
 
     def __bool__(self) -> bool:
         return bool(self._pending)
@@ -97,7 +102,8 @@ class TurnWords:
                 )
                 for segment, word in taken
             ]
-        self.ends += [(word.end_samples, word.text_offset + len(word.text)) for _, word in taken]
+        for _, word in taken:
+            self.word_ended(word.end_samples, word.text_offset + len(word.text))
         return [
             WordsOut(self.turn, segment, tuple(word for _, word in group))
             for segment, group in itertools.groupby(taken, key=lambda item: item[0])

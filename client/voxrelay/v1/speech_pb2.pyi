@@ -24,6 +24,76 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Pace:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pace.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PACE_UNSPECIFIED: _Pace.ValueType  # 0
+    """Not set: the server uses PACE_AS_MADE."""
+    PACE_AS_MADE: _Pace.ValueType  # 1
+    """Each audio message is sent as soon as it is made and the client reads:
+    synthesis usually runs faster than real time, so a turn's audio arrives
+    well ahead of its playback, and the client holds (and on barge-in drops)
+    what it has not played.
+    """
+    PACE_REALTIME: _Pace.ValueType  # 2
+    """Audio messages are sent at real-time pace, so that a bridge (a phone call,
+    WebRTC) can forward each one as it comes. The server models a listener
+    that plays each message from when it is sent, or from when the audio
+    before it ends, whichever is later (so a listener who ran out of audio
+    starts again with the next message), and sends the next message once the
+    audio sent and not yet played is at most the lead: 200 ms
+    (`SessionStarted.pace_lead_ms`). A client so has at most the lead plus one
+    message in hand; `chunk_ms` sets the size of a message (20 for RTP-style
+    frames; 0: as the engine makes audio, at most a second). Synthesis still runs
+    ahead, within `max_inflight_segments` and the server's per-session audio
+    buffer, so the pace holds while the engine is faster than real time. A
+    turn's TURN_ENDED follows its last audio message, about the lead before
+    that audio has played. `cancel` drops the audio the server still holds:
+    audio not yet sent is never sent (a message waiting for its time is
+    dropped at once, and the cancelled turns' TURN_ENDED follow at once), so
+    `Lifecycle.spoken_text` without `played_samples` (the segments delivered
+    whole) is within the lead of what was heard. With AUDIO_ENCODING_OGG_OPUS
+    the pages are paced the same way; a cancelled turn's last pages (its
+    end-of-stream page) go out at once.
+    """
+
+class Pace(_Pace, metaclass=_PaceEnumTypeWrapper):
+    """How a session's audio messages are sent."""
+
+PACE_UNSPECIFIED: Pace.ValueType  # 0
+"""Not set: the server uses PACE_AS_MADE."""
+PACE_AS_MADE: Pace.ValueType  # 1
+"""Each audio message is sent as soon as it is made and the client reads:
+synthesis usually runs faster than real time, so a turn's audio arrives
+well ahead of its playback, and the client holds (and on barge-in drops)
+what it has not played.
+"""
+PACE_REALTIME: Pace.ValueType  # 2
+"""Audio messages are sent at real-time pace, so that a bridge (a phone call,
+WebRTC) can forward each one as it comes. The server models a listener
+that plays each message from when it is sent, or from when the audio
+before it ends, whichever is later (so a listener who ran out of audio
+starts again with the next message), and sends the next message once the
+audio sent and not yet played is at most the lead: 200 ms
+(`SessionStarted.pace_lead_ms`). A client so has at most the lead plus one
+message in hand; `chunk_ms` sets the size of a message (20 for RTP-style
+frames; 0: as the engine makes audio, at most a second). Synthesis still runs
+ahead, within `max_inflight_segments` and the server's per-session audio
+buffer, so the pace holds while the engine is faster than real time. A
+turn's TURN_ENDED follows its last audio message, about the lead before
+that audio has played. `cancel` drops the audio the server still holds:
+audio not yet sent is never sent (a message waiting for its time is
+dropped at once, and the cancelled turns' TURN_ENDED follow at once), so
+`Lifecycle.spoken_text` without `played_samples` (the segments delivered
+whole) is within the lead of what was heard. With AUDIO_ENCODING_OGG_OPUS
+the pages are paced the same way; a cancelled turn's last pages (its
+end-of-stream page) go out at once.
+"""
+Global___Pace: _TypeAlias = Pace  # noqa: Y015
+
 class _Segmentation:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -353,6 +423,7 @@ class SessionConfig(_message.Message):
     FIRST_CLAUSE_MIN_WORDS_FIELD_NUMBER: _builtins.int
     STALL_MS_FIELD_NUMBER: _builtins.int
     WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    PACE_FIELD_NUMBER: _builtins.int
     voice: _builtins.str
     """The voice to speak with, named `<engine>/<voice>`, for example
     `piper/en_US-joe-medium` or `espeak/en-us`; `ListVoices` lists them.
@@ -424,6 +495,11 @@ class SessionConfig(_message.Message):
     any other voice (openai) this is accepted and no `words` message is sent.
     No value is invalid.
     """
+    pace: Global___Pace.ValueType
+    """How audio is sent: as fast as it is made, or at real-time pace a bounded
+    lead ahead of the listener. Unset means PACE_AS_MADE. An unknown value is
+    rejected with INVALID_ARGUMENT. See `Pace`.
+    """
     @_builtins.property
     def audio_format(self) -> Global___AudioFormat:
         """Encoding and sample rate of the audio the server sends."""
@@ -442,10 +518,11 @@ class SessionConfig(_message.Message):
         first_clause_min_words: _builtins.int = ...,
         stall_ms: _builtins.int = ...,
         word_timestamps: _builtins.bool = ...,
+        pace: Global___Pace.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "chunk_ms", b"chunk_ms", "first_clause_min_words", b"first_clause_min_words", "instructions", b"instructions", "max_inflight_segments", b"max_inflight_segments", "min_sentence_chars", b"min_sentence_chars", "segmentation", b"segmentation", "speed", b"speed", "stall_ms", b"stall_ms", "voice", b"voice", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "chunk_ms", b"chunk_ms", "first_clause_min_words", b"first_clause_min_words", "instructions", b"instructions", "max_inflight_segments", b"max_inflight_segments", "min_sentence_chars", b"min_sentence_chars", "pace", b"pace", "segmentation", b"segmentation", "speed", b"speed", "stall_ms", b"stall_ms", "voice", b"voice", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,7 +596,9 @@ class Cancel(_message.Message):
     A turn that is neither being spoken nor queued (its TURN_ENDED already
     sent, or a number not yet given) is ignored: the cancel still cancels
     everything in progress, and each cancelled turn's `spoken_text` covers the
-    segments delivered whole, as when the position is unknown.
+    segments delivered whole, as when the position is unknown. The first
+    cancel that cuts a turn short (or names it) fixes what it heard: a later
+    cancel before its TURN_ENDED does not change it.
     """
     played_samples: _builtins.int
     """How much of `turn` the listener played before it stopped, in samples at
@@ -553,6 +632,7 @@ class StreamResponse(_message.Message):
     LIFECYCLE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     WORDS_FIELD_NUMBER: _builtins.int
+    SESSION_STARTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def audio(self) -> Global___AudioChunk:
         """A piece of synthesized audio."""
@@ -577,6 +657,16 @@ class StreamResponse(_message.Message):
         that is sent: no timing is sent for audio a cancel or a failure dropped.
         """
 
+    @_builtins.property
+    def session_started(self) -> Global___SessionStarted:
+        """The first message of every call whose session opens (`Stream` once its
+        first request is accepted, `Synthesize` at once), before any other, sent
+        exactly once: the session's id and what it will send. A call refused
+        before its session opens (a bad `config`, an unknown voice, the server
+        full or still loading, no first request in time) gets no
+        `session_started`: its `error` comes first.
+        """
+
     def __init__(
         self,
         *,
@@ -584,12 +674,13 @@ class StreamResponse(_message.Message):
         lifecycle: Global___Lifecycle | None = ...,
         error: Global___Error | None = ...,
         words: Global___WordTimings | None = ...,
+        session_started: Global___SessionStarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response", "words", b"words"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response", "session_started", b"session_started", "words", b"words"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "lifecycle", b"lifecycle", "response", b"response", "session_started", b"session_started", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["audio", "lifecycle", "error", "words"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["audio", "lifecycle", "error", "words", "session_started"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
@@ -693,6 +784,58 @@ class Word(_message.Message):
 Global___Word: _TypeAlias = Word  # noqa: Y015
 
 @_typing.final
+class SessionStarted(_message.Message):
+    """The session a call opened: the first message of the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
+    PACE_LEAD_MS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Names the session in the server's logs (the `session` field of its log
+    lines, such as the "session summary" line every session ends with) and in
+    its error messages: 12 lowercase hexadecimal digits, unique among the
+    server's sessions. Quote it when reporting a problem with the session.
+    """
+    voice: _builtins.str
+    """The voice that speaks, as `<engine>/<voice>`: the one `SessionConfig.voice`
+    named, or the server's default voice when it was empty.
+    """
+    encoding: Global___AudioEncoding.ValueType
+    """The encoding of every `AudioChunk` of the session; never UNSPECIFIED
+    (unset in the request means AUDIO_ENCODING_PCM_S16LE).
+    """
+    sample_rate_hz: _builtins.int
+    """The sample rate of every `AudioChunk` of the session, in hertz: the rate
+    asked for, or when 0 was, the default it stands for (the voice's native
+    rate; with AUDIO_ENCODING_OGG_OPUS the Opus rate chosen).
+    """
+    pace_lead_ms: _builtins.int
+    """With PACE_REALTIME: how far ahead of a real-time listener, in
+    milliseconds, the server may be when it sends an audio message (200).
+    0 with PACE_AS_MADE.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        voice: _builtins.str = ...,
+        encoding: Global___AudioEncoding.ValueType = ...,
+        sample_rate_hz: _builtins.int = ...,
+        pace_lead_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "pace_lead_ms", b"pace_lead_ms", "sample_rate_hz", b"sample_rate_hz", "session_id", b"session_id", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
+
+@_typing.final
 class AudioChunk(_message.Message):
     """A piece of synthesized audio, in delivery order."""
 
@@ -773,6 +916,7 @@ class Lifecycle(_message.Message):
     TURN_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     SPOKEN_TEXT_FIELD_NUMBER: _builtins.int
+    SPOKEN_LENGTH_FIELD_NUMBER: _builtins.int
     event: Global___LifecycleEvent.ValueType
     """What happened."""
     turn: _builtins.int
@@ -795,7 +939,20 @@ class Lifecycle(_message.Message):
     AUDIO_ENCODING_OGG_OPUS, whose pages completed all of its samples). Empty
     when none of the turn's audio was played (or sent) before the cancel.
     The prefix ends at a segment's end (text_offset + text_length), a word's
-    end (with word timing), or at the end of the text when all of it was heard.
+    end (with word timing), or at the end of the text when all of it was heard. In a turn of more than 1024
+    segments, a `played_samples` behind its last 512 segments may end it at an
+    earlier segment end (the server keeps fewer of the older ends), never a
+    later one. It holds at most the first
+    100000 code points (at most 400 KB of UTF-8, well under gRPC's default
+    4 MiB message limit, however long the turn): when more was heard,
+    `spoken_length` says how much, and the caller cuts its own copy of the
+    turn's text there.
+    """
+    spoken_length: _builtins.int
+    """For TURN_ENDED: how much of the turn's text the listener heard, in Unicode
+    code points from the start of the turn's text as sent: the heard text is
+    turn_text[:spoken_length]. Equal to the length of `spoken_text` unless that
+    was cut at 100000 code points. 0 for other events.
     """
     def __init__(
         self,
@@ -804,10 +961,11 @@ class Lifecycle(_message.Message):
         turn: _builtins.int = ...,
         cancelled: _builtins.bool = ...,
         spoken_text: _builtins.str = ...,
+        spoken_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "event", b"event", "spoken_text", b"spoken_text", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "event", b"event", "spoken_length", b"spoken_length", "spoken_text", b"spoken_text", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,7 +59,8 @@ class SpeechServicer:
     def Stream(self, request_iterator, context):
         """Stream is one conversation. The client streams configuration (optional,
         first message only), text chunks, turn markers and cancel requests; the
-        server streams, for each turn in the order its text arrived:
+        server streams `session_started` once the first request opens the session,
+        then, for each turn in the order its text arrived:
         TURN_STARTED, the turn's audio in order (with
         `SessionConfig.word_timestamps`, `words` messages among it, each before
         the audio of its words' first samples), TURN_ENDED. After the client
@@ -98,9 +99,9 @@ class SpeechServicer:
         """Synthesize speaks one whole text as one turn, for callers that have all
         of it up front (scripts, grpcurl). It is answered exactly like a `Stream`
         call that sends `config`, the text, `turn_done` and half-closes:
-        TURN_STARTED, the turn's audio in order, TURN_ENDED, SESSION_ENDED, then
-        status OK. Failures are reported as on `Stream`: an `error` message,
-        SESSION_ENDED, then the error's status code.
+        `session_started`, TURN_STARTED, the turn's audio in order, TURN_ENDED,
+        SESSION_ENDED, then status OK. Failures are reported as on `Stream`: an
+        `error` message, SESSION_ENDED, then the error's status code.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

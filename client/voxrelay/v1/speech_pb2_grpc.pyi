@@ -41,7 +41,8 @@ class SpeechStub:
     Stream: _grpc.StreamStreamMultiCallable[_speech_pb2.StreamRequest, _speech_pb2.StreamResponse]
     """Stream is one conversation. The client streams configuration (optional,
     first message only), text chunks, turn markers and cancel requests; the
-    server streams, for each turn in the order its text arrived:
+    server streams `session_started` once the first request opens the session,
+    then, for each turn in the order its text arrived:
     TURN_STARTED, the turn's audio in order (with
     `SessionConfig.word_timestamps`, `words` messages among it, each before
     the audio of its words' first samples), TURN_ENDED. After the client
@@ -76,9 +77,9 @@ class SpeechStub:
     """Synthesize speaks one whole text as one turn, for callers that have all
     of it up front (scripts, grpcurl). It is answered exactly like a `Stream`
     call that sends `config`, the text, `turn_done` and half-closes:
-    TURN_STARTED, the turn's audio in order, TURN_ENDED, SESSION_ENDED, then
-    status OK. Failures are reported as on `Stream`: an `error` message,
-    SESSION_ENDED, then the error's status code.
+    `session_started`, TURN_STARTED, the turn's audio in order, TURN_ENDED,
+    SESSION_ENDED, then status OK. Failures are reported as on `Stream`: an
+    `error` message, SESSION_ENDED, then the error's status code.
     """
     ListVoices: _grpc.UnaryUnaryMultiCallable[_speech_pb2.ListVoicesRequest, _speech_pb2.ListVoicesResponse]
     """ListVoices lists every voice this server offers, or those that speak the
@@ -93,7 +94,8 @@ class SpeechAsyncStub(SpeechStub):
     Stream: _aio.StreamStreamMultiCallable[_speech_pb2.StreamRequest, _speech_pb2.StreamResponse]  # type: ignore[assignment]
     """Stream is one conversation. The client streams configuration (optional,
     first message only), text chunks, turn markers and cancel requests; the
-    server streams, for each turn in the order its text arrived:
+    server streams `session_started` once the first request opens the session,
+    then, for each turn in the order its text arrived:
     TURN_STARTED, the turn's audio in order (with
     `SessionConfig.word_timestamps`, `words` messages among it, each before
     the audio of its words' first samples), TURN_ENDED. After the client
@@ -128,9 +130,9 @@ class SpeechAsyncStub(SpeechStub):
     """Synthesize speaks one whole text as one turn, for callers that have all
     of it up front (scripts, grpcurl). It is answered exactly like a `Stream`
     call that sends `config`, the text, `turn_done` and half-closes:
-    TURN_STARTED, the turn's audio in order, TURN_ENDED, SESSION_ENDED, then
-    status OK. Failures are reported as on `Stream`: an `error` message,
-    SESSION_ENDED, then the error's status code.
+    `session_started`, TURN_STARTED, the turn's audio in order, TURN_ENDED,
+    SESSION_ENDED, then status OK. Failures are reported as on `Stream`: an
+    `error` message, SESSION_ENDED, then the error's status code.
     """
     ListVoices: _aio.UnaryUnaryMultiCallable[_speech_pb2.ListVoicesRequest, _speech_pb2.ListVoicesResponse]  # type: ignore[assignment]
     """ListVoices lists every voice this server offers, or those that speak the
@@ -148,7 +150,8 @@ class SpeechServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_speech_pb2.StreamResponse], _abc.AsyncIterator[_speech_pb2.StreamResponse]]:
         """Stream is one conversation. The client streams configuration (optional,
         first message only), text chunks, turn markers and cancel requests; the
-        server streams, for each turn in the order its text arrived:
+        server streams `session_started` once the first request opens the session,
+        then, for each turn in the order its text arrived:
         TURN_STARTED, the turn's audio in order (with
         `SessionConfig.word_timestamps`, `words` messages among it, each before
         the audio of its words' first samples), TURN_ENDED. After the client
@@ -189,9 +192,9 @@ class SpeechServicer(metaclass=_abc_1.ABCMeta):
         """Synthesize speaks one whole text as one turn, for callers that have all
         of it up front (scripts, grpcurl). It is answered exactly like a `Stream`
         call that sends `config`, the text, `turn_done` and half-closes:
-        TURN_STARTED, the turn's audio in order, TURN_ENDED, SESSION_ENDED, then
-        status OK. Failures are reported as on `Stream`: an `error` message,
-        SESSION_ENDED, then the error's status code.
+        `session_started`, TURN_STARTED, the turn's audio in order, TURN_ENDED,
+        SESSION_ENDED, then status OK. Failures are reported as on `Stream`: an
+        `error` message, SESSION_ENDED, then the error's status code.
         """
 
     @_abc_1.abstractmethod
