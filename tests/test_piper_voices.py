@@ -168,3 +168,82 @@ def test_serve_with_a_broken_voice_stops_at_start_up_naming_the_file(tmp_path: P
     assert code != 0, output
     assert "de_DE-anna-medium.onnx" in output, output
     assert "Traceback" not in output, output
+
+
+def speak(target: str, **config: object) -> tuple[str, list[speech_pb2.StreamResponse]]:
+    """A `Stream` call with `config` and one turn: the voice the server named in its
+    initial metadata, and the responses. Raises `grpc.RpcError` for a failed call."""
+    requests = [
+        speech_pb2.StreamRequest(config=speech_pb2.SessionConfig(**config)),  # type: ignore[arg-type]
+        speech_pb2.StreamRequest(text="Guten Tag. "),
+        speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()),
+    ]
+    with grpc.insecure_channel(target) as channel:
+        call = speech_pb2_grpc.SpeechStub(channel).Stream(iter(requests), timeout=60)
+        responses = list(call)
+        return str(dict(call.initial_metadata())["voxrelay-voice"]), responses
+
+
+@pytest.mark.parametrize(
+    ("language_code", "voice"),
+    [
+        ("de", "piper/de_DE-anna-medium"),  # neural before espeak/de
+        ("de-AT", "piper/de_DE-anna-medium"),  # no de-AT voice: de
+        ("EN_us", "piper/en_US-joe-medium"),  # case and _ do not matter; the default first
+        ("en", "piper/en_US-joe-medium"),  # the default voice when it fits
+        ("en-GB", "piper/en_GB-tom-low"),  # piper before espeak/en-gb
+        ("es", "espeak/es"),  # no piper voice: espeak, the equal tag before es-419
+        ("pt-BR", "espeak/pt-br"),
+    ],
+)
+def test_a_session_may_ask_for_a_language_and_is_told_the_voice(
+    served: ServeProcess, language_code: str, voice: str
+) -> None:
+    chosen, responses = speak(served.target, language_code=language_code)
+    assert chosen == voice
+    audio = [r.audio for r in responses if r.WhichOneof("response") == "audio"]
+    assert audio and sum(len(chunk.data) for chunk in audio) > 0
+    assert responses[-1].lifecycle.event == speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED
+
+
+def test_the_voice_is_named_without_a_language_too(served: ServeProcess) -> None:
+    assert speak(served.target)[0] == "piper/en_US-joe-medium"
+    assert speak(served.target, voice="espeak/de")[0] == "espeak/de"
+    # Both set: the voice, which speaks the tag's language.
+    assert speak(served.target, voice="piper/en_US-joe-medium", language_code="en-GB")[0] == (
+        "piper/en_US-joe-medium"
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"language_code": "xx"}, "no voice speaks language_code 'xx'; this server's languages"),
+        ({"language_code": "en GB"}, "is not a BCP-47 language tag"),
+        ({"language_code": "de-" + "a" * 70}, "is not a BCP-47 language tag"),
+        ({"voice": "espeak/de", "language_code": "fr"}, "speaks de, not language_code 'fr'"),
+    ],
+)
+def test_a_language_no_voice_speaks_is_invalid_argument(
+    served: ServeProcess, config: dict[str, str], message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        speak(served.target, **config)
+    error: grpc.Call = raised.value  # type: ignore[assignment]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in str(error.details())
+    if "languages" in message:  # every language listed, brought voices' included
+        assert all(tag in str(error.details()) for tag in ("de-DE", "en-GB", "es", "pt-BR"))
+
+
+def test_synthesize_takes_a_language_too(served: ServeProcess) -> None:
+    with grpc.insecure_channel(served.target) as channel:
+        call = speech_pb2_grpc.SpeechStub(channel).Synthesize(
+            speech_pb2.SynthesizeRequest(
+                config=speech_pb2.SessionConfig(language_code="de"), text="Hallo. "
+            ),
+            timeout=60,
+        )
+        responses = list(call)
+        assert dict(call.initial_metadata())["voxrelay-voice"] == "piper/de_DE-anna-medium"
+    assert responses[-1].lifecycle.event == speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED

@@ -261,9 +261,12 @@ class SessionDispatcher:
         stagger_while: Callable[[], bool] | None = None,
         observer: SessionObserver | None = None,
         session_id: str = "",
+        voice: str = "",
     ) -> None:
         self.session_id = session_id
         """Names the session in logs and in messages to its caller."""
+        self.voice = voice
+        """The name of the voice the session speaks with, for the transport to report."""
         self._synthesize = synthesize
         self._native_rate_hz = native_rate_hz
         self._output = output

@@ -69,6 +69,9 @@ _DEADLINE_SLACK_S = 0.05
 """A call stopped with less than this left before its deadline ended by the deadline:
 the client's timer may fire a little before the server's."""
 _VALID_TEXT = "text and other strings must be valid UTF-8 (no lone surrogates)"
+VOICE_METADATA_KEY = "voxrelay-voice"
+"""Initial metadata of every `Stream` and `Synthesize` call whose session opened: the
+name of the voice it speaks with (the one `language_code` chose, or the default)."""
 
 
 def status_code(error: SpeechError) -> grpc.StatusCode:
@@ -93,6 +96,7 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
         )
     return SessionRequest(
         voice=config.voice,
+        language_code=config.language_code,
         encoding=encoding,
         sample_rate_hz=config.audio_format.sample_rate_hz,
         speed=config.speed,
@@ -344,6 +348,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         watchdog = SendWatchdog(timeout_s, stalled)
         ended_by: SpeechError | None = None
         try:
+            # Before any message: which voice speaks (chosen by language_code, or the default).
+            await context.send_initial_metadata(((VOICE_METADATA_KEY, session.voice),))
             async for event in session.events():
                 response = response_for(event, encoding, sample_rate_hz)
                 watchdog.sending()

@@ -114,7 +114,7 @@ class SpeechService:
         if slot is None:
             slot = self.admit()
         try:
-            engine, voice = self.catalog.resolve(request.voice)
+            engine, voice = self.catalog.resolve(request.voice, request.language_code)
             settings = validate_request(
                 request,
                 voice=voice.name,
@@ -145,6 +145,7 @@ class SpeechService:
             stagger_while=scheduler.making_one if engine.faster_alone else None,
             observer=CompositeObserver(observers),
             session_id=session_id,
+            voice=voice.name,
         )
         self._sessions[session_id] = session
         return session
