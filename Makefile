@@ -11,7 +11,10 @@ PROTO_STAMP := $(PROTO_OUT)/.generated
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test proto lint bench bench-quick install clean
+NODE_DIR := clients/node
+GO_PLUGINS := protoc-gen-go protoc-gen-go-grpc
+
+.PHONY: run test proto generate node-deps go-example lint bench bench-quick install clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -40,6 +43,29 @@ $(PROTO_STAMP): $(STAMP) $(PROTO_SRC)
 		--grpc_python_out=client --mypy_grpc_out=client \
 		$(PROTO_SRC)
 	touch $(PROTO_OUT)/__init__.py $@
+
+# Every language's generated code from protos/ in one command: the Python stubs (above),
+# then TypeScript (clients/node/src/gen) and Go (gen/go) with buf and protos/buf.gen.yaml.
+# tests/test_generated.py checks that the committed TypeScript and Go code is current.
+generate: proto node-deps
+	@for plugin in $(GO_PLUGINS); do command -v $$plugin >/dev/null || { \
+		echo "$$plugin is missing: apt-get install $(GO_PLUGINS) (Debian packages)"; exit 1; }; done
+	cd protos && ../$(BIN)/buf generate --template buf.gen.yaml
+
+# The Node package's dependencies (protoc-gen-es among them), from the npm registry.
+node-deps: $(NODE_DIR)/node_modules/.package-lock.json
+
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+
+# Builds the Go example offline against Debian's Go packages (GOPATH mode):
+# apt-get install golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev
+go-example:
+	tmp=$$(mktemp -d) && mkdir -p $$tmp/src/github.com/voxrelay && \
+	ln -s "$(CURDIR)" $$tmp/src/github.com/voxrelay/voxrelay && \
+	cd $$tmp/src/github.com/voxrelay/voxrelay && \
+	GO111MODULE=off GOPATH=$$tmp:/usr/share/gocode GOFLAGS= go build -o "$(CURDIR)/$(BIN)/voxrelay-speak-go" ./examples/go/speak && \
+	rm -rf $$tmp && echo "built $(BIN)/voxrelay-speak-go"
 
 lint: install
 	$(BIN)/ruff check .

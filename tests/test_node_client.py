@@ -1,0 +1,126 @@
+"""The Node/TypeScript client (`clients/node`): its example run with `node` against a
+real server over a real socket, checking the wire order and the audio it wrote.
+
+Skipped, saying so, where node or npm is missing. The package's dependencies are
+installed from the npm registry (`npm ci`) when `node_modules` is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
+from tests.toolchains import NO_NODE, NO_NODE_REASON, NODE_PACKAGE, node_dependencies, npm
+
+EXAMPLE = NODE_PACKAGE / "dist" / "examples" / "speak.js"
+
+pytestmark = pytest.mark.skipif(NO_NODE, reason=NO_NODE_REASON)
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    """The package's dependencies installed and its TypeScript compiled."""
+    node_dependencies()
+    npm("run", "build")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    target = f"127.0.0.1:{free_port()}"
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    process = start_serve(["--listen", target, "--engines", "piper,espeak"], log, user_env())
+    try:
+        wait_until_answering(process, target, log)
+        yield ServeProcess(process, target, log)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def run_example(target: str, config: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", str(EXAMPLE), "--target", target, "--config", config, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def check_wire_order(lines: list[dict[str, Any]]) -> int:
+    """Assert the Stream rpc's order over the example's two turns; the samples sent."""
+    samples = 0
+    position = 0
+    expected_turn = 0
+    in_turn = False
+    segment = 0
+    for line in lines[:-2]:
+        if "lifecycle" in line:
+            event = line["lifecycle"]["event"]
+            turn = int(line["lifecycle"]["turn"])  # uint64 arrives as a JSON string
+            if event == "LIFECYCLE_EVENT_TURN_STARTED":
+                assert not in_turn and turn == expected_turn + 1, line
+                expected_turn, in_turn, position, segment = turn, True, 0, 1
+            else:
+                assert event == "LIFECYCLE_EVENT_TURN_ENDED" and in_turn, line
+                assert turn == expected_turn and position > 0, line
+                in_turn = False
+        else:
+            audio = line["audio"]
+            assert in_turn and int(audio["turn"]) == expected_turn, line
+            assert audio["segment"] >= segment, line
+            assert int(audio["offset_samples"]) == position, line  # no gap, no overlap
+            segment = audio["segment"]
+            position += audio["bytes"] // 2
+            samples += audio["bytes"] // 2
+    assert expected_turn == 2 and not in_turn
+    assert lines[-2] == {"lifecycle": {"event": "LIFECYCLE_EVENT_SESSION_ENDED"}}
+    return samples
+
+
+def test_the_node_example_speaks_two_turns_in_order(
+    built: None, served: ServeProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "speak.wav"
+    config = {"voice": "piper/en_US-joe-medium", "audio_format": {"sample_rate_hz": 16000}}
+    result = run_example(served.target, json.dumps(config), out)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    samples = check_wire_order(lines)
+    summary = lines[-1]["summary"]
+    # snake_case keys were read (audio_format.sample_rate_hz), not silently dropped.
+    assert summary == {
+        "voice": "piper/en_US-joe-medium",
+        "samples": samples,
+        "sample_rate_hz": 16000,
+    }
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == 16000 and len(audio) == samples
+    assert samples > 3 * 16000  # four sentences of speech
+    assert float(np.sqrt(np.mean(audio**2))) > 0.01  # speech, not silence
+
+
+def test_the_node_example_asks_for_a_language(
+    built: None, served: ServeProcess, tmp_path: Path
+) -> None:
+    result = run_example(served.target, '{"language_code": "de"}', tmp_path / "de.wav")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["summary"]["voice"] == "espeak/de"
+
+
+def test_the_node_example_reports_the_servers_status(
+    built: None, served: ServeProcess, tmp_path: Path
+) -> None:
+    result = run_example(served.target, '{"languageCode": "xx"}', tmp_path / "xx.wav")
+    assert result.returncode == 1
+    assert "voxrelay: InvalidArgument: no voice speaks language_code 'xx'" in result.stderr
+    result = run_example(served.target, '{"sample_rate": 8000}', tmp_path / "bad.wav")
+    assert result.returncode == 2
+    assert 'key "sample_rate" is unknown' in result.stderr  # not silently dropped
