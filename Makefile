@@ -72,6 +72,14 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
+	@# The Node client's TypeScript and the Go example, where their toolchains are here.
+	@if test -d $(NODE_DIR)/node_modules; then \
+		echo "cd $(NODE_DIR) && tsc --noEmit && prettier --check"; \
+		cd $(NODE_DIR) && npx tsc --noEmit -p . && npx prettier --check src/index.ts examples README.md; \
+	else echo "clients/node: skipped, no node_modules (make node-deps)"; fi
+	@if command -v gofmt >/dev/null; then \
+		echo "gofmt -l examples/go gen/go"; test -z "$$(gofmt -l examples/go gen/go)"; \
+	else echo "gofmt: skipped, no Go toolchain"; fi
 	@# The contract must stay wire-compatible with main; a clone without a local
 	@# main branch (shallow CI checkouts) has nothing to compare to, so it says so.
 	@if test -d .git && git rev-parse --verify --quiet refs/heads/main >/dev/null 2>&1; then \

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import soundfile
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
 from tests.toolchains import NO_NODE, NO_NODE_REASON, NODE_PACKAGE, node_dependencies, npm
@@ -45,9 +48,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         process.wait()
 
 
-def run_example(target: str, config: str, out: Path) -> subprocess.CompletedProcess[str]:
+def run_example(
+    target: str, config: str, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["node", str(EXAMPLE), "--target", target, "--config", config, "--out", str(out)],
+        ["node", str(EXAMPLE), "--target", target, "--config", config, "--out", str(out), *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -124,3 +129,39 @@ def test_the_node_example_reports_the_servers_status(
     result = run_example(served.target, '{"sample_rate": 8000}', tmp_path / "bad.wav")
     assert result.returncode == 2
     assert 'key "sample_rate" is unknown' in result.stderr  # not silently dropped
+
+
+def test_the_node_client_speaks_tls_with_a_token(built: None, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    files["cert"].write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files["key"]))
+    target = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    args = ["--listen", target, "--engines", "tone", "--default-voice", "tone/square"]
+    args += ["--tls-cert", str(files["cert"]), "--tls-key", str(files["key"])]
+    process = start_serve(args, log, user_env(VOXRELAY_AUTH_TOKENS="s3cret"))
+    try:
+        # Health (open without a token) over TLS says when the voices are loaded.
+        credentials = grpc.ssl_channel_credentials(files["ca"].read_bytes())
+        with grpc.secure_channel(target, credentials) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="voxrelay.v1.Speech"),
+                timeout=60,
+                wait_for_ready=True,
+            )
+            assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
+            watch.cancel()
+        out = tmp_path / "tls.wav"
+        ca_arg = ("--ca", str(files["ca"]))
+        result = run_example(target, "{}", out, *ca_arg, "--token", "s3cret")
+        assert result.returncode == 0, result.stderr
+        check_wire_order([json.loads(line) for line in result.stdout.splitlines()])
+        result = run_example(target, "{}", out, *ca_arg, "--token", "wrong")
+        assert result.returncode == 1
+        assert "voxrelay: Unauthenticated:" in result.stderr
+    finally:
+        process.kill()
+        process.wait()

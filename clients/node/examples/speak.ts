@@ -2,13 +2,14 @@
  * Speak two turns through a voxrelay server and write them to a WAV file.
  *
  *   node dist/examples/speak.js [--target HOST:PORT] [--config JSON] [--out FILE.wav]
+ *                               [--ca CA.pem] [--token TOKEN (or VOXRELAY_TOKEN)]
  *
  * `--config` is a `SessionConfig` in the proto's JSON form, snake_case or
  * camelCase (`{"language_code": "de", "audio_format": {"sample_rate_hz": 16000}}`).
  * Prints one JSON line per response, in the order they arrived, then a summary.
  */
 
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 import { create, fromJsonString, toJson } from "@bufbuild/protobuf";
@@ -29,6 +30,8 @@ const { values } = parseArgs({
     target: { type: "string", default: "127.0.0.1:50051" },
     config: { type: "string", default: "{}" },
     out: { type: "string", default: "speak.wav" },
+    ca: { type: "string" }, // PEM file of the server's CA: connects over TLS
+    token: { type: "string", default: process.env.VOXRELAY_TOKEN },
   },
 });
 
@@ -46,7 +49,11 @@ config.audioFormat = create(AudioFormatSchema, {
   encoding: AudioEncoding.PCM_S16LE, // the WAV file below holds 16-bit PCM
 });
 
-const client = connect({ target: values.target });
+const client = connect({
+  target: values.target,
+  tlsCa: values.ca === undefined ? undefined : readFileSync(values.ca),
+  token: values.token,
+});
 const session = openSession(client, config);
 session.send("Hello there, ");
 session.send("how are you today? ");
