@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from voxrelay_server.engines.base import SpeechEngine, SynthesisOptions, VoiceInfo
 from voxrelay_server.errors import InvalidInput
-from voxrelay_server.voices import VoiceCatalog, primary_language
+from voxrelay_server.voices import MATCH_DISTANCE, VoiceCatalog, language_distance
 
 
 class ListedEngine(SpeechEngine):
@@ -35,7 +35,13 @@ class ListedEngine(SpeechEngine):
 
 CATALOG = VoiceCatalog(
     [
-        ListedEngine("espeak", [("de", "de"), ("en-gb", "en-GB"), ("en-us", "en-US")]),
+        ListedEngine(
+            "espeak",
+            [
+                *[("de", "de"), ("en-gb", "en-GB"), ("en-us", "en-US"), ("cmn", "cmn")],
+                *[("fr-be", "fr-BE"), ("fr-fr", "fr-FR"), ("pt", "pt"), ("pt-br", "pt-BR")],
+            ],
+        ),
         ListedEngine("piper", [("en_US-joe-medium", "en-US"), ("de_DE-x", "de-DE")]),
         ListedEngine("tone", [("square", "und")]),
     ],
@@ -46,22 +52,36 @@ CATALOG = VoiceCatalog(
 @pytest.mark.parametrize(
     ("tag", "voice"),
     [
-        ("en", "espeak/en-us"),  # the default voice first when it fits
-        ("en-US", "espeak/en-us"),
-        ("en-GB", "espeak/en-gb"),
+        ("en", "piper/en_US-joe-medium"),  # neural first, before the default voice
+        ("en-US", "piper/en_US-joe-medium"),
+        ("en-GB", "piper/en_US-joe-medium"),  # the same language: neural before a region
         ("de", "piper/de_DE-x"),  # neural before espeak, though espeak's tag is equal
         ("de-CH", "piper/de_DE-x"),
-        ("de-de", "piper/de_DE-x"),
+        ("de_de", "piper/de_DE-x"),
+        ("fr", "espeak/fr-fr"),  # fr means fr-FR: the closest region
+        ("fr_fr", "espeak/fr-fr"),
+        ("fr-BE", "espeak/fr-be"),
+        ("pt-BR", "espeak/pt-br"),  # pt also means pt-BR: the equal tag first
+        ("zh", "espeak/cmn"),  # Mandarin is zh
     ],
 )
 def test_the_preferred_voice_for_a_tag(tag: str, voice: str) -> None:
     assert CATALOG.resolve("", tag)[1].name == voice
 
 
+def test_with_only_espeak_the_default_voice_comes_before_an_equal_one() -> None:
+    catalog = VoiceCatalog(
+        [ListedEngine("espeak", [("en-us", "en-US"), ("en-us-nyc", "en-US")])], "espeak/en-us-nyc"
+    )
+    assert catalog.resolve("", "en")[1].name == "espeak/en-us-nyc"
+
+
 def test_an_unknown_language_lists_the_languages_without_und() -> None:
     with pytest.raises(InvalidInput) as raised:
-        CATALOG.resolve("", "fr")
-    assert raised.value.message.endswith("languages are: de, de-DE, en-GB, en-US")
+        CATALOG.resolve("", "nl")
+    assert raised.value.message.endswith(
+        "languages are: cmn, de, de-DE, en-GB, en-US, fr-BE, fr-FR, pt, pt-BR"
+    )
 
 
 tags = st.from_regex(r"[A-Za-z]{1,8}([-_][A-Za-z0-9]{1,8}){0,3}", fullmatch=True)
@@ -77,6 +97,14 @@ def test_any_tag_gets_a_voice_of_its_language_or_invalid_argument(tag: str, voic
     if not tag:
         assert chosen.name == (voice or CATALOG.default_voice)
         return
-    assert primary_language(chosen.language_codes[0]) == primary_language(tag)
+    assert min(language_distance(tag, code) for code in chosen.language_codes) < MATCH_DISTANCE
     if voice:
         assert chosen.name == voice
+
+
+def test_a_voice_tag_langcodes_cannot_read_matches_only_itself() -> None:
+    catalog = VoiceCatalog(
+        [ListedEngine("espeak", [("chr", "chr-US-Qaaa-x-west"), ("de", "de")])], "espeak/de"
+    )
+    assert catalog.resolve("", "de")[1].name == "espeak/de"
+    assert catalog.resolve("", "chr-US-Qaaa-x-west")[1].name == "espeak/chr"

@@ -5,25 +5,33 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+import langcodes
+
 from voxrelay_server.engines.base import SpeechEngine, VoiceInfo
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 
 ENGINE_PREFERENCE = ("piper", "openai", "espeak", "tone")
 """The order a language's voices are preferred in: neural voices (piper here, then a
 remote OpenAI-compatible endpoint) before espeak-ng's formant voices; `tone` last."""
+MATCH_DISTANCE = 25
+"""Tags closer than this (langcodes' distance, from CLDR's language matching) speak the
+same language: a region's difference is under it (`de-AT` to `de-DE` 4, `en-AU` to
+`en-GB` 3, `en-GB` to `en-US` 5), another script's (`zh-TW` to `cmn` 54) or another
+language's (80 and more) is not. It is langcodes' own "acceptable match" bound."""
 MAX_LANGUAGE_CODE_CHARS = 64
-_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*")
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
+_NO_LANGUAGE = "und"
+"""BCP-47's "undetermined": the synthetic tone voice's tag, matched by no request."""
 
 
-def normalized_tag(tag: str) -> str:
-    """`en_us` -> `en-us`: lower case, hyphens, for comparing tags (BCP-47 tags are
-    case-insensitive)."""
-    return tag.strip().replace("_", "-").lower()
-
-
-def primary_language(tag: str) -> str:
-    """`en-GB` -> `en`."""
-    return normalized_tag(tag).partition("-")[0]
+def language_distance(wanted: str, offered: str) -> int:
+    """How far tag `offered` is from `wanted` (0: the same, under `MATCH_DISTANCE`: the
+    same language), after `_` is read as `-` (`en_US`)."""
+    wanted, offered = wanted.replace("_", "-"), offered.replace("_", "-")
+    try:
+        return int(langcodes.tag_distance(wanted, offered))
+    except ValueError:  # a tag langcodes cannot read (espeak's chr-US-Qaaa-x-west)
+        return 0 if wanted.lower() == offered.lower() else MATCH_DISTANCE
 
 
 class VoiceCatalog:
@@ -60,14 +68,13 @@ class VoiceCatalog:
     def resolve(self, name: str, language_code: str = "") -> tuple[SpeechEngine, VoiceInfo]:
         """The engine and voice for `name`, or for `language_code` when `name` is
         empty (`for_language`); both empty means the default voice. With both, `name`
-        is used and must speak `language_code`'s language (its primary subtag)."""
+        is used and must speak `language_code`'s language."""
         if language_code:
-            _check_tag(language_code)
+            tag = _checked_tag(language_code)
             if not name:
-                return self.for_language(language_code)
+                return self.for_language(tag)
             engine, voice = self.resolve(name)
-            wanted = primary_language(language_code)
-            if all(primary_language(code) != wanted for code in voice.language_codes):
+            if _closest(tag, voice) >= MATCH_DISTANCE:
                 raise InvalidInput(
                     f"voice {voice.name!r} speaks {', '.join(voice.language_codes)}, not "
                     f"language_code {language_code!r}: set one of the two (with only "
@@ -86,44 +93,37 @@ class VoiceCatalog:
         )
 
     def for_language(self, language_code: str) -> tuple[SpeechEngine, VoiceInfo]:
-        """The preferred voice for a BCP-47 tag, as RFC 4647 "lookup" finds it.
+        """The preferred voice for a BCP-47 tag.
 
-        The tag is tried whole, then with its last subtag removed, and so on (`de-AT`,
-        then `de`); at the first that some voice's tag equals or extends (`de` fits
-        `de-DE`), the best of those voices is chosen: the server's default voice if it
-        is one, else by `ENGINE_PREFERENCE` (neural first), then a tag equal to the one
-        tried, then the shortest tag, then by name. Tags compare case-insensitively,
-        `_` as `-`. Raises `InvalidInput` listing the server's languages when none fits.
+        The voices that speak its language (a tag within `MATCH_DISTANCE`: CLDR's
+        language matching, by langcodes, which knows that `zh` is `cmn` and that `fr`
+        means `fr-FR` and `pt` `pt-BR`) are ranked by `ENGINE_PREFERENCE` (neural
+        first), then by distance (the closest region), then a tag equal to the one
+        asked for, then the server's default voice, then the shortest tag, then by
+        name. Raises `InvalidInput` listing the server's languages when none speaks it.
         """
-        _check_tag(language_code)
-        subtags = normalized_tag(language_code).split("-")
-        for length in range(len(subtags), 0, -1):
-            tried = "-".join(subtags[:length])
-            candidates = [
-                (engine, info, min(codes, key=len))
-                for engine, info in self._by_name.values()
-                if (
-                    codes := [
-                        code
-                        for code in map(normalized_tag, info.language_codes)
-                        if code == tried or code.startswith(tried + "-")
-                    ]
-                )
-            ]
-            if candidates:
-                engine, info, _ = min(
-                    candidates,
-                    key=lambda found: (
-                        found[1].name != self.default_voice,
-                        _engine_rank(found[0].name),
-                        found[2] != tried,
-                        len(found[2]),
-                        found[1].name,
-                    ),
-                )
-                return engine, info
+        tag = _checked_tag(language_code)
+        candidates = [
+            (engine, info, distance)
+            for engine, info in self._by_name.values()
+            if (distance := _closest(tag, info)) < MATCH_DISTANCE
+        ]
+        if candidates:
+            engine, info, _ = min(
+                candidates,
+                key=lambda found: (
+                    _engine_rank(found[0].name),
+                    found[2],
+                    all(code.lower() != tag.lower() for code in found[1].language_codes),
+                    found[1].name != self.default_voice,
+                    min(len(code) for code in found[1].language_codes),
+                    found[1].name,
+                ),
+            )
+            return engine, info
         languages = sorted(
-            {code for _, info in self._by_name.values() for code in info.language_codes} - {"und"},
+            {code for _, info in self._by_name.values() for code in info.language_codes}
+            - {_NO_LANGUAGE},
             key=str.lower,
         )
         raise InvalidInput(
@@ -147,11 +147,22 @@ def _engine_rank(engine_name: str) -> int:
     return len(ENGINE_PREFERENCE)
 
 
-def _check_tag(language_code: str) -> None:
-    """INVALID_ARGUMENT unless `language_code` looks like a BCP-47 tag."""
-    if len(language_code) > MAX_LANGUAGE_CODE_CHARS or not _LANGUAGE_TAG.fullmatch(language_code):
+def _closest(tag: str, voice: VoiceInfo) -> int:
+    """The distance from `tag` to the closest of `voice`'s tags (`und` matches none)."""
+    return min(
+        (language_distance(tag, code) for code in voice.language_codes if code != _NO_LANGUAGE),
+        default=MATCH_DISTANCE,
+    )
+
+
+def _checked_tag(language_code: str) -> str:
+    """`language_code` with `_` read as `-`; INVALID_ARGUMENT unless it has the form
+    of a BCP-47 tag. (One langcodes cannot read still matches a voice's equal tag.)"""
+    tag = language_code.strip().replace("_", "-")
+    if len(tag) > MAX_LANGUAGE_CODE_CHARS or not _LANGUAGE_TAG.fullmatch(tag):
         raise InvalidInput(
             f"language_code {language_code[:MAX_LANGUAGE_CODE_CHARS]!r} is not a BCP-47 "
             "language tag: use letters and digits in subtags joined by '-', such as "
             "'de', 'en-GB' or 'pt-BR'"
         )
+    return tag

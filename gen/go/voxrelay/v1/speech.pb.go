@@ -523,19 +523,21 @@ type SessionConfig struct {
 	// characters of letters and digits in subtags joined by `-`; anything else is
 	// rejected with INVALID_ARGUMENT.
 	//
-	// With `voice` empty the server picks its preferred voice for the tag, as RFC 4647
-	// "lookup" does: the tag is tried whole, then with its last subtag removed
-	// (`de-AT`, then `de`); among the voices whose tag equals or extends the first
-	// that fits (`de` fits `de-DE`), it takes the server's default voice if it is one,
-	// else a neural voice before espeak-ng (piper, then openai, then espeak, then
-	// tone), then a tag equal to the one tried, then the shortest, then by name. So
-	// `de` gets a piper German voice when the server has one (`voxrelay serve
-	// --piper-voices`), else `espeak/de`; `en-GB` gets `espeak/en-gb` on a server
-	// whose only piper voice is `en-US`. A tag no voice fits is rejected with
-	// INVALID_ARGUMENT, with a message listing the server's languages.
+	// With `voice` empty the server picks its preferred voice for the tag among
+	// the voices that speak its language, by CLDR's language matching: a region
+	// may differ (`de-AT` fits `de-DE`, `en-GB` fits `en-US`), a script or a
+	// language may not; `fr` means `fr-FR`, `pt` means `pt-BR`, `zh` fits `cmn`.
+	// Among them: a neural voice before espeak-ng (piper, then openai, then
+	// espeak, then tone), then the closest region, then a tag equal to the one
+	// asked for, then the server's default voice, then the shortest tag, then by
+	// name. So `de` gets a German piper voice when the server has one (`voxrelay
+	// serve --piper-voices`), else `espeak/de`; `en-GB` gets a British piper
+	// voice if there is one, else the American `piper/en_US-joe-medium` before
+	// `espeak/en-gb`. A tag no voice speaks is rejected with INVALID_ARGUMENT,
+	// with a message listing the server's languages.
 	//
 	// With both `voice` and `language_code` set, `voice` is used, and must speak the
-	// tag's language (the same primary subtag: `en-GB` fits `piper/en_US-joe-medium`);
+	// tag's language by the same matching (`en-GB` fits `piper/en_US-joe-medium`);
 	// one that does not is rejected with INVALID_ARGUMENT rather than speak the wrong
 	// language.
 	//
