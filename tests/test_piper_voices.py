@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import voxrelay
 from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.config import ServerSettings
@@ -247,3 +248,16 @@ def test_synthesize_takes_a_language_too(served: ServeProcess) -> None:
         responses = list(call)
         assert dict(call.initial_metadata())["voxrelay-voice"] == "piper/de_DE-anna-medium"
     assert responses[-1].lifecycle.event == speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED
+
+
+def test_the_python_client_sends_a_language(served: ServeProcess) -> None:
+    german = voxrelay.synthesize(
+        "Guten Tag. ", target=served.target, options=voxrelay.SessionOptions(language_code="de")
+    )
+    assert german.duration_s > 0.5
+    with pytest.raises(voxrelay.VoxrelayError) as raised:
+        voxrelay.synthesize(
+            "Hello. ", target=served.target, options=voxrelay.SessionOptions(language_code="xx")
+        )
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no voice speaks language_code 'xx'" in raised.value.message
