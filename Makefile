@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 NODE_DIR := clients/node
 GO_PLUGINS := protoc-gen-go protoc-gen-go-grpc
 
-.PHONY: run test proto generate node-deps go-example lint bench bench-quick install clean
+.PHONY: run test proto generate node-deps go-deps go-example lint bench bench-quick install clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -57,6 +57,12 @@ node-deps: $(NODE_DIR)/node_modules/.package-lock.json
 
 $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+
+# The Go toolchain, Go's gRPC and protobuf sources and the Go generators, from Debian's
+# packages (needs root): without them the Go tests and the generated-code check skip.
+GO_DEBS := golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev $(GO_PLUGINS)
+go-deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GO_DEBS)
 
 # Builds the Go example offline against Debian's Go packages (GOPATH mode):
 # apt-get install golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev
