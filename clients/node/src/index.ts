@@ -77,8 +77,13 @@ export function connect(options: ConnectOptions = {}): SpeechClient {
  * iteration throws a `ConnectError` with the same code and message.
  */
 export class Session implements AsyncIterable<StreamResponse> {
-  /** The voice the server chose (from `voice`, `languageCode` or its default). */
+  /**
+   * The voice the server chose (from `voice`, `languageCode` or its default), from
+   * the call's initial metadata; "" when the call ended before the server named one
+   * (a bad configuration). Settles once the server's headers or its end arrive.
+   */
   readonly voice: Promise<string>;
+  private named: (voice: string) => void = () => {};
   private readonly queue: StreamRequest[] = [];
   private closed = false;
   private wake: (() => void) | undefined;
@@ -89,8 +94,7 @@ export class Session implements AsyncIterable<StreamResponse> {
     config: SessionConfigInit = {},
     options: CallOptions = {},
   ) {
-    let named: (voice: string) => void = () => {};
-    this.voice = new Promise((resolve) => (named = resolve));
+    this.voice = new Promise((resolve) => (this.named = resolve));
     this.push(
       create(StreamRequestSchema, {
         request: { case: "config", value: config },
@@ -99,7 +103,7 @@ export class Session implements AsyncIterable<StreamResponse> {
     this.responses = client.stream(this.requests(), {
       ...options,
       onHeader: (headers) => {
-        named(headers.get(VOICE_HEADER) ?? "");
+        this.named(headers.get(VOICE_HEADER) ?? "");
         options.onHeader?.(headers);
       },
     });
@@ -132,8 +136,12 @@ export class Session implements AsyncIterable<StreamResponse> {
     this.wake?.();
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<StreamResponse> {
-    return this.responses[Symbol.asyncIterator]();
+  async *[Symbol.asyncIterator](): AsyncIterator<StreamResponse> {
+    try {
+      yield* this.responses;
+    } finally {
+      this.named(""); // no effect once the headers named the voice
+    }
   }
 
   private push(request: StreamRequest): void {
