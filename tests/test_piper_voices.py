@@ -261,3 +261,13 @@ def test_the_python_client_sends_a_language(served: ServeProcess) -> None:
         )
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "no voice speaks language_code 'xx'" in raised.value.message
+
+
+def test_a_model_and_config_that_do_not_fit_are_named(tmp_path: Path) -> None:
+    add_voice(tmp_path, "mismatch")
+    config = tmp_path / "mismatch.onnx.json"
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data["phoneme_id_map"] = {"^": [1], "$": [2]}  # a config of some other model
+    config.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(EngineError, match=r"mismatch\.onnx loaded but cannot speak"):
+        PiperEngine([(tmp_path / "mismatch.onnx", config)], workers=1)

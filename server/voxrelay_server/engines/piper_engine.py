@@ -197,6 +197,7 @@ class PiperEngine(SpeechEngine):
                     "loaded (rename one of the two)",
                 )
             shared = _load(model_path, config_path, threads_per_segment)
+            _check_speaks(shared, model_path)
             lone = None
             if lone_threads > threads_per_segment:
                 lone = _load(model_path, config_path, lone_threads)
@@ -335,6 +336,23 @@ def _load(model_path: Path, config_path: Path, threads: int) -> _Model:
         PiperVoice(session=_ShrinkingSession(session), config=config),
         language,
     )
+
+
+def _check_speaks(model: _Model, model_path: Path) -> None:
+    """Speak one short word with a voice just loaded (some 50 ms), so that a model and
+    config that load but do not fit together (a phoneme the model lacks, an espeak-ng
+    voice the phonemizer does not have, a model that is not piper's) stop the start
+    rather than fail its first caller. Raises `EngineError` naming the model."""
+    try:
+        phonemes = [p for sentence in model.voice.phonemize("a") for p in sentence]
+        ids = model.shrinking.phonemes_to_ids(phonemes)
+        model.shrinking.phoneme_ids_to_audio(ids, SynthesisConfig())
+    except Exception as error:  # piper and onnxruntime raise many kinds
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"piper voice {model_path} loaded but cannot speak: {type(error).__name__}: "
+            f"{error} (is {model_path.name}.json its config?)",
+        ) from error
 
 
 def _give_back_memory(voice: _Voice) -> None:
