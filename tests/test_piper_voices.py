@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import voxrelay
 from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
@@ -271,3 +274,39 @@ def test_a_model_and_config_that_do_not_fit_are_named(tmp_path: Path) -> None:
     config.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(EngineError, match=r"mismatch\.onnx loaded but cannot speak"):
         PiperEngine([(tmp_path / "mismatch.onnx", config)], workers=1)
+
+
+names = st.sets(
+    st.tuples(
+        st.sampled_from(["de_DE-a-low", "en_GB-b-medium", "fr_FR-c-x_low", "x"]),
+        st.sampled_from([".onnx", ".onnx.json", ".txt", ".onnx.json.bak"]),
+    ),
+    max_size=8,
+)
+
+
+@given(names)
+@settings(max_examples=60, deadline=None)
+def test_voice_files_offers_whole_voices_or_names_the_half(
+    files: set[tuple[str, str]],
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        folder = Path(directory)
+        for stem, suffix in files:
+            (folder / f"{stem}{suffix}").write_bytes(b"")
+        models = {stem for stem, suffix in files if suffix == ".onnx"}
+        configs = {stem for stem, suffix in files if suffix == ".onnx.json"}
+        try:
+            found = voice_files(folder)
+        except EngineError as error:
+            half = models ^ configs
+            assert half or not models, error.message
+            if half:
+                assert f"{sorted(half)[0]}.onnx" in error.message
+            else:
+                assert "no piper voice in it" in error.message
+            return
+        assert models == configs and models
+        assert [(m.name, c.name) for m, c in found] == [
+            (f"{stem}.onnx", f"{stem}.onnx.json") for stem in sorted(models)
+        ]
