@@ -7,14 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/voxrelay/v1/*.proto)
 PROTO_OUT := client/voxrelay/v1
-PROTO_STAMP := $(PROTO_OUT)/.generated
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
 NODE_DIR := clients/node
 GO_PLUGINS := protoc-gen-go protoc-gen-go-grpc
 
-.PHONY: run test proto generate node-deps go-deps go-example lint bench bench-quick install clean
+.PHONY: run test proto generate node-deps go-deps go-example lint bench bench-quick install dist clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -23,26 +22,22 @@ run: install
 test: install $(BENCH_STAMP)
 	$(BIN)/pytest
 
-install: $(STAMP) $(PROTO_STAMP)
+install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Two distributions, both editable here: the light client (client/pyproject.toml,
+# `voxrelay`) and the server (pyproject.toml, `voxrelay-server`, which needs the client).
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
-# Regenerates the Python messages, gRPC stubs and their type stubs from protos/.
+# Regenerates the Python messages, gRPC stubs and their type stubs from protos/ into
+# client/voxrelay/v1/. They are committed (the client wheel ships them); `make lint`
+# and tests/test_packaging.py check that they are what the protos make.
 proto: $(STAMP)
-	rm -f $(PROTO_STAMP)
-	$(MAKE) $(PROTO_STAMP)
-
-$(PROTO_STAMP): $(STAMP) $(PROTO_SRC)
 	rm -f $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=client --mypy_out=client \
-		--grpc_python_out=client --mypy_grpc_out=client \
-		$(PROTO_SRC)
-	touch $(PROTO_OUT)/__init__.py $@
+	$(BIN)/python -m tests.stubs client
 
 # Every language's generated code from protos/ in one command: the Python stubs (above),
 # then TypeScript (clients/node/src/gen) and Go (gen/go) with buf and protos/buf.gen.yaml.
@@ -74,6 +69,7 @@ go-example:
 	rm -rf $$tmp && echo "built $(BIN)/voxrelay-speak-go"
 
 lint: install
+	$(BIN)/python -m tests.stubs --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -105,8 +101,13 @@ bench-quick: install $(BENCH_STAMP)
 
 # The benchmark's extras (the reference implementation, plotting) only for the benchmark.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
 	touch $@
 
+# Builds both distributions (sdist and wheel) into dist/.
+dist: install
+	$(BIN)/python -m build --outdir dist client
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi $(PROTO_STAMP)
+	rm -rf $(VENV) dist build client/build

@@ -32,7 +32,8 @@ _STUBS = ROOT / "client" / "voxrelay" / "v1"
 
 @contextlib.contextmanager
 def worktree(revision: str) -> Iterator[Path]:
-    """A checkout of `revision` in a temporary directory, with this tree's generated stubs."""
+    """A checkout of `revision` in a temporary directory, with generated stubs (its own,
+    or this tree's for revisions that did not commit them)."""
     with tempfile.TemporaryDirectory(prefix="voxrelay-base-") as parent:
         path = Path(parent) / "tree"
         subprocess.run(
@@ -41,9 +42,11 @@ def worktree(revision: str) -> Iterator[Path]:
             check=True,
         )
         try:
-            # The stubs are generated, not committed: the base gets this tree's.
-            for stub in _STUBS.glob("*_pb2*.py*"):
-                (path / "client" / "voxrelay" / "v1" / stub.name).write_bytes(stub.read_bytes())
+            # Revisions before the stubs were committed have none: they get this tree's.
+            base_stubs = path / "client" / "voxrelay" / "v1"
+            if not any(base_stubs.glob("*_pb2.py")):
+                for stub in _STUBS.glob("*_pb2*.py*"):
+                    (base_stubs / stub.name).write_bytes(stub.read_bytes())
             yield path
         finally:
             subprocess.run(

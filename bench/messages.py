@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,8 @@ def start_bare_process(timeout_s: float = 30.0) -> ServerProcess:
 class _Counter:
     messages: int = 0
     audio_bytes: int = 0
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at the first audio message."""
 
 
 def audio_data_bytes(raw: bytes) -> int:
@@ -203,6 +205,7 @@ async def _session_loop(
                 size = audio_data_bytes(raw)
                 if size >= 0:
                     counter.messages += 1
+                    counter.flowing.set()
                     counter.audio_bytes += size
         finally:
             call.cancel()
@@ -234,6 +237,9 @@ async def measure_in_client(
         )
 
     try:
+        # The window opens once audio flows (a busy machine may take longer than the
+        # warm-up to open every session), so it never measures zero messages.
+        await asyncio.wait_for(counter.flowing.wait(), timeout=60.0)
         await asyncio.sleep(warmup_s)
         start = snapshot()
         await asyncio.sleep(window_s)
@@ -247,6 +253,8 @@ async def measure_in_client(
     if failures:
         raise RuntimeError(f"{len(failures)} sessions failed, first: {failures[0]!r}")
     wall = end[2] - start[2]
+    if end[0] == start[0]:
+        raise RuntimeError(f"no audio message arrived in a {window_s} s window")
     return {
         "messages": end[0] - start[0],
         "audio_bytes": end[1] - start[1],

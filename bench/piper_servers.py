@@ -25,7 +25,9 @@ not audio). The texts are the voice-agent section's assistant replies
 whole replies of three sentences or more, the servers alternating turn by turn; then
 4 and 16 clients together, each saying one reply after another for a fixed window
 (first audio of every turn started in it, and the audio that arrived in it per wall
-second).
+second), and 4 and 16 conversations, each sending its next reply once a listener
+playing at real time has heard the last (`Listener`: what each listener waits and
+the silences it hears, measured the same way for all three servers).
 
 `python -m bench.piper_servers [--quick]` runs it alone; the suite runs it as a section.
 """
@@ -63,7 +65,7 @@ from bench.servers import (
     start_server_process,
     stop_server_process,
 )
-from bench.voice_agent import load_replies
+from bench.voice_agent import load_replies, worst_gap
 from voxrelay import AsyncClient, Audio, TurnEnded
 from voxrelay_server.engines.piper_engine import bundled_joe_voice
 from voxrelay_server.splitter import SentenceSplitter
@@ -81,8 +83,16 @@ FIRST_AUDIO_GOAL = 0.95
 """voxrelay's one-sentence first audio p50 at 1 client, at most this x the faster other."""
 P90_GOALS = {4: 0.41, 16: 0.30}
 """voxrelay's first-audio p90 at N clients, at most this x the better other."""
+CONVERSATION_P90_GOALS = {4: FIRST_AUDIO_GOAL, 16: P90_GOALS[16]}
+"""voxrelay's first-audio p90 in N conversations, at most this x the better other: 4
+conversations use about a quarter of the engine's throughput, so the one-client goal;
+16 use most of it, so the closed loop's."""
 THROUGHPUT_GOAL = 1.09
 """voxrelay's audio throughput at 4 and 16 clients, at least this x the better other."""
+
+CONVERSATION_STARTS_S = 4.0
+"""Conversations begin evenly spread over this many seconds of their window, as callers
+arrive at a contact centre (all at one instant would be a burst no service sees)."""
 
 PARAGRAPH_SENTENCES = 3
 """The fewest sentences of a reply said as a paragraph."""
@@ -98,12 +108,14 @@ class Config:
     """Paragraph turns per server at 1 client."""
     window_s: float
     """Wall seconds during which each loaded client keeps starting turns."""
+    paced_window_s: float
+    """The same for conversations, whose turns come slower."""
     rounds: int
     """Windows per server and client count, the servers in a rotating order."""
 
 
-FULL = Config(sentence_turns=24, paragraph_turns=15, window_s=12.0, rounds=2)
-QUICK = Config(sentence_turns=4, paragraph_turns=2, window_s=4.0, rounds=1)
+FULL = Config(sentence_turns=24, paragraph_turns=15, window_s=12.0, paced_window_s=24.0, rounds=2)
+QUICK = Config(sentence_turns=4, paragraph_turns=2, window_s=4.0, paced_window_s=6.0, rounds=1)
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,54 @@ class Turn:
     first_audio_s: float
     end_s: float
     audio_bytes: int
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One turn as its listener hears it (see `Listener`)."""
+
+    wait_s: float
+    """Silence before its first audio, from when the listener needed it: the send, or
+    the end of the previous reply's playback if that was later."""
+    worst_gap_s: float
+    """The longest silence in the middle of the reply."""
+
+
+class Listener:
+    """A listener playing a client's audio at real time, from each reply's first audio.
+
+    Each message's audio plays from when it arrives or when the audio before it ends,
+    whichever is later; a reply's wait is counted from when the listener needed it (the
+    send, or the end of the previous reply's playback if later). Servers that know
+    nothing of playback and one that schedules by it are measured the same way.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.playing_until = 0.0
+        self.needed_at = 0.0
+        self.arrivals: list[tuple[float, float]] = []
+        """This reply's messages: (arrival, seconds of audio)."""
+
+    def sent(self) -> None:
+        """A reply was sent now."""
+        self.needed_at = max(self.clock(), self.playing_until)
+        self.arrivals = []
+
+    def audio(self, size: int) -> None:
+        now, seconds = self.clock(), audio_seconds(size)
+        self.arrivals.append((now, seconds))
+        self.playing_until = max(now, self.playing_until) + seconds
+
+    def heard(self) -> Heard:
+        if not self.arrivals:
+            raise RuntimeError("a reply without audio")
+        wait = max(0.0, self.arrivals[0][0] - self.needed_at)
+        return Heard(wait, worst_gap(self.arrivals)[0])
+
+    async def played(self) -> None:
+        """Wait until the listener has heard everything that arrived."""
+        await asyncio.sleep(max(0.0, self.playing_until - self.clock()))
 
 
 OnAudio = Callable[[int], None]
@@ -385,6 +445,7 @@ class Load:
     """N clients on one server, each saying one reply after another."""
 
     turns: list[Turn] = field(default_factory=list)
+    heard: list[Heard] = field(default_factory=list)
     audio_s: float = 0.0
     """Audio that arrived within the windows."""
     window_s: float = 0.0
@@ -410,24 +471,37 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def loaded(connect: Connect, pid: int, clients: int, window_s: float, load: Load) -> None:
-    """`clients` clients start together and each starts turns until the window closes;
-    adds to `load` every turn started in it and the audio that arrived within it."""
+async def loaded(
+    connect: Connect, pid: int, clients: int, window_s: float, load: Load, paced: bool
+) -> None:
+    """`clients` clients start together and each starts turns until the window closes:
+    the next as soon as the last has ended or, if `paced`, once its listener has heard
+    it (a conversation). Adds to `load` every turn started in the window and the audio
+    that arrived within it."""
     arrived = 0
     closes = 0.0
-
-    def on_audio(size: int) -> None:
-        nonlocal arrived
-        if time.perf_counter() <= closes:
-            arrived += size
-
     replies = load_replies()
 
     async def client(speaker: Speaker, offset: int) -> None:
+        nonlocal arrived
+        listener = Listener()
+        if paced:
+            await asyncio.sleep(CONVERSATION_STARTS_S * offset / clients)
+
+        def on_audio(size: int) -> None:
+            nonlocal arrived
+            listener.audio(size)
+            if time.perf_counter() <= closes:
+                arrived += size
+
         for index in range(offset, 1_000_000):
             if time.perf_counter() >= closes:
                 return
+            listener.sent()
             load.turns.append(await speaker(replies[index % len(replies)], on_audio))
+            load.heard.append(listener.heard())
+            if paced and time.perf_counter() < closes:
+                await listener.played()
 
     async with AsyncExitStack() as stack:
         speakers = await asyncio.gather(
@@ -447,13 +521,16 @@ async def loaded(connect: Connect, pid: int, clients: int, window_s: float, load
     load.window_s += window_s
 
 
-async def under_load(running: Running, clients: int, config: Config) -> dict[str, Load]:
+async def under_load(
+    running: Running, clients: int, config: Config, paced: bool = False
+) -> dict[str, Load]:
     loads = {name: Load() for name in SERVERS}
+    window_s = config.paced_window_s if paced else config.window_s
     for round_ in range(config.rounds):
         for index in range(len(SERVERS)):
             name = SERVERS[(round_ + index + clients) % len(SERVERS)]
             pid = running.processes[name].pid
-            await loaded(running.connect[name], pid, clients, config.window_s, loads[name])
+            await loaded(running.connect[name], pid, clients, window_s, loads[name], paced)
     return loads
 
 
@@ -462,7 +539,10 @@ def ms(seconds: float) -> str:
 
 
 def p50_p90(turns: Sequence[Turn], end: bool = False) -> str:
-    values = [t.end_s if end else t.first_audio_s for t in turns]
+    return spread([t.end_s if end else t.first_audio_s for t in turns])
+
+
+def spread(values: Sequence[float]) -> str:
     return f"{ms(median(values))} / {ms(percentile(values, 90))}"
 
 
@@ -475,6 +555,7 @@ class Results:
     sentence: dict[str, list[Turn]]
     paragraph: dict[str, list[Turn]]
     loads: dict[int, dict[str, Load]]
+    conversations: dict[int, dict[str, Load]]
     threads: dict[str, int]
 
 
@@ -494,17 +575,12 @@ def goals(results: Results) -> list[Goal]:
         )
     ]
     for clients, loads in results.loads.items():
-        p90 = {
-            n: percentile([t.first_audio_s for t in load.turns], 90) for n, load in loads.items()
-        }
-        best_p90 = min(p90[o] for o in others)
-        ratio = p90[VOXRELAY] / best_p90
+        rows.append(p90_goal(f"{clients} clients", loads, P90_GOALS[clients]))
         rows.append(
-            Goal(
-                f"{clients} clients: voxrelay's first-audio p90 at most {P90_GOALS[clients]} x "
-                "the better of the others",
-                f"{ms(p90[VOXRELAY])} ms against {ms(best_p90)} ms: {ratio:.2f}",
-                ratio <= P90_GOALS[clients],
+            p90_goal(
+                f"{clients} conversations",
+                results.conversations[clients],
+                CONVERSATION_P90_GOALS[clients],
             )
         )
         rate = {n: load.throughput for n, load in loads.items()}
@@ -521,6 +597,48 @@ def goals(results: Results) -> list[Goal]:
     return rows
 
 
+def p90_goal(load_name: str, loads: dict[str, Load], goal: float) -> Goal:
+    """voxrelay's first-audio p90 against the better of the others'."""
+    p90 = {n: percentile([t.first_audio_s for t in load.turns], 90) for n, load in loads.items()}
+    best = min(p90[o] for o in (WYOMING, HTTP))
+    ratio = p90[VOXRELAY] / best
+    return Goal(
+        f"{load_name}: voxrelay's first-audio p90 at most {goal} x the better of the others",
+        f"{ms(p90[VOXRELAY])} ms against {ms(best)} ms: {ratio:.2f}",
+        ratio <= goal,
+    )
+
+
+def load_rows(name: str, loads: dict[str, Load], paced: bool) -> list[Sequence[str]]:
+    """First audio, what the listener heard, throughput and CPU of one load."""
+    rows: list[Sequence[str]] = [
+        (f"{name}: first audio", *(p50_p90(loads[n].turns) for n in SERVERS)),
+    ]
+    if not paced:  # a conversation sends when its listener needs the reply: the same
+        rows.append(
+            (
+                f"{name}: listener's wait for first audio",
+                *(spread([h.wait_s for h in loads[n].heard]) for n in SERVERS),
+            )
+        )
+    return [
+        *rows,
+        (
+            f"{name}: longest silence within a reply",
+            *(spread([h.worst_gap_s for h in loads[n].heard]) for n in SERVERS),
+        ),
+        (f"{name}: throughput (audio s/s)", *(f"{loads[n].throughput:.2f}" for n in SERVERS)),
+        (
+            f"{name}: turns / server CPU (cores)",
+            *(f"{len(loads[n].turns)} / {loads[n].cores:.2f}" for n in SERVERS),
+        ),
+        (
+            f"{name}: audio s per server CPU s",
+            *(f"{loads[n].audio_s / loads[n].server_cpu_s:.1f}" for n in SERVERS),
+        ),
+    ]
+
+
 def section(results: Results, config: Config) -> Section:
     def row(what: str, cells: Callable[[str], str]) -> Sequence[str]:
         return (what, *(cells(name) for name in SERVERS))
@@ -533,21 +651,9 @@ def section(results: Results, config: Config) -> Section:
         row(f"{paragraph}: end of turn", lambda n: p50_p90(results.paragraph[n], True)),
     ]
     for clients, loads in results.loads.items():
-        rows += [
-            (f"{clients} clients: first audio", *(p50_p90(loads[n].turns) for n in SERVERS)),
-            (
-                f"{clients} clients: throughput (audio s/s)",
-                *(f"{loads[n].throughput:.2f}" for n in SERVERS),
-            ),
-            (
-                f"{clients} clients: turns / server CPU (cores)",
-                *(f"{len(loads[n].turns)} / {loads[n].cores:.2f}" for n in SERVERS),
-            ),
-            (
-                f"{clients} clients: audio s per server CPU s",
-                *(f"{loads[n].audio_s / loads[n].server_cpu_s:.1f}" for n in SERVERS),
-            ),
-        ]
+        rows += load_rows(f"{clients} clients", loads, paced=False)
+    for clients, loads in results.conversations.items():
+        rows += load_rows(f"{clients} conversations", loads, paced=True)
     cores = os.cpu_count() or 1
     physical = psutil.cpu_count(logical=False) or cores
     single = {
@@ -594,24 +700,36 @@ def section(results: Results, config: Config) -> Section:
         "its order is (the p90). One-sentence turns at 1 client made audio at "
         + ", ".join(f"{name} {rate:.2f}" for name, rate in single.items())
         + " audio s/s of their turns.",
-        f"Under load: the clients of one server start together, each says one reply "
-        f"after another (the next when the last has ended) and starts no new turn once "
-        f"the window ({config.window_s:g} s, {config.rounds} per server and client count, "
-        "the servers in a rotating order) has closed; first audio counts every turn started "
-        "in a window, throughput the audio that arrived in the windows per window second. "
+        f"Under load (*N clients*, a closed loop): the clients of one server start "
+        "together, each says one reply after another (the next as soon as the last has "
+        "ended) and starts no new turn once the window "
+        f"({config.window_s:g} s, {config.rounds} per server and client count, the servers "
+        "in a rotating order) has closed; first audio counts every turn started in a "
+        "window, throughput the audio that arrived in the windows per window second. "
         "Server CPU: the server process's (and its children's) within the windows.",
-        "Under load each client starts its next reply once the last has arrived, while a "
-        "listener would still be playing it for seconds (at "
+        f"*N conversations*: the same, but each client sends its next reply only once a "
+        "listener playing at real time from the reply's first audio has heard all of it "
+        "(an agent answering a caller who has listened), and the conversations begin "
+        f"evenly spread over the first {CONVERSATION_STARTS_S:g} s of the window "
+        f"({config.paced_window_s:g} s). Each client's listener plays every audio message "
+        "from when it arrives or when the audio before it ends, whichever is later: "
+        "*listener's wait* is the silence before a reply's first audio from when the "
+        "listener needed it (the send, or the end of the previous reply's playback if "
+        "later), *longest silence within a reply* the worst gap heard after the reply "
+        "began (http_server's reply arrives whole, so it has none by construction).",
+        "In the closed loop each client sends its next reply once the last has arrived, "
+        "while a listener would still be playing it for seconds (at "
         f"{most} clients voxrelay's replies arrive at {busiest.throughput / most:.1f}x "
-        "real time each). "
-        "voxrelay schedules by when a listener needs audio: a new "
-        "turn of a session whose listener is still playing is due when that audio runs "
-        "out, not at once, and a listener within 2 s of running dry goes before new "
-        "turns; so in this closed loop its first audio, timed from the send, is later "
-        "than a conversation's would be (its next turn comes after the playback), and the "
-        "others, which know nothing of playback, serve turns in arrival order. What would "
-        "move the p90 ratio is a load paced as conversations (the next turn after the "
-        "last has played); the figures here are the saturated case.",
+        "real time each). voxrelay schedules by when a listener needs audio: a new turn "
+        "of a session whose listener is still playing is due when that audio runs out, "
+        "not at once, and a listener close to running dry goes before new turns; so its "
+        "first audio timed from the send includes the previous reply's playback, which "
+        "the listener's wait does not, and the others, which know nothing of playback, "
+        "serve turns in arrival order. The conversations are the case a voice agent "
+        "meets; the closed loop is the saturated one. `python -m bench.load_compare "
+        "--base REV` runs both loads on voxrelay at another revision and this one, side "
+        "by side (the optimisation log's fifth round has the revision before first-clause "
+        "segmentation against it).",
         f"Times are ms, p50 / p90. A shared, noisy {cores}-core machine: the benchmark's "
         "clients run beside the servers, and other work runs at the same time.",
     ]
@@ -624,7 +742,8 @@ def section(results: Results, config: Config) -> Section:
             "`piper.http_server` (`httpx`, `POST /synthesize`), all running in this run: "
             f"one client, {config.sentence_turns} one-sentence and {config.paragraph_turns} "
             "paragraph turns per server, the servers alternating turn by turn; then 4 and "
-            "16 clients at once, each saying one reply after another for a window. The "
+            "16 clients at once, each saying one reply after another for a window, and 4 "
+            "and 16 conversations (the next reply once the last has been heard). The "
             "texts: the voice-agent section's assistant replies (the first sentence of "
             "each, whole replies of three sentences or more, and every reply under load). "
             "First audio: from sending a turn to its first audio message (or response body "
@@ -654,15 +773,24 @@ async def run(quick: bool) -> Section:
         )
         paragraph = await one_client(running, paragraphs(config.paragraph_turns))
         loads: dict[int, dict[str, Load]] = {}
+        conversations: dict[int, dict[str, Load]] = {}
         for clients in P90_GOALS:
             loads[clients] = await under_load(running, clients, config)
+            conversations[clients] = await under_load(running, clients, config, paced=True)
             print(
-                f"   {clients} clients, throughput (audio s/s): "
-                + ", ".join(f"{n} {loads[clients][n].throughput:.2f}" for n in SERVERS),
+                f"   {clients} clients, first audio p90 (ms), closed loop / conversations: "
+                + ", ".join(
+                    f"{n} {p90_ms(loads[clients][n])} / {p90_ms(conversations[clients][n])}"
+                    for n in SERVERS
+                ),
                 file=sys.stderr,
                 flush=True,
             )
-    return section(Results(sentence, paragraph, loads, counts), config)
+    return section(Results(sentence, paragraph, loads, conversations, counts), config)
+
+
+def p90_ms(load: Load) -> str:
+    return ms(percentile([t.first_audio_s for t in load.turns], 90))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

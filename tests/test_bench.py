@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import SECTIONS
+from bench.piper_servers import SAMPLE_RATE, Listener
 from bench.real_voice import Arrivals
 from bench.report import at_least
 from bench.voice_agent import first_clause, load_replies, pieces, word_errors, words, worst_gap
@@ -200,6 +201,25 @@ def test_a_listener_hears_a_gap_only_when_audio_comes_after_the_audio_before_it_
     assert worst_gap([(0.0, 1.0), (0.5, 1.0), (1.9, 1.0)]) == (0.0, 0.0)  # always ahead
     gap, after = worst_gap([(0.0, 1.0), (1.1, 1.0), (2.5, 1.0)])  # 0.1 s, then 0.4 s
     assert gap == pytest.approx(0.4) and after == 2.0
+
+
+def test_a_reply_waits_from_the_send_or_from_the_end_of_the_last_reply_played() -> None:
+    now = [0.0]
+    listener = Listener(clock=lambda: now[0])
+    second = SAMPLE_RATE * 2  # bytes of one second of audio
+    listener.sent()
+    now[0] = 0.5
+    listener.audio(2 * second)  # plays 0.5 to 2.5
+    now[0] = 3.0
+    listener.audio(second)  # 0.5 s after the audio before it ran out
+    heard = listener.heard()
+    assert heard.wait_s == 0.5 and heard.worst_gap_s == pytest.approx(0.5)
+    now[0] = 3.2
+    listener.sent()  # the listener still plays until 4.0: the reply is needed then
+    now[0] = 4.3
+    listener.audio(second)
+    heard = listener.heard()
+    assert heard.wait_s == pytest.approx(0.3) and heard.worst_gap_s == 0.0
 
 
 def test_word_errors_compare_normalised_words() -> None:

@@ -7,17 +7,24 @@ against it as separate processes, and their files and messages are checked.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pty
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.processes import (
     VOXRELAY,
@@ -27,6 +34,7 @@ from tests.processes import (
     user_env,
     wait_until_answering,
 )
+from voxrelay import cli
 
 DEFAULT_VOICE = "piper/en_US-joe-medium"
 HELLO = "Hello there. How are you today?"
@@ -211,11 +219,11 @@ def test_say_writes_an_ogg_opus_file_players_open(server: ServeProcess, tmp_path
     assert "(24000 Hz)" in result.stderr
 
 
-def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) -> None:
-    first_line = "Hello there, this is the first line."
-    second_line = "And this second line adds a good deal more speech to the very same turn."
+def test_say_streams_stdin_as_it_arrives_not_by_lines(server: ServeProcess, tmp_path: Path) -> None:
+    first_part = "Hello there, this is the first part. "
+    second_part = "And this second part adds a good deal more speech to the very same turn."
     alone = tmp_path / "first.wav"
-    result = voxrelay("say", first_line, "-o", str(alone), "--server", server.target, cwd=tmp_path)
+    result = voxrelay("say", first_part, "-o", str(alone), "--server", server.target, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     first_alone_s = soundfile.info(str(alone)).duration
     output = tmp_path / "out.wav"
@@ -231,12 +239,12 @@ def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) ->
     )
     try:
         assert process.stdin is not None and process.stderr is not None
-        process.stdin.write(first_line + "\n")
+        process.stdin.write(first_part)  # no newline: tokens as an LLM streams them
         process.stdin.flush()
-        # The first line is spoken while stdin is still open: the command streams.
+        # The first part is spoken while stdin is still open: the command streams.
         before_second = read_stderr_until(process, "first audio after")
         assert "turn 1 started" in before_second
-        process.stdin.write(second_line + "\n")
+        process.stdin.write(second_part)
         process.stdin.close()
         rest = process.stderr.read()
         code = process.wait(timeout=RUN_TIMEOUT_S)
@@ -247,10 +255,87 @@ def test_say_streams_stdin_line_by_line(server: ServeProcess, tmp_path: Path) ->
 
     assert code == 0, before_second + rest
     assert "turn 1 ended" in rest
-    assert "turn 2" not in rest  # lines without a turn marker make one turn
+    assert "turn 2" not in rest  # chunks without a turn marker make one turn
+    assert "so far" not in before_second + rest  # the live line is for terminals only
     samples, rate = soundfile.read(str(output), dtype="float64")
     assert rms(samples) > 0.01
     assert len(samples) / rate > first_alone_s + 1.0
+
+
+def test_say_shows_live_progress_on_a_terminal(server: ServeProcess, tmp_path: Path) -> None:
+    main, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [str(VOXRELAY), "say", HELLO, "-o", str(tmp_path / "hi.wav"), "--server",
+             server.target],
+            cwd=tmp_path, env=user_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                data = os.read(main, 4096)
+            except OSError:  # EIO: the process closed its end of the terminal
+                break
+            if not data:
+                break
+            shown += data
+        code = process.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        os.close(main)
+
+    text = shown.decode()
+    assert code == 0, text
+    live = re.findall(
+        r"\r\x1b\[Kvoxrelay: first audio after (\d+) ms; (\d+\.\d) s of audio so far", text
+    )
+    assert live, text
+    first_ms, audio_s = live[-1]
+    summary = re.search(r"wrote \S+ \((\d+\.\d+) s of audio\).*first audio (\d+) ms", text)
+    assert summary is not None, text
+    assert float(audio_s) == pytest.approx(float(summary.group(1)), abs=0.06)
+    assert first_ms == summary.group(2)
+
+
+def test_say_stops_on_stdin_that_is_not_text(server: ServeProcess, tmp_path: Path) -> None:
+    output = tmp_path / "bytes.wav"
+    result = subprocess.run(
+        [str(VOXRELAY), "say", "-", "-o", str(output), "--server", server.target],
+        cwd=tmp_path, env=user_env(), input=b"Hello \xff\xfe there", capture_output=True,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "stdin is not utf-8 text" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_say_to_an_unwritable_output_fails_before_synthesis(tmp_path: Path, where: str) -> None:
+    output = tmp_path / "missing" / "out.wav" if where == "missing folder" else tmp_path
+    # No server listens there: the output is refused before any connection is made.
+    unused = f"127.0.0.1:{free_port()}"
+
+    result = voxrelay("say", "Hello.", "-o", str(output), "--server", unused, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert f"cannot write the output file {str(output)!r}" in result.stderr
+    reason = "does not exist" if where == "missing folder" else "Is a directory"
+    assert reason in result.stderr
+    assert "UNAVAILABLE" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_say_to_a_new_file_that_fails_leaves_no_file(tmp_path: Path) -> None:
+    output = tmp_path / "never.wav"
+
+    result = voxrelay("say", "Hello.", "-o", str(output), "--server", f"127.0.0.1:{free_port()}",
+                      cwd=tmp_path)  # fmt: skip
+
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+    assert not output.exists()  # the writability check left nothing behind
 
 
 def test_voices_lists_the_default_first_and_espeak_voices(
@@ -268,6 +353,38 @@ def test_voices_lists_the_default_first_and_espeak_voices(
     assert "espeak/de" in by_name
     assert sum(name.startswith("espeak/") for name in by_name) > 50
     assert not any(name.startswith("tone/") for name in by_name)  # for tests, off by default
+
+
+def test_voices_by_language(server: ServeProcess, tmp_path: Path) -> None:
+    german = voxrelay("voices", "--language", "de", "--server", server.target, cwd=tmp_path)
+    english = voxrelay("voices", "--language", "en_us", "--server", server.target, cwd=tmp_path)
+    nowhere = voxrelay("voices", "--language", "xx", "--server", server.target, cwd=tmp_path)
+    malformed = voxrelay("voices", "--language", "d e", "--server", server.target, cwd=tmp_path)
+
+    assert german.returncode == 0, german.stderr
+    assert [row.split()[0] for row in german.stdout.splitlines()[1:]] == ["espeak/de"]
+    assert english.returncode == 0, english.stderr
+    assert [row.split()[0] for row in english.stdout.splitlines()[1:]] == [
+        DEFAULT_VOICE,
+        "espeak/en-us",
+        "espeak/en-us-nyc",
+    ]
+    assert nowhere.returncode == 1
+    assert "no voice on this server speaks 'xx'; its languages: " in nowhere.stderr
+    assert "de, el, en-029" in nowhere.stderr
+    assert malformed.returncode == 1 and "INVALID_ARGUMENT" in malformed.stderr
+    assert "not a BCP-47 language tag" in malformed.stderr
+
+
+def test_say_with_a_voice_that_is_not_there_suggests_the_ones_that_are(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    result = voxrelay("say", "Hello.", "--voice", "espeak/zh", "-o", str(tmp_path / "zh.wav"),
+                      "--server", server.target, cwd=tmp_path)  # fmt: skip
+
+    assert result.returncode == 1
+    assert "unknown voice 'espeak/zh': did you mean espeak/cmn, " in result.stderr
+    assert "espeak/yue (language 'zh')" in result.stderr
 
 
 def test_the_test_engine_is_not_offered_by_default(server: ServeProcess, tmp_path: Path) -> None:
@@ -376,3 +493,43 @@ def test_serve_with_one_engine_defaults_to_its_standard_voice(tmp_path: Path) ->
     rows = result.stdout.splitlines()[1:]
     assert rows[0].split()[0] == "espeak/en-us" and rows[0].split()[-1] == "(default)"
     assert all(row.startswith("espeak/") for row in rows)
+
+
+def test_a_command_whose_package_cannot_be_imported_leaves_the_others_working(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = metadata.EntryPoint("serve", "voxrelay_nowhere.cli:add_serve", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [broken])
+
+    assert cli.main(["serve", "--listen", "127.0.0.1:0"]) == 2
+    said = capsys.readouterr().err
+    assert "`voxrelay serve` cannot be loaded: voxrelay_nowhere.cli:add_serve" in said
+    assert "No module named 'voxrelay_nowhere'" in said and "Traceback" not in said
+    with pytest.raises(SystemExit) as helped:
+        cli.main(["voices", "--help"])
+    assert helped.value.code == 0
+    assert "--language" in capsys.readouterr().out
+
+
+async def _read_stdin_chunks() -> list[str]:
+    return [chunk async for chunk in cli._stdin_chunks()]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(min_size=1, max_size=3000), st.sampled_from([1, 2, 3, 5, 7, cli.STDIN_READ_BYTES]))
+def test_stdin_is_sent_whole_however_its_reads_cut_it(text: str, read_bytes: int) -> None:
+    # Reads of a few bytes cut characters of two to four bytes: they come out whole,
+    # nothing is lost or repeated, and no chunk holds more than a Stream text chunk may.
+    read_end, write_end = os.pipe()
+    stdin, read_size = sys.stdin, cli.STDIN_READ_BYTES
+    try:
+        sys.stdin = open(read_end, encoding="utf-8", closefd=True)  # noqa: SIM115
+        cli.STDIN_READ_BYTES = read_bytes
+        with open(write_end, "wb", buffering=0) as writer:
+            writer.write(text.encode())  # a pipe holds 64 KiB: all of it, before reading
+        chunks = asyncio.run(_read_stdin_chunks())
+    finally:
+        sys.stdin.close()
+        sys.stdin, cli.STDIN_READ_BYTES = stdin, read_size
+    assert "".join(chunks) == text
+    assert all(0 < len(chunk) <= cli.MAX_CHUNK_CHARS for chunk in chunks)

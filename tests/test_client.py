@@ -160,3 +160,42 @@ async def test_a_write_after_the_server_ended_the_call_raises_the_servers_error(
                 await asyncio.sleep(0.05)  # an LLM's pace, past the server's drain
     assert failure.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown voice 'nope/x'" in failure.value.message
+
+
+LONG_TEXT = "".join(f"This is sentence {n} of a long text read aloud. " for n in range(1, 420))
+
+
+async def test_synthesize_speaks_a_text_longer_than_a_stream_chunk(
+    tone_server: RunningServer,
+) -> None:
+    # 20,000 characters: over the 16384 of one Stream text chunk, so only the
+    # Synthesize rpc takes it whole. Async, blocking and module-level alike.
+    assert 20_000 <= len(LONG_TEXT) < 20_100
+    expected = tone_server.tone.samples_for(LONG_TEXT)
+
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        async_audio = await client.synthesize(LONG_TEXT)
+
+    def blocking() -> tuple[voxrelay.SynthesizedAudio, voxrelay.SynthesizedAudio]:
+        with voxrelay.Client(tone_server.target) as client:
+            audio = client.synthesize(LONG_TEXT)
+        return audio, voxrelay.synthesize(LONG_TEXT, target=tone_server.target)
+
+    client_audio, module_audio = await asyncio.to_thread(blocking)
+
+    # Each segment's audio follows its text; only the spaces between segments go unspoken.
+    assert expected * 0.98 < len(async_audio.samples) <= expected
+    np.testing.assert_array_equal(client_audio.samples, async_audio.samples)
+    np.testing.assert_array_equal(module_audio.samples, async_audio.samples)
+    turns = {(chunk.turn) for chunk in async_audio.chunks}
+    assert turns == {1}
+
+
+async def test_synthesize_over_the_rpcs_limit_raises_invalid_argument(
+    tone_server: RunningServer,
+) -> None:
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        with pytest.raises(voxrelay.VoxrelayError) as failure:
+            await client.synthesize("a" * 1_000_001)
+    assert failure.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "1000000" in failure.value.message

@@ -621,6 +621,49 @@ async def test_words_waiting_mid_turn_are_spoken_before_the_listener_runs_out(
     assert amplitudes(third[0]) == {ToneEngine.amplitude_for("looking into it.")}
 
 
+async def test_the_dry_rule_allows_longer_words_waiting_more_time_to_their_first_audio() -> None:
+    """An engine that makes a run whole (piper) takes longer to the first audio of a
+    longer text: the dry rule reckons the words waiting by the session's first-audio
+    time per character, so a long run of words after a short first clause is
+    released early enough that its audio comes before the first clause has played."""
+    per_char_s = 0.012
+    tone = ToneEngine(ms_per_char=100.0)  # "Okay then," is 1 s of audio
+    voice = tone.voices()[0]
+    arrivals: list[tuple[int, float]] = []
+
+    async def synthesize(text: str) -> AsyncIterator[bytes]:
+        await asyncio.sleep(per_char_s * len(text))  # "Okay then," 0.12 s, the rest 0.76 s
+        async for chunk in tone.synthesize(voice, text, SynthesisOptions()):
+            yield chunk
+
+    dispatcher = SessionDispatcher(
+        synthesize,
+        native_rate_hz=SAMPLE_RATE_HZ,
+        output=OutputFormat(AudioEncoding.PCM_S16LE, SAMPLE_RATE_HZ, 0),
+        min_sentence_chars=1,
+        max_inflight_segments=4,
+        first_clause_words=2,
+        stall_s=0.02,
+    )
+    dispatcher.send_text(
+        "Okay then, I will look into the matter of your order and the delivery date right"
+    )
+    events = dispatcher.events()
+    assert await anext(events) == TurnStarted(1)
+    async for event in events:
+        if isinstance(event, AudioOut) and event.segment not in dict(arrivals):
+            arrivals.append((event.segment, time.monotonic()))
+            if len(arrivals) == 2:
+                break
+    (first, started), (second, came) = arrivals
+    assert (first, second) == (1, 2)
+    # Reckoned by the first clause's 0.12 s alone (a lead of 0.47 s), the rest would be
+    # released with 0.47 s of the clause left to play and come 0.29 s after it ran out;
+    # reckoned per character, it is released at once and comes 0.24 s before.
+    assert came - started < 1.0, "the listener ran out of audio before the second segment"
+    await dispatcher.aclose()
+
+
 async def test_a_stalled_turn_start_speaks_its_complete_words() -> None:
     """No clause mark yet and no new text: the words waiting at the start of the turn
     are spoken after the stall time, the word still being written waits for more."""

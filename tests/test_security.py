@@ -414,6 +414,88 @@ def test_client_library_rejects_incomplete_tls_options(pki: Pki) -> None:
         voxrelay.Client("127.0.0.1:1", tls_ca="/nowhere.pem")
 
 
+async def connection_failure(target: str, **tls: str) -> tuple[str, str]:
+    """The messages of the async and the blocking client's failed ListVoices; both
+    must be UNAVAILABLE (nothing was said to the server)."""
+    messages = []
+    async with voxrelay.AsyncClient(target, **tls) as client:
+        with pytest.raises(voxrelay.VoxrelayError) as caught:
+            await client.voices()
+        messages.append(caught.value)
+
+    def blocking() -> voxrelay.VoxrelayError:
+        with voxrelay.Client(target, **tls) as client, pytest.raises(voxrelay.VoxrelayError) as e:
+            client.voices()
+        return e.value
+
+    messages.append(await asyncio.to_thread(blocking))
+    assert {error.code for error in messages} == {grpc.StatusCode.UNAVAILABLE}
+    assert not any("cannot reach" in error.message for error in messages), messages
+    return messages[0].message, messages[1].message
+
+
+async def test_tls_failures_say_what_to_change(
+    start: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    tls = await start(**tls_settings(pki))
+    mtls = await start(**tls_settings(pki, tls_client_ca=str(pki.ca)))
+    plaintext = await start()
+    # A certificate for another name, from a CA the client trusts.
+    elsewhere_cert, elsewhere_key = tmp_path / "elsewhere.pem", tmp_path / "elsewhere.key"
+    ca_of_elsewhere = tmp_path / "elsewhere-ca.pem"
+    elsewhere_ca = trustme.CA()
+    elsewhere_ca.cert_pem.write_to_path(str(ca_of_elsewhere))
+    _write_leaf(elsewhere_ca.issue_cert("elsewhere.test"), elsewhere_cert, elsewhere_key)
+    misnamed = await start(tls_cert=str(elsewhere_cert), tls_key=str(elsewhere_key))
+    client_cert = {"tls_cert": str(pki.client_cert), "tls_key": str(pki.client_key)}
+    stranger = {"tls_cert": str(pki.stranger_cert), "tls_key": str(pki.stranger_key)}
+
+    cases = {
+        "plaintext to TLS": await connection_failure(tls),
+        "wrong CA": await connection_failure(tls, tls_ca=str(pki.other_ca)),
+        "no client certificate": await connection_failure(mtls, tls_ca=str(pki.ca)),
+        "stranger certificate": await connection_failure(mtls, tls_ca=str(pki.ca), **stranger),
+        "TLS to plaintext": await connection_failure(plaintext, tls_ca=str(pki.ca)),
+        "TLS to plaintext, mTLS": await connection_failure(
+            plaintext, tls_ca=str(pki.ca), **client_cert
+        ),
+        "another name": await connection_failure(misnamed, tls_ca=str(ca_of_elsewhere)),
+    }
+
+    def expect(case: str, *phrases: str) -> None:
+        for message in cases[case]:
+            for phrase in phrases:
+                assert phrase in message, (case, message)
+
+    expect("plaintext to TLS", f"the server at {tls} ", "serves TLS only", "--tls-ca")
+    expect(
+        "wrong CA",
+        f"the CA in {str(pki.other_ca)!r} does not vouch for",
+        "unable to get local issuer certificate",
+        "--tls-ca",
+    )
+    expect("no client certificate", "requires a client certificate", "--tls-cert", "--tls-key")
+    expect("stranger certificate", "does not accept the client certificate", "--tls-client-ca")
+    for case in ("TLS to plaintext", "TLS to plaintext, mTLS"):
+        expect(case, f"the server at {plaintext} does not speak TLS")
+    expect("another name", "does not name '127.0.0.1'")
+
+
+async def test_the_cli_says_what_a_tls_failure_means(start: StartServer, pki: Pki) -> None:
+    target = await start(**tls_settings(pki))
+
+    plain = await asyncio.to_thread(voxrelay_cli, "voices", "--server", target)
+    wrong_ca = await asyncio.to_thread(
+        voxrelay_cli, "voices", "--server", target, VOXRELAY_TLS_CA=str(pki.other_ca)
+    )
+
+    for result in (plain, wrong_ca):
+        assert result.returncode == 1
+        assert "UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
+    assert "serves TLS only" in plain.stderr
+    assert "does not vouch for" in wrong_ca.stderr
+
+
 @contextmanager
 def serving(args: Sequence[str], env: dict[str, str], log: Path) -> Iterator[str]:
     """`voxrelay serve ARGS` on a free port until the block ends; yields its address."""

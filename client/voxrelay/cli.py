@@ -1,9 +1,9 @@
 """`voxrelay`: run the server, speak text through it, list its voices.
 
-voxrelay serve                          start a server (flags or VOXRELAY_* variables)
+voxrelay serve                          start a server (with the voxrelay-server package)
 voxrelay say "Hello there." -o hi.wav   speak a text into a WAV file
 voxrelay say "Hi." --format opus        ... into an Ogg Opus file (voxrelay.opus)
-some-llm | voxrelay say - -o out.wav    speak stdin as it streams in, line by line
+some-llm | voxrelay say - -o out.wav    speak stdin as it streams in
 voxrelay voices                         list the server's voices
 """
 
@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import functools
-import logging
 import os
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -123,8 +125,12 @@ def _add_server_option(parser: argparse.ArgumentParser) -> None:
     _add_security_options(parser)
 
 
-class _OptionError(Exception):
-    """A command-line option that cannot be used as given; the message says why."""
+class UsageError(Exception):
+    """A command-line option that cannot be used as given; the message says why.
+
+    `voxrelay` prints it without a traceback and exits 2. Commands that other
+    distributions add (the server's `serve`) raise it too.
+    """
 
 
 def _add_security_options(parser: argparse.ArgumentParser) -> None:
@@ -167,56 +173,18 @@ def _connect(args: argparse.Namespace) -> AsyncClient:
             token=token,
         )
     except (OSError, ValueError) as error:
-        raise _OptionError(str(error)) from None
-
-
-def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from voxrelay_server import config
-
-    serve = commands.add_parser(
-        "serve",
-        help="run a voxrelay server",
-        description="Run a voxrelay gRPC server. Every flag also reads the VOXRELAY_* "
-        "variable named beside it; the flag wins over the variable.",
-    )
-    config.add_arguments(serve)
-    serve.set_defaults(run=_serve)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from voxrelay_server import app, config, security
-    from voxrelay_server.errors import SpeechError
-
-    try:
-        settings = config.from_arguments(args)
-    except ValueError as error:
-        raise _OptionError(str(error)) from None
-    app.configure_logging(settings)
-    try:
-        security.check(settings)
-    except (OSError, ValueError) as error:
-        raise _OptionError(str(error)) from None
-    # Not `asyncio.run`: closing the loop waits for every thread it lent out, and an
-    # engine's thread may be inside a segment it cannot stop (piper runs one to its end).
-    # `serve` has stopped the calls and released what it could within its bound; exit.
-    runner = asyncio.Runner()
-    try:
-        runner.run(app.serve(settings))
-    except SpeechError as error:  # the voices could not be set up as configured
-        raise _OptionError(error.message) from None
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        raise UsageError(str(error)) from None
 
 
 def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     say = commands.add_parser(
         "say",
         help="speak text through a server into a WAV or Ogg Opus file",
-        description="Speak TEXT (or stdin, streamed line by line, when TEXT is -) and write "
-        "the audio to a WAV file (an Ogg Opus file with --format opus). Prints time to "
-        "first audio and the real-time factor.",
+        description="Speak TEXT (or stdin when TEXT is -, sent as it arrives, not a line "
+        "at a time) and write the audio to a WAV file (an Ogg Opus file with --format "
+        "opus). Prints time to first audio and the real-time factor; on a terminal, also "
+        "the seconds of audio so far. An output file that cannot be written stops it "
+        "before anything is synthesized.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     say.add_argument("text", help="the text to speak, or - to stream stdin")
@@ -268,34 +236,121 @@ def _say(args: argparse.Namespace) -> int:
         chunk_ms=args.chunk_ms,
         segmentation=args.segmentation,
     )
-    chunks = _stdin_lines() if args.text == "-" else _single(args.text)
-    report = _Reporter(quiet=args.quiet)
-    connect = functools.partial(_connect, args)
     output = args.output or Path("voxrelay.opus" if encoding == "opus" else "voxrelay.wav")
+    _check_writable(output)  # before anything is synthesized
+    chunks = _stdin_chunks() if args.text == "-" else _pieces(args.text)
+    report = _Reporter(quiet=args.quiet, live=sys.stderr.isatty())
+    connect = functools.partial(_connect, args)
     return asyncio.run(_speak(connect, options, chunks, output, report))
 
 
-async def _single(text: str) -> AsyncIterator[str]:
-    yield text
+def _check_writable(path: Path) -> None:
+    """Fail with what is wrong unless `path` can be written; leaves no file behind."""
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if isinstance(error, FileNotFoundError) and not path.parent.is_dir():
+            reason = f"the folder {str(path.parent)!r} does not exist"
+        raise UsageError(f"cannot write the output file {str(path)!r}: {reason}") from None
+    if not existed:
+        path.unlink()
 
 
-async def _stdin_lines() -> AsyncIterator[str]:
+MAX_CHUNK_CHARS = 16384
+"""The most characters one `Stream` text chunk may hold (`StreamRequest.text`)."""
+STDIN_READ_BYTES = MAX_CHUNK_CHARS
+"""Bytes read from stdin at most at once: never more characters than a chunk holds."""
+
+
+async def _pieces(text: str) -> AsyncIterator[str]:
+    """`text` in chunks the server takes (a long TEXT argument is not refused)."""
+    for start in range(0, len(text), MAX_CHUNK_CHARS):
+        yield text[start : start + MAX_CHUNK_CHARS]
+
+
+async def _stdin_chunks() -> AsyncIterator[str]:
+    """Stdin's text as it arrives: each read's bytes as soon as the pipe has any, not
+    a line at a time, so tokens piped without newlines are spoken as they come.
+
+    A daemon thread reads, so a session that ends while stdin is still open (the
+    server refused it, say) does not wait for the writer to close it.
+    """
+    loop = asyncio.get_running_loop()
+    reads: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    fd = sys.stdin.fileno()
+
+    def read_all() -> None:
+        while True:
+            try:
+                data = os.read(fd, STDIN_READ_BYTES)
+            except OSError as error:
+                loop.call_soon_threadsafe(reads.put_nowait, error)
+                return
+            loop.call_soon_threadsafe(reads.put_nowait, data)
+            if not data:
+                return
+
+    threading.Thread(target=read_all, name="voxrelay-stdin", daemon=True).start()
+    encoding = sys.stdin.encoding or "utf-8"
+    decoder = codecs.getincrementaldecoder(encoding)()  # a character split across reads
     while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
-        if not line:
+        data = await reads.get()
+        if isinstance(data, BaseException):
+            raise UsageError(f"cannot read stdin: {data}")
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as error:
+            raise UsageError(
+                f"stdin is not {encoding} text ({error.reason} at byte {error.start} of a "
+                "read); voxrelay speaks text"
+            ) from None
+        if text:
+            yield text
+        if not data:
             return
-        yield line
 
 
 class _Reporter:
-    def __init__(self, *, quiet: bool) -> None:
+    """What `say` tells on stderr: events as lines; on a terminal, also a live line
+    with the time to first audio and the seconds of audio so far."""
+
+    REFRESH_S = 0.1
+
+    def __init__(self, *, quiet: bool, live: bool = False) -> None:
         self.quiet = quiet
+        self.live = live and not quiet
         self.started = time.perf_counter()
         self.last_text_at = self.started
+        self._progress = ""
+        self._drawn_at = 0.0
 
     def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"voxrelay: {message}", file=sys.stderr, flush=True)
+        if self.quiet:
+            return
+        clear = "\r\033[K" if self._progress else ""
+        print(f"{clear}voxrelay: {message}", file=sys.stderr, flush=not self._progress)
+        if self._progress:
+            print(self._progress, end="", file=sys.stderr, flush=True)
+
+    def progress(self, first_audio_ms: float, audio_s: float, *, force: bool = False) -> None:
+        """Redraw the live line (at most every `REFRESH_S`, unless `force`)."""
+        now = time.perf_counter()
+        if not self.live or (not force and now - self._drawn_at < self.REFRESH_S):
+            return
+        self._drawn_at = now
+        self._progress = (
+            f"voxrelay: first audio after {first_audio_ms:.0f} ms; {audio_s:.1f} s of audio so far"
+        )
+        print(f"\r\033[K{self._progress}", end="", file=sys.stderr, flush=True)
+
+    def end_progress(self) -> None:
+        """Leave the live line as it is, and go on below it."""
+        if self._progress:
+            print(file=sys.stderr, flush=True)
+            self._progress = ""
 
     def elapsed_ms(self, since: float | None = None) -> float:
         return (time.perf_counter() - (since or self.started)) * 1000
@@ -321,6 +376,16 @@ async def _speak(
             await session.close()
 
         feeder = asyncio.create_task(feed())
+        listening = asyncio.current_task()
+        assert listening is not None
+
+        def stop_listening(fed: asyncio.Task[None]) -> None:
+            # Input that fails (stdin unreadable, not text) ends the session too: the
+            # server would otherwise wait for the rest of the text.
+            if not fed.cancelled() and fed.exception() is not None:
+                listening.cancel()
+
+        feeder.add_done_callback(stop_listening)
         try:
             async for event in session:
                 if isinstance(event, TurnStarted):
@@ -333,10 +398,20 @@ async def _speak(
                         writer = _open_writer(output, rate, options)
                     writer.write(event)
                     samples += event.num_samples
+                    assert first_audio_ms is not None
+                    report.progress(first_audio_ms, samples / rate)
                 elif isinstance(event, TurnEnded):
                     report.say(f"turn {event.turn} ended")
             await feeder
+        except asyncio.CancelledError:
+            failure = None if feeder.cancelled() or not feeder.done() else feeder.exception()
+            if failure is not None:
+                raise failure from None
+            raise
         finally:
+            if first_audio_ms is not None:
+                report.progress(first_audio_ms, samples / rate, force=True)
+            report.end_progress()
             feeder.cancel()
             if writer is not None:
                 writer.close()
@@ -360,6 +435,13 @@ def _add_voices(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="List the voices a server offers, the default first.",
     )
     voices.add_argument("--engine", default="", help="only this engine's voices")
+    voices.add_argument(
+        "--language",
+        default="",
+        help="only voices that speak this language: a BCP-47 tag such as de, en-US or zh, "
+        "matched as a prefix, case-insensitively (en matches en-US and en-GB; zh also "
+        "matches the Chinese languages cmn, yue, ...)",
+    )
     _add_server_option(voices)
     voices.set_defaults(run=_voices)
 
@@ -367,7 +449,15 @@ def _add_voices(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _voices(args: argparse.Namespace) -> int:
     async def fetch() -> int:
         async with _connect(args) as client:
-            found = await client.voices()
+            found = await client.voices(args.language)
+            if not found and args.language:
+                spoken = sorted({c for v in await client.voices() for c in v.language_codes})
+                print(
+                    f"voxrelay: no voice on this server speaks {args.language!r}; its "
+                    f"languages: {', '.join(spoken)}",
+                    file=sys.stderr,
+                )
+                return 1
         rows = [v for v in found if not args.engine or v.engine == args.engine]
         width = max((len(v.name) for v in rows), default=10)
         print(f"{'VOICE':<{width}}  {'ENGINE':<7} {'RATE':>6}  LANGUAGES")
@@ -382,12 +472,70 @@ def _voices(args: argparse.Namespace) -> int:
     return asyncio.run(fetch())
 
 
+COMMANDS_GROUP = "voxrelay.commands"
+"""Entry point group of the commands other distributions add to `voxrelay`: each entry
+is a function that takes the subparsers and adds its command (the server's `serve`)."""
+SERVER_MISSING = (
+    "`voxrelay serve` runs the server, which is not installed here: this is the light "
+    "client (voxrelay). Install the server with `pip install voxrelay-server` "
+    "(from a checkout: `make run`)"
+)
+
+
+def _add_missing_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`serve` without the server: it says how to install it."""
+    serve = commands.add_parser(
+        "serve",
+        help="run a voxrelay server (needs the voxrelay-server package)",
+        description=SERVER_MISSING,
+        add_help=False,
+    )
+    serve.set_defaults(run=_server_missing, takes_any_arguments=True)
+
+
+def _server_missing(args: argparse.Namespace) -> int:
+    raise UsageError(SERVER_MISSING)
+
+
+def _add_installed_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands other installed distributions add; `serve` says how to get it if none does."""
+    added = set()
+    for entry in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            add_command = entry.load()
+        except ImportError as error:
+            # A broken install of another package must not take `say` and `voices` down.
+            _add_broken_command(commands, entry.name, f"{entry.value} ({error})")
+        else:
+            add_command(commands)
+        added.add(entry.name)
+    if "serve" not in added:
+        _add_missing_serve(commands)
+
+
+def _add_broken_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str
+) -> None:
+    """A command whose package is installed but cannot be imported: it says so."""
+    message = (
+        f"`voxrelay {name}` cannot be loaded: {what}; reinstall the package that provides "
+        "it (for serve: pip install --force-reinstall voxrelay-server)"
+    )
+
+    def broken(args: argparse.Namespace) -> int:
+        raise UsageError(message)
+
+    command = commands.add_parser(name, help=f"(cannot be loaded: {what})", add_help=False)
+    command.set_defaults(run=broken, takes_any_arguments=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `voxrelay` command: `say`, `voices`, and the commands installed packages add."""
     parser = argparse.ArgumentParser(
         prog="voxrelay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    _add_serve(commands)
+    _add_installed_commands(commands)
     _add_say(commands)
     _add_voices(commands)
     return parser
@@ -395,13 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voxrelay` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # A command that only says it is missing takes the options meant for it.
+    if extra and not getattr(args, "takes_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.run(args)
     except VoxrelayError as error:
         print(f"voxrelay: error: {error}", file=sys.stderr)
         return 1
-    except _OptionError as error:
+    except UsageError as error:
         print(f"voxrelay: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import asyncio
 import collections
 import math
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxrelay.codecs import OpusPageCounter, alaw_to_linear, decode_ogg_opus, ulaw_to_linear
-from voxrelay.errors import VoxrelayError, status_from_number
+from voxrelay.errors import Endpoint, VoxrelayError, status_from_number
 from voxrelay.events import Audio, Event, SessionEnded, TurnEnded, TurnStarted, WireEncoding
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
@@ -85,6 +85,11 @@ class _Security:
 
     credentials: grpc.ChannelCredentials | None
     metadata: Metadata = field(default=(), repr=False)
+
+    def endpoint(self, target: str, tls_ca: str | None, tls_cert: str | None) -> Endpoint:
+        """The connection as errors describe it."""
+        tls = self.credentials is not None and bool(tls_ca or tls_cert)
+        return Endpoint(target, tls=tls, ca_file=tls_ca, client_certificate=bool(tls_cert))
 
 
 def _security(
@@ -265,12 +270,36 @@ def _voice_info(voice: speech_pb2.Voice) -> VoiceInfo:
     )
 
 
-def _one_turn_requests(options: SessionOptions, text: str) -> list[speech_pb2.StreamRequest]:
-    return [
-        speech_pb2.StreamRequest(config=options.to_proto()),
-        speech_pb2.StreamRequest(text=text),
-        speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()),
-    ]
+class _Synthesis:
+    """What `synthesize()` does, for the async and the blocking client alike: one
+    `Synthesize` request, its responses decoded into events, the audio joined.
+
+    The text goes whole in one request (up to 1,000,000 characters; the server feeds
+    it to synthesis as its text budget frees), not as a `Stream` chunk, which holds
+    at most 16384 characters. Only the iteration over the call differs between the
+    twins.
+    """
+
+    def __init__(self, text: str, options: SessionOptions | None, target: Endpoint) -> None:
+        self.options = options or SessionOptions()
+        self.target = target
+        self.request = speech_pb2.SynthesizeRequest(config=self.options.to_proto(), text=text)
+        self._opus = OpusPageCounter()
+        self._chunks: list[Audio] = []
+
+    def take(self, response: speech_pb2.StreamResponse) -> None:
+        """One response of the call; an `error` message raises `VoxrelayError`."""
+        event = event_from_response(response, self.options.dtype, self._opus)
+        if isinstance(event, Audio):
+            self._chunks.append(event)
+
+    def failed(self, error: grpc.RpcError) -> VoxrelayError:
+        """The error for a call gRPC ended (unreachable server, refused, ...)."""
+        return VoxrelayError.from_rpc_error(error, self.target)
+
+    def result(self) -> SynthesizedAudio:
+        """The whole audio, once the call has ended well."""
+        return _join(self._chunks, self.options)
 
 
 def _join(chunks: list[Audio], options: SessionOptions) -> SynthesizedAudio:
@@ -308,7 +337,7 @@ class AsyncSession:
         self,
         stub: SpeechAsyncStub,
         options: SessionOptions,
-        target: str,
+        target: str | Endpoint,
         *,
         metadata: Metadata = (),
     ) -> None:
@@ -472,6 +501,7 @@ class AsyncClient:
         self.target = target or default_target()
         security = _security(tls_ca, tls_cert, tls_key, token)
         self._metadata = security.metadata
+        self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
             self._channel = grpc.aio.insecure_channel(self.target)
         else:
@@ -496,32 +526,35 @@ class AsyncClient:
         """A new session; pass `SessionOptions` or its fields as keywords."""
         if options is None:
             options = SessionOptions(**fields)  # type: ignore[arg-type]
-        return AsyncSession(self._stub, options, self.target, metadata=self._metadata)
+        return AsyncSession(self._stub, options, self._endpoint, metadata=self._metadata)
 
-    async def voices(self) -> list[VoiceInfo]:
-        """Every voice the server offers, the default first."""
+    async def voices(self, language: str = "") -> list[VoiceInfo]:
+        """Every voice the server offers, the default first; with `language` (a BCP-47
+        tag such as "de" or "en-US", matched as a prefix, case-insensitively), only
+        those that speak it."""
         try:
             response = await self._stub.ListVoices(
-                speech_pb2.ListVoicesRequest(), metadata=self._metadata
+                speech_pb2.ListVoicesRequest(language_code=language), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self.target) from None
+            raise VoxrelayError.from_rpc_error(error, self._endpoint) from None
         return [_voice_info(voice) for voice in response.voices]
 
     async def synthesize(
         self, text: str, options: SessionOptions | None = None
     ) -> SynthesizedAudio:
-        """The whole audio of `text`, spoken as one turn."""
-        options = options or SessionOptions()
-        chunks: list[Audio] = []
-        async with self.session(options) as session:
-            await session.send_text(text)
-            await session.turn_done()
-            await session.close()
-            async for event in session:
-                if isinstance(event, Audio):
-                    chunks.append(event)
-        return _join(chunks, options)
+        """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
+        through the `Synthesize` rpc."""
+        synthesis = _Synthesis(text, options, self._endpoint)
+        call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
+        try:
+            async for response in call:
+                synthesis.take(response)
+        except grpc.RpcError as error:
+            raise synthesis.failed(error) from None
+        finally:
+            call.cancel()  # no effect once the call has ended; stops it when raising
+        return synthesis.result()
 
 
 class Client:
@@ -542,6 +575,7 @@ class Client:
         self.target = target or default_target()
         security = _security(tls_ca, tls_cert, tls_key, token)
         self._metadata = security.metadata
+        self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
             self._channel = grpc.insecure_channel(self.target)
         else:
@@ -562,32 +596,30 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def voices(self) -> list[VoiceInfo]:
-        """Every voice the server offers, the default first."""
+    def voices(self, language: str = "") -> list[VoiceInfo]:
+        """Every voice the server offers, the default first; with `language`, only those
+        that speak it (as `AsyncClient.voices`)."""
         try:
             response = self._stub.ListVoices(
-                speech_pb2.ListVoicesRequest(), metadata=self._metadata
+                speech_pb2.ListVoicesRequest(language_code=language), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self.target) from None
+            raise VoxrelayError.from_rpc_error(error, self._endpoint) from None
         return [_voice_info(voice) for voice in response.voices]
 
     def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
-        """The whole audio of `text`, spoken as one turn."""
-        options = options or SessionOptions()
-        chunks: list[Audio] = []
-        responses: Iterator[speech_pb2.StreamResponse] = self._stub.Stream(
-            iter(_one_turn_requests(options, text)), metadata=self._metadata
-        )
-        opus = OpusPageCounter()
+        """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
+        through the `Synthesize` rpc."""
+        synthesis = _Synthesis(text, options, self._endpoint)
+        call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
         try:
-            for response in responses:
-                event = event_from_response(response, options.dtype, opus)
-                if isinstance(event, Audio):
-                    chunks.append(event)
+            for response in call:
+                synthesis.take(response)
         except grpc.RpcError as error:
-            raise VoxrelayError.from_rpc_error(error, self.target) from None
-        return _join(chunks, options)
+            raise synthesis.failed(error) from None
+        finally:
+            call.cancel()  # no effect once the call has ended; stops it when raising
+        return synthesis.result()
 
 
 def synthesize(
@@ -601,6 +633,9 @@ def synthesize(
     token: str | None = None,
 ) -> SynthesizedAudio:
     """One call, one text, its whole audio: the simplest way to use a voxrelay server.
+
+    The text (up to 1,000,000 characters) goes in one `Synthesize` rpc and is spoken
+    as one turn.
 
     `tls_ca`, `tls_cert`, `tls_key` and `token` are those of `Client`.
     """

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects and how, so a failure to connect can say what to change."""
+
+    target: str
+    tls: bool = False
+    ca_file: str | None = None
+    """The CA file trusted for the server's certificate; None: the system's CAs."""
+    client_certificate: bool = False
+
+    def __str__(self) -> str:
+        return self.target
 
 
 class VoxrelayError(Exception):
@@ -22,25 +38,78 @@ class VoxrelayError(Exception):
         self.segment = segment
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError, target: str) -> VoxrelayError:
+    def from_rpc_error(cls, error: grpc.RpcError, target: str | Endpoint) -> VoxrelayError:
         """Wrap a gRPC error, adding advice where the server could not be reached."""
         return cls.from_status(error.code(), error.details() or "", target)
 
     @classmethod
-    def from_status(cls, code: grpc.StatusCode, details: str, target: str) -> VoxrelayError:
+    def from_status(
+        cls, code: grpc.StatusCode, details: str, target: str | Endpoint
+    ) -> VoxrelayError:
         """The error for a call that ended with `code`, with advice on what to do next."""
+        endpoint = target if isinstance(target, Endpoint) else Endpoint(target)
         if code is grpc.StatusCode.UNAVAILABLE:
-            details = (
-                f"cannot reach a voxrelay server at {target} ({details}); start one with "
+            details = _connection_failure(details, endpoint) or (
+                f"cannot reach a voxrelay server at {endpoint} ({details}); start one with "
                 "`voxrelay serve` or point --server / VOXRELAY_SERVER at a running one; "
                 "if it uses TLS, pass its CA with --tls-ca / VOXRELAY_TLS_CA"
             )
         elif code is grpc.StatusCode.UNAUTHENTICATED:
             details = (
-                f"the server at {target} refused the call ({details}); pass a token it "
+                f"the server at {endpoint} refused the call ({details}); pass a token it "
                 "accepts with --token or VOXRELAY_TOKEN (token= in the Python client)"
             )
         return cls(code, details)
+
+
+_CA_OPTION = "--tls-ca / VOXRELAY_TLS_CA (tls_ca= in Python)"
+_CERT_OPTIONS = (
+    "--tls-cert and --tls-key / VOXRELAY_TLS_CERT and VOXRELAY_TLS_KEY (tls_cert= and "
+    "tls_key= in Python)"
+)
+
+
+def _connection_failure(details: str, endpoint: Endpoint) -> str | None:
+    """What a failed connection's gRPC details mean for TLS, if they say: gRPC reports
+    every failed handshake as UNAVAILABLE, like a server that is not running."""
+    server = f"the server at {endpoint}"
+    if endpoint.tls and "WRONG_VERSION_NUMBER" in details:
+        return (
+            f"{server} does not speak TLS: the TLS handshake got a plaintext answer. Connect "
+            f"without TLS (leave out {_CA_OPTION} and the client certificate options), or "
+            "check the address is the server's TLS port"
+        )
+    if endpoint.tls and "CERTIFICATE_VERIFY_FAILED" in details:
+        reason = details.rpartition("CERTIFICATE_VERIFY_FAILED:")[2].removesuffix(": OK").strip()
+        trusted = (
+            f"the CA in {endpoint.ca_file!r}" if endpoint.ca_file else "the system's trusted CAs"
+        )
+        return (
+            f"{server} presented a certificate that {trusted} does not vouch for ({reason}): "
+            f"pass the CA that signed the server's certificate with {_CA_OPTION}"
+        )
+    if endpoint.tls and "Hostname Verification" in details:
+        return (
+            f"the certificate of {server} does not name {endpoint.target.rpartition(':')[0]!r}: "
+            "connect with a name (or address) its certificate was issued for"
+        )
+    if "Socket closed" in details:
+        if not endpoint.tls:
+            return (
+                f"{server} closed the connection as it opened: it probably serves TLS only. "
+                f"Pass the CA that signed its certificate with {_CA_OPTION}"
+            )
+        if not endpoint.client_certificate:
+            return (
+                f"{server} closed the connection during the TLS handshake: it probably "
+                f"requires a client certificate (mutual TLS). Pass one with {_CERT_OPTIONS}"
+            )
+        return (
+            f"{server} closed the connection during the TLS handshake: it probably does not "
+            "accept the client certificate given, which must be signed by the CA the server "
+            "trusts for clients (its --tls-client-ca)"
+        )
+    return None
 
 
 _STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}

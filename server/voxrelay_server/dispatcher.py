@@ -66,7 +66,10 @@ estimate, until its own segments show theirs."""
 DRY_LEAD_FACTOR = 2.0
 """The dry rule speaks waiting words this many first-audio times (plus `DRY_MARGIN_S`)
 before the listener would run out of audio: a new segment's first audio then comes in
-time even when it takes twice as long as the session's segments have so far."""
+time even when it takes twice as long as the session's segments have so far. The
+first-audio time is the longer of the session's average and its average per character
+times the words waiting (an engine that makes a run whole, as piper does, takes longer
+to the first audio of a longer text)."""
 DRY_MARGIN_S = 0.05
 SlotFactory = Callable[[PlaybackClock, float], AbstractAsyncContextManager[None]]
 """A server-wide synthesis slot for a segment of the session with this playback clock
@@ -305,6 +308,9 @@ class SessionDispatcher:
         self._dry_at = 0.0
         """When the dry timer fires (`time.monotonic()`)."""
         self._first_audio_s = TYPICAL_FIRST_AUDIO_S
+        self._first_audio_s_per_char: float | None = None
+        """The same per character of the segment's text; None until a segment has
+        made audio."""
         """How long this session's segments took from release to first audio (smoothed)."""
         self._timeline: collections.deque[_Entry] = collections.deque()
         self._timeline_grew = asyncio.Event()
@@ -643,7 +649,7 @@ class SessionDispatcher:
         now = time.monotonic()
         buffered_s = self._buffered_audio_bytes / 2 / self._native_rate_hz
         slack_s = max(self._playback.runs_out_at - now, 0.0) + buffered_s
-        lead_s = DRY_LEAD_FACTOR * self._first_audio_s + DRY_MARGIN_S
+        lead_s = DRY_LEAD_FACTOR * self._first_audio_estimate_s() + DRY_MARGIN_S
         if slack_s <= lead_s:
             if (words := self._splitter.take_words()) is not None:
                 self._release(turn, words)
@@ -655,6 +661,11 @@ class SessionDispatcher:
             self._dry_timer.cancel()
         self._dry_at = fire_at
         self._dry_timer = asyncio.get_running_loop().call_later(slack_s - lead_s, self._on_dry)
+
+    def _first_audio_estimate_s(self) -> float:
+        """How long the words waiting now would take to their first audio if released."""
+        per_char = self._first_audio_s_per_char or 0.0
+        return max(self._first_audio_s, per_char * len(self._splitter.buffered.strip()))
 
     def _on_dry(self) -> None:
         self._dry_timer = None
@@ -825,6 +836,11 @@ class SessionDispatcher:
                 job.sounding.set()
                 latency_s = time.monotonic() - job.released_at
                 self._first_audio_s += 0.3 * (latency_s - self._first_audio_s)
+                per_char = latency_s / max(len(job.text.strip()), 1)
+                if self._first_audio_s_per_char is None:
+                    self._first_audio_s_per_char = per_char
+                else:
+                    self._first_audio_s_per_char += 0.3 * (per_char - self._first_audio_s_per_char)
                 self._observer.segment_engine_first_audio(job.turn.number, job.number)
                 if job is self._delivering:
                     # The merger waits for exactly this: let it send the first audio

@@ -385,6 +385,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
     ) -> speech_pb2.ListVoicesResponse:
         try:
             service = self._service.get()
+            voices = service.voices(request.language_code)
         except SpeechError as error:
             await context.abort(status_code(error), error.message)
         default = service.catalog.default_voice
@@ -397,7 +398,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                     native_sample_rate_hz=voice.native_sample_rate_hz,
                     is_default=voice.name == default,
                 )
-                for voice in service.voices()
+                for voice in voices
             ]
         )
 

@@ -76,9 +76,10 @@ class SpeechService:
         past their first message."""
         return len(self._slots)
 
-    def voices(self) -> list[VoiceInfo]:
-        """Every voice offered, the default first."""
-        return self.catalog.voices()
+    def voices(self, language: str = "") -> list[VoiceInfo]:
+        """Every voice offered, the default first; with `language` (BCP-47), only the
+        voices that speak it. A malformed `language` raises INVALID_ARGUMENT."""
+        return self.catalog.voices(language)
 
     def admit(self) -> CallSlot:
         """A place for a new call; RESOURCE_EXHAUSTED when `max_sessions` calls hold one."""

@@ -56,7 +56,8 @@ type SpeechClient interface {
 	// status OK. Failures are reported as on `Stream`: an `error` message,
 	// SESSION_ENDED, then the error's status code.
 	Synthesize(ctx context.Context, in *SynthesizeRequest, opts ...grpc.CallOption) (Speech_SynthesizeClient, error)
-	// ListVoices lists every voice this server offers.
+	// ListVoices lists every voice this server offers, or those that speak the
+	// language `ListVoicesRequest.language_code` names.
 	ListVoices(ctx context.Context, in *ListVoicesRequest, opts ...grpc.CallOption) (*ListVoicesResponse, error)
 }
 
@@ -183,7 +184,8 @@ type SpeechServer interface {
 	// status OK. Failures are reported as on `Stream`: an `error` message,
 	// SESSION_ENDED, then the error's status code.
 	Synthesize(*SynthesizeRequest, Speech_SynthesizeServer) error
-	// ListVoices lists every voice this server offers.
+	// ListVoices lists every voice this server offers, or those that speak the
+	// language `ListVoicesRequest.language_code` names.
 	ListVoices(context.Context, *ListVoicesRequest) (*ListVoicesResponse, error)
 	mustEmbedUnimplementedSpeechServer()
 }

@@ -1,0 +1,184 @@
+"""The Python examples of README.md and client/README.md, run as written against real
+servers: every ```python block, as a script of its own, in a fresh folder.
+
+Only the addresses change, to the test servers' ports: `127.0.0.1:50051` is a
+plaintext server with the piper voice (and `VOXRELAY_SERVER` points there, for the
+examples that rely on the default target); `tts.internal:50051` serves TLS and asks
+for a bearer token, `tts-mtls.internal:50051` asks for a client certificate (the
+files the examples name, `ca.pem`, `client.pem`, `client-key.pem`, are made by
+trustme in the folder). Each block must have a check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+import soundfile
+import trustme
+
+from tests.conftest import StartServer
+from voxrelay_server.app import create_server
+from voxrelay_server.config import ServerSettings
+from voxrelay_server.engines.piper_engine import PiperEngine
+from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
+from voxrelay_server.engines.tone import ToneEngine
+from voxrelay_server.service import SpeechService
+from voxrelay_server.voices import VoiceCatalog
+
+ROOT = Path(__file__).resolve().parent.parent
+READMES = [ROOT / "README.md", ROOT / "client" / "README.md"]
+PLAIN = "127.0.0.1:50051"
+TLS = "tts.internal:50051"
+MTLS = "tts-mtls.internal:50051"
+TOKEN = "tok-readme-4c1d9e"
+PIPER_VOICE = "piper/en_US-joe-medium"
+RUN_TIMEOUT_S = 120.0
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def python_blocks(readme: Path) -> list[str]:
+    """The ```python blocks of a markdown file, in order."""
+    return re.findall(r"^```python\n(.*?)^```", readme.read_text(), re.DOTALL | re.MULTILINE)
+
+
+BLOCKS = [
+    (f"{readme.relative_to(ROOT)}#{number}", block)
+    for readme in READMES
+    for number, block in enumerate(python_blocks(readme), 1)
+]
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What an example printed, and the folder it ran in."""
+
+    stdout: str
+    folder: Path
+
+
+def check_streaming_example(ran: Ran) -> None:
+    lines = ran.stdout.splitlines()
+    assert lines[:3] == [
+        "TurnStarted(turn=1)",
+        "TurnEnded(turn=1, cancelled=False)",
+        "SessionEnded()",
+    ]
+    info = soundfile.info(str(ran.folder / "hello.wav"))
+    assert (info.samplerate, info.channels) == (24000, 1)
+    assert 1.5 < info.duration < 8  # "Hello there, how are you? I hope you are well."
+    blocking = re.fullmatch(r"\((\d+),\) (\d+) ([\d.]+)", lines[3])
+    assert blocking is not None, lines[3]
+    shape, rate, duration_s = blocking.groups()
+    assert rate == "22050" and int(shape) == round(float(duration_s) * 22050)
+    opus = soundfile.info(str(ran.folder / "hello.opus"))
+    assert (opus.format, opus.subtype, opus.samplerate) == ("OGG", "OPUS", 24000)
+    assert 0.2 < opus.duration < 3
+
+
+def check_security_example(ran: Ran) -> None:
+    duration_s, voices = ran.stdout.splitlines()
+    assert 0 < float(duration_s) < 1
+    assert voices == f"[{TONE_VOICE!r}]"
+
+
+def check_client_readme_example(ran: Ran) -> None:
+    found = re.fullmatch(r"([\d.]+) s of audio at (\d+) Hz\n", ran.stdout)
+    assert found is not None, ran.stdout
+    assert 0.3 < float(found.group(1)) < 5 and found.group(2) == "22050"
+
+
+CHECKS: dict[str, Callable[[Ran], None]] = {
+    'SoundFile("hello.wav"': check_streaming_example,
+    "tts-mtls.internal": check_security_example,
+    "s of audio at": check_client_readme_example,
+}
+
+
+def check_for(block: str) -> Callable[[Ran], None]:
+    found = [check for key, check in CHECKS.items() if key in block]
+    assert len(found) == 1, f"no single check for the README block:\n{block}"
+    return found[0]
+
+
+def test_every_python_example_has_a_check() -> None:
+    assert len(BLOCKS) == 3
+    assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
+        check.__name__ for check in CHECKS.values()
+    )
+
+
+@dataclass(frozen=True)
+class Servers:
+    addresses: dict[str, str]
+    """README address -> test server address."""
+    pki: trustme.CA
+
+
+@pytest_asyncio.fixture
+async def servers(start_server: StartServer, piper_engine: PiperEngine) -> AsyncIterator[Servers]:
+    plain = await start_server(extra_engines=[piper_engine], default_voice=PIPER_VOICE)
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    started: list[tuple[grpc.aio.Server, SpeechService]] = []
+    addresses = {PLAIN: plain.target}
+    with (
+        ca.cert_pem.tempfile() as ca_file,
+        leaf.private_key_pem.tempfile() as key_file,
+        leaf.cert_chain_pems[0].tempfile() as cert_file,
+    ):
+        extras: list[tuple[str, dict[str, Any]]] = [
+            (TLS, {"auth_tokens": TOKEN}),  # TLS and a bearer token
+            (MTLS, {"tls_client_ca": ca_file}),  # mutual TLS
+        ]
+        for readme_address, extra in extras:
+            service = SpeechService(
+                VoiceCatalog([ToneEngine()], TONE_VOICE), default_max_inflight_segments=4
+            )
+            settings = ServerSettings(
+                listen="127.0.0.1:0", tls_cert=cert_file, tls_key=key_file, **extra
+            )
+            server, port = create_server(service, settings)
+            await server.start()
+            started.append((server, service))
+            addresses[readme_address] = f"127.0.0.1:{port}"
+    yield Servers(addresses, ca)
+    for server, service in started:
+        await server.stop(grace=None)
+        await service.aclose()
+
+
+@pytest.mark.parametrize("block", [block for _, block in BLOCKS], ids=[name for name, _ in BLOCKS])
+async def test_readme_python_example(block: str, servers: Servers, tmp_path: Path) -> None:
+    servers.pki.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client = servers.pki.issue_cert("client@readme.test")
+    (tmp_path / "client.pem").write_bytes(b"".join(b.bytes() for b in client.cert_chain_pems))
+    client.private_key_pem.write_to_path(str(tmp_path / "client-key.pem"))
+    script = block
+    for readme_address, address in servers.addresses.items():
+        script = script.replace(readme_address, address)
+    (tmp_path / "example.py").write_text(script)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "VOXRELAY_SERVER": servers.addresses[PLAIN],
+        "VOXRELAY_TOKEN": TOKEN,
+    }
+
+    # A subprocess, so this event loop keeps serving the in-process servers meanwhile.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "example.py", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT_S)
+
+    assert process.returncode == 0, f"{script}\n{stderr.decode()}"
+    check_for(block)(Ran(stdout.decode(), tmp_path))
