@@ -261,8 +261,9 @@ export type SessionConfig = Message<"voxrelay.v1.SessionConfig"> & {
    * name. So `de` gets a German piper voice when the server has one (`voxrelay
    * serve --piper-voices`), else `espeak/de`; `en-GB` gets a British piper
    * voice if there is one, else the American `piper/en_US-joe-medium` before
-   * `espeak/en-gb`. A tag no voice speaks is rejected with INVALID_ARGUMENT,
-   * with a message listing the server's languages.
+   * `espeak/en-gb`. (`ListVoicesRequest.language_code` filters more strictly:
+   * only tags equal to or extending it.) A tag no voice speaks is rejected with
+   * INVALID_ARGUMENT, with a message listing the server's languages.
    *
    * With both `voice` and `language_code` set, `voice` is used, and must speak the
    * tag's language by the same matching (`en-GB` fits `piper/en_US-joe-medium`);
