@@ -10,7 +10,10 @@ PROTO_OUT := client/voxrelay/v1
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test proto lint bench bench-quick install dist clean
+NODE_DIR := clients/node
+GO_PLUGINS := protoc-gen-go protoc-gen-go-grpc
+
+.PHONY: run test proto generate node-deps go-deps go-example lint bench bench-quick install dist clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -36,12 +39,49 @@ proto: $(STAMP)
 	rm -f $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi
 	$(BIN)/python -m tests.stubs client
 
+# Every language's generated code from protos/ in one command: the Python stubs (above),
+# then TypeScript (clients/node/src/gen) and Go (gen/go) with buf and protos/buf.gen.yaml.
+# tests/test_generated.py checks that the committed TypeScript and Go code is current.
+generate: proto node-deps
+	@for plugin in $(GO_PLUGINS); do command -v $$plugin >/dev/null || { \
+		echo "$$plugin is missing: apt-get install $(GO_PLUGINS) (Debian packages)"; exit 1; }; done
+	cd protos && ../$(BIN)/buf generate --template buf.gen.yaml
+
+# The Node package's dependencies (protoc-gen-es among them), from the npm registry.
+node-deps: $(NODE_DIR)/node_modules/.package-lock.json
+
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+
+# The Go toolchain, Go's gRPC and protobuf sources and the Go generators, from Debian's
+# packages (needs root): without them the Go tests and the generated-code check skip.
+GO_DEBS := golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev $(GO_PLUGINS)
+go-deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GO_DEBS)
+
+# Builds the Go example offline against Debian's Go packages (GOPATH mode):
+# apt-get install golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev
+go-example:
+	tmp=$$(mktemp -d) && mkdir -p $$tmp/src/github.com/voxrelay && \
+	ln -s "$(CURDIR)" $$tmp/src/github.com/voxrelay/voxrelay && \
+	cd $$tmp/src/github.com/voxrelay/voxrelay && \
+	GO111MODULE=off GOPATH=$$tmp:/usr/share/gocode GOFLAGS= go build -o "$(CURDIR)/$(BIN)/voxrelay-speak-go" ./examples/go/speak && \
+	rm -rf $$tmp && echo "built $(BIN)/voxrelay-speak-go"
+
 lint: install
 	$(BIN)/python -m tests.stubs --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
+	@# The Node client's TypeScript and the Go example, where their toolchains are here.
+	@if test -d $(NODE_DIR)/node_modules; then \
+		echo "cd $(NODE_DIR) && tsc --noEmit && prettier --check"; \
+		cd $(NODE_DIR) && npx tsc --noEmit -p . && npx prettier --check src/index.ts examples README.md; \
+	else echo "clients/node: skipped, no node_modules (make node-deps)"; fi
+	@if command -v gofmt >/dev/null; then \
+		echo "gofmt -l examples/go gen/go"; test -z "$$(gofmt -l examples/go gen/go)"; \
+	else echo "gofmt: skipped, no Go toolchain"; fi
 	@# The contract must stay wire-compatible with main; a clone without a local
 	@# main branch (shallow CI checkouts) has nothing to compare to, so it says so.
 	@if test -d .git && git rev-parse --verify --quiet refs/heads/main >/dev/null 2>&1; then \

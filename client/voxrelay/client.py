@@ -145,7 +145,10 @@ class SessionOptions:
     """A session's configuration; zero values take the server's defaults."""
 
     voice: str = ""
-    """`<engine>/<voice>`; empty for the server's default voice."""
+    """`<engine>/<voice>`; empty for the server's default voice (or `language_code`'s)."""
+    language_code: str = ""
+    """A BCP-47 tag (`de`, `en-GB`): with `voice` empty, the server picks its preferred
+    voice for the language; empty = no preference."""
     dtype: SampleType = "int16"
     """Sample type of the audio arrays (and of the wire encoding, with "pcm")."""
     encoding: WireEncoding = "pcm"
@@ -198,6 +201,7 @@ class SessionOptions:
             )
         return speech_pb2.SessionConfig(
             voice=self.voice,
+            language_code=self.language_code,
             audio_format=speech_pb2.AudioFormat(
                 encoding=_WIRE_ENCODINGS.get(self.encoding, _ENCODINGS[self.dtype]),
                 sample_rate_hz=self.sample_rate_hz,

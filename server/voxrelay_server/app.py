@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +24,7 @@ from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.openai_engine import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
 from voxrelay_server.engines.openai_engine import OpenAIEngine
-from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice
+from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice, voice_files
 from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
@@ -72,7 +73,10 @@ def build_engines(
     unconfigured: dict[str, str] = {}
     for name in settings.engines:
         if name == "piper":
-            engines.append(PiperEngine([bundled_joe_voice()], workers=settings.workers))
+            voices = [bundled_joe_voice()]
+            if settings.piper_voices:
+                voices += voice_files(Path(settings.piper_voices))
+            engines.append(PiperEngine(voices, workers=settings.workers))
         elif name == "espeak":
             engines.append(EspeakEngine(workers=settings.espeak_workers))
         elif name == "tone":

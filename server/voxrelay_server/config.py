@@ -77,6 +77,12 @@ class ServerSettings:
         "piper segments synthesized at once server-wide, one core each (default: cores)",
         minimum=1,
     )
+    piper_voices: str = _setting(
+        "",
+        "directory of piper voices to offer beside the bundled one: each NAME.onnx with its "
+        "NAME.onnx.json is offered as piper/NAME, loaded at start-up (about 150 MiB and "
+        "0.8 s each); a missing or broken file stops the start",
+    )
     espeak_workers: int = _setting(
         1,
         "espeak-ng worker processes, one segment at a time each (one speaks for hundreds of "
@@ -234,6 +240,11 @@ class ServerSettings:
             raise ValueError(
                 "--engines (VOXRELAY_ENGINES) names no engine; choose from "
                 f"{', '.join(ALL_ENGINES)}"
+            )
+        if self.piper_voices and "piper" not in self.engines:
+            raise ValueError(
+                f"--piper-voices (VOXRELAY_PIPER_VOICES) {self.piper_voices!r} needs the piper "
+                f"engine, which --engines {','.join(self.engines)} leaves out: add it"
             )
         if not self.default_voice:
             standard = next(STANDARD_VOICES[e] for e in ALL_ENGINES if e in self.engines)

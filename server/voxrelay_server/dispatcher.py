@@ -372,7 +372,7 @@ class SessionDispatcher:
         self.session_id = session_id
         """Names the session in logs and in messages to its caller."""
         self.voice = voice
-        """The voice that speaks, `<engine>/<voice>` (for the caller: not used here)."""
+        """The name of the voice the session speaks with, for the transport to report."""
         self.pacer = pacer
         """Paced delivery: each audio message waits until a real-time listener is within
         the pacer's lead of it. None: audio goes out as fast as it is made and read."""

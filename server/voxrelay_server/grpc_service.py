@@ -77,6 +77,9 @@ _DEADLINE_SLACK_S = 0.05
 """A call stopped with less than this left before its deadline ended by the deadline:
 the client's timer may fire a little before the server's."""
 _VALID_TEXT = "text and other strings must be valid UTF-8 (no lone surrogates)"
+VOICE_METADATA_KEY = "voxrelay-voice"
+"""Initial metadata of every `Stream` and `Synthesize` call whose session opened: the
+name of the voice it speaks with (the one `language_code` chose, or the default)."""
 
 
 def status_code(error: SpeechError) -> grpc.StatusCode:
@@ -104,6 +107,7 @@ def session_request(config: speech_pb2.SessionConfig) -> SessionRequest:
         raise InvalidInput(f"pace {config.pace} is unknown: use PACE_AS_MADE or PACE_REALTIME")
     return SessionRequest(
         voice=config.voice,
+        language_code=config.language_code,
         encoding=encoding,
         sample_rate_hz=config.audio_format.sample_rate_hz,
         speed=config.speed,
@@ -395,6 +399,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         if session.pacer is not None:
             started.session_started.pace_lead_ms = round(session.pacer.lead_s * 1000)
         try:
+            # Before any message: which voice speaks (chosen by language_code, or the default).
+            await context.send_initial_metadata(((VOICE_METADATA_KEY, session.voice),))
             # The call's first message, before the session's events.
             watchdog.sending()
             yield started

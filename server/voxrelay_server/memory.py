@@ -7,7 +7,10 @@ each term is a bound the server enforces, times a measured constant:
 - each piper run whose memory can be held at once (`PiperEngine.runs_held`: one a
   worker, and one for the copy of each voice that uses every core): at most
   `MAX_PHONEMES_PER_RUN` phonemes (`PIPER_RUN_BYTES`, measured on the costliest texts
-  and speeds found);
+  and speeds found). Whatever the number of voices (`--piper-voices`): each voice has
+  memory arenas of its own, so with more than one each run gives its memory back as
+  it ends, and the runs held are those going on; the voices themselves (about
+  150 MiB each, measured) are part of the idle level;
 - each session: its undelivered audio. Segments stop taking their engine's audio
   once it fills `--session-audio-buffer-bytes` (the head segment once its own does),
   so it is at most twice the buffer plus a chunk for each segment being made (at most

@@ -116,7 +116,7 @@ class SpeechService:
         if slot is None:
             slot = self.admit()
         try:
-            engine, voice = self.catalog.resolve(request.voice)
+            engine, voice = self.catalog.resolve(request.voice, request.language_code)
             settings = validate_request(
                 request,
                 voice=voice.name,
@@ -151,7 +151,7 @@ class SpeechService:
             word_timestamps=timed,
             observer=CompositeObserver(observers),
             session_id=session_id,
-            voice=settings.voice,
+            voice=voice.name,
             pacer=Pacer() if settings.pace is Pace.REALTIME else None,
         )
         self._sessions[session_id] = session

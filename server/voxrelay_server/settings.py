@@ -106,6 +106,8 @@ class SessionRequest:
     """A session's configuration as the caller sent it; zero values mean "default"."""
 
     voice: str = ""
+    language_code: str = ""
+    """A BCP-47 tag: with `voice` empty, the server picks its preferred voice for it."""
     encoding: AudioEncoding = AudioEncoding.PCM_S16LE
     sample_rate_hz: int = 0
     speed: float = 0.0

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
+
+import langcodes
 
 from voxrelay_server import languages
 from voxrelay_server.engines.base import SpeechEngine, VoiceInfo
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
+
+ENGINE_PREFERENCE = ("piper", "openai", "espeak", "tone")
+"""The order a language's voices are preferred in: neural voices (piper here, then a
+remote OpenAI-compatible endpoint) before espeak-ng's formant voices; `tone` last."""
+MATCH_DISTANCE = 25
+"""Tags closer than this (langcodes' distance, from CLDR's language matching) speak the
+same language: a region's difference is under it (`de-AT` to `de-DE` 4, `en-AU` to
+`en-GB` 3, `en-GB` to `en-US` 5), another script's (`zh-TW` to `cmn` 54) or another
+language's (80 and more) is not. It is langcodes' own "acceptable match" bound."""
+MAX_LANGUAGE_CODE_CHARS = 64
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
+_NO_LANGUAGE = "und"
+"""BCP-47's "undetermined": the synthetic tone voice's tag, matched by no request."""
+
+
+def language_distance(wanted: str, offered: str) -> int:
+    """How far tag `offered` is from `wanted` (0: the same, under `MATCH_DISTANCE`: the
+    same language), after `_` is read as `-` (`en_US`)."""
+    wanted, offered = wanted.replace("_", "-"), offered.replace("_", "-")
+    try:
+        return int(langcodes.tag_distance(wanted, offered))
+    except ValueError:  # a tag langcodes cannot read (espeak's chr-US-Qaaa-x-west)
+        return 0 if wanted.lower() == offered.lower() else MATCH_DISTANCE
 
 
 class VoiceCatalog:
@@ -50,8 +76,22 @@ class VoiceCatalog:
             info for info in (default, *rest) if languages.matches(info.language_codes, language)
         ]
 
-    def resolve(self, name: str) -> tuple[SpeechEngine, VoiceInfo]:
-        """The engine and voice for `name`; empty means the default voice."""
+    def resolve(self, name: str, language_code: str = "") -> tuple[SpeechEngine, VoiceInfo]:
+        """The engine and voice for `name`, or for `language_code` when `name` is
+        empty (`for_language`); both empty means the default voice. With both, `name`
+        is used and must speak `language_code`'s language."""
+        if language_code:
+            tag = _checked_tag(language_code)
+            if not name:
+                return self.for_language(tag)
+            engine, voice = self.resolve(name)
+            if _closest(tag, voice) >= MATCH_DISTANCE:
+                raise InvalidInput(
+                    f"voice {voice.name!r} speaks {', '.join(voice.language_codes)}, not "
+                    f"language_code {language_code!r}: set one of the two (with only "
+                    "language_code the server picks a voice for it)"
+                )
+            return engine, voice
         found = self._by_name.get(name or self.default_voice)
         if found is not None:
             return found
@@ -61,6 +101,45 @@ class VoiceCatalog:
         raise InvalidInput(
             f"unknown voice {name!r}: {self._suggest(name) or self._hint(name)}; ListVoices "
             "(`voxrelay voices`) lists them all"
+        )
+
+    def for_language(self, language_code: str) -> tuple[SpeechEngine, VoiceInfo]:
+        """The preferred voice for a BCP-47 tag.
+
+        The voices that speak its language (a tag within `MATCH_DISTANCE`: CLDR's
+        language matching, by langcodes, which knows that `zh` is `cmn` and that `fr`
+        means `fr-FR` and `pt` `pt-BR`) are ranked by `ENGINE_PREFERENCE` (neural
+        first), then by distance (the closest region), then a tag equal to the one
+        asked for, then the server's default voice, then the shortest tag, then by
+        name. Raises `InvalidInput` listing the server's languages when none speaks it.
+        """
+        tag = _checked_tag(language_code)
+        candidates = [
+            (engine, info, distance)
+            for engine, info in self._by_name.values()
+            if (distance := _closest(tag, info)) < MATCH_DISTANCE
+        ]
+        if candidates:
+            engine, info, _ = min(
+                candidates,
+                key=lambda found: (
+                    _engine_rank(found[0].name),
+                    found[2],
+                    all(code.lower() != tag.lower() for code in found[1].language_codes),
+                    found[1].name != self.default_voice,
+                    min(len(code) for code in found[1].language_codes),
+                    found[1].name,
+                ),
+            )
+            return engine, info
+        offered = sorted(
+            {code for _, info in self._by_name.values() for code in info.language_codes}
+            - {_NO_LANGUAGE},
+            key=str.lower,
+        )
+        raise InvalidInput(
+            f"no voice speaks language_code {language_code!r}; this server's languages "
+            f"are: {', '.join(offered)}"
         )
 
     def _suggest(self, name: str) -> str:
@@ -98,6 +177,33 @@ class VoiceCatalog:
             return f"this server's {engine_name} voices include {', '.join(engine_voices[:6])}"
         engines = ", ".join(sorted({e.name for e in self.engines}))
         return f"voices are named <engine>/<voice> with engine one of: {engines}"
+
+
+def _engine_rank(engine_name: str) -> int:
+    if engine_name in ENGINE_PREFERENCE:
+        return ENGINE_PREFERENCE.index(engine_name)
+    return len(ENGINE_PREFERENCE)
+
+
+def _closest(tag: str, voice: VoiceInfo) -> int:
+    """The distance from `tag` to the closest of `voice`'s tags (`und` matches none)."""
+    return min(
+        (language_distance(tag, code) for code in voice.language_codes if code != _NO_LANGUAGE),
+        default=MATCH_DISTANCE,
+    )
+
+
+def _checked_tag(language_code: str) -> str:
+    """`language_code` with `_` read as `-`; INVALID_ARGUMENT unless it has the form
+    of a BCP-47 tag. (One langcodes cannot read still matches a voice's equal tag.)"""
+    tag = language_code.strip().replace("_", "-")
+    if len(tag) > MAX_LANGUAGE_CODE_CHARS or not _LANGUAGE_TAG.fullmatch(tag):
+        raise InvalidInput(
+            f"language_code {language_code[:MAX_LANGUAGE_CODE_CHARS]!r} is not a BCP-47 "
+            "language tag: use letters and digits in subtags joined by '-', such as "
+            "'de', 'en-GB' or 'pt-BR'"
+        )
+    return tag
 
 
 _MOST_SUGGESTED = 8

