@@ -122,7 +122,7 @@ class Config:
 
 
 FULL = Config(sentence_turns=24, paragraph_turns=15, window_s=12.0, paced_window_s=24.0, rounds=2)
-QUICK = Config(sentence_turns=4, paragraph_turns=2, window_s=4.0, paced_window_s=6.0, rounds=1)
+QUICK = Config(sentence_turns=3, paragraph_turns=2, window_s=3.0, paced_window_s=4.0, rounds=1)
 
 
 @dataclass(frozen=True)

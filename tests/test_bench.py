@@ -19,6 +19,7 @@ from bench.voice_agent import first_clause, load_replies, pieces, word_errors, w
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(720)  # the suite's 300 s is for one test; this runs every section
 def test_bench_quick_runs_and_writes_its_report(tmp_path: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
     result = run_module(
