@@ -119,10 +119,19 @@ class Config:
     """The same for conversations, whose turns come slower."""
     rounds: int
     """Windows per server and client count, the servers in a rotating order."""
+    client_counts: tuple[int, ...] = tuple(P90_GOALS)
+    """The numbers of clients (and of conversations) loading a server at once."""
 
 
 FULL = Config(sentence_turns=24, paragraph_turns=15, window_s=12.0, paced_window_s=24.0, rounds=2)
-QUICK = Config(sentence_turns=3, paragraph_turns=2, window_s=3.0, paced_window_s=4.0, rounds=1)
+QUICK = Config(
+    sentence_turns=3,
+    paragraph_turns=2,
+    window_s=3.0,
+    paced_window_s=4.0,
+    rounds=1,
+    client_counts=(4,),
+)
 
 
 @dataclass(frozen=True)
@@ -742,6 +751,7 @@ def section(results: Results, config: Config) -> Section:
         f"Times are ms, p50 / p90. A shared, noisy {cores}-core machine: the benchmark's "
         "clients run beside the servers, and other work runs at the same time.",
     ]
+    counts = " and ".join(str(count) for count in config.client_counts)
     return Section(
         title="Piper servers: voxrelay against wyoming-piper and piper's http_server",
         method=(
@@ -750,9 +760,9 @@ def section(results: Results, config: Config) -> Section:
             "package's `AsyncTcpClient`, streaming events) and piper's own "
             "`piper.http_server` (`httpx`, `POST /synthesize`), all running in this run: "
             f"one client, {config.sentence_turns} one-sentence and {config.paragraph_turns} "
-            "paragraph turns per server, the servers alternating turn by turn; then 4 and "
-            "16 clients at once, each saying one reply after another for a window, and 4 "
-            "and 16 conversations (the next reply once the last has been heard). The "
+            "paragraph turns per server, the servers alternating turn by turn; then "
+            f"{counts} clients at once, each saying one reply after another for a window, "
+            f"and {counts} conversations (the next reply once the last has been heard). The "
             "texts: the voice-agent section's assistant replies (the first sentence of "
             "each, whole replies of three sentences or more, and every reply under load). "
             "First audio: from sending a turn to its first audio message (or response body "
@@ -783,7 +793,7 @@ async def run(quick: bool) -> Section:
         paragraph = await one_client(running, paragraphs(config.paragraph_turns))
         loads: dict[int, dict[str, Load]] = {}
         conversations: dict[int, dict[str, Load]] = {}
-        for clients in P90_GOALS:
+        for clients in config.client_counts:
             loads[clients] = await under_load(running, clients, config)
             conversations[clients] = await under_load(running, clients, config, paced=True)
             print(
