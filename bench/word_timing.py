@@ -74,9 +74,12 @@ def reference_starts_ms(audio: np.ndarray, sentence: str) -> list[float]:
     decoder.process_raw(np.asarray(audio, dtype="<i2").tobytes(), full_utt=True)
     decoder.end_utt()
     frame_ms = 1000 / decoder.config["frate"]
+    segments = decoder.seg()
+    if segments is None:  # no alignment found: the caller skips the sentence
+        return []
     return [
         segment.start_frame * frame_ms
-        for segment in decoder.seg()
+        for segment in segments
         if segment.word not in ("<s>", "</s>", "<sil>")
     ]
 
