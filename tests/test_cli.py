@@ -303,6 +303,35 @@ def test_say_shows_live_progress_on_a_terminal(server: ServeProcess, tmp_path: P
     assert first_ms == summary.group(2)
 
 
+def test_say_speaks_a_stdin_longer_than_the_servers_text_budget(tmp_path: Path) -> None:
+    """`say -` keeps what it sent and has not heard spoken within the session's text
+    budget (SessionStarted.text_budget_chars): a text nine times the budget is spoken
+    whole, where sending it as read was refused with RESOURCE_EXHAUSTED."""
+    target = f"127.0.0.1:{free_port()}"
+    args = ["--listen", target, "--engines", "espeak", "--default-voice", "espeak/en-us"]
+    args += ["--max-buffered-text-chars", "600"]
+    sentences = [
+        f"This is sentence number {n} of a long text read from a pipe. " for n in range(100)
+    ]
+    text = "".join(sentences)
+    assert len(text) > 9 * 600
+    output = tmp_path / "long.wav"
+    with serving(args, target, tmp_path / "serve.log", user_env()):
+        result = subprocess.run(
+            [str(VOXRELAY), "say", "-", "-o", str(output), "--server", target],
+            cwd=tmp_path, env=user_env(), input=text, text=True, capture_output=True,
+            timeout=RUN_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    short = tmp_path / "short.wav"
+    with serving(args, target, tmp_path / "serve2.log", user_env()):
+        one = voxrelay("say", sentences[0], "-o", str(short), "--server", target, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    # Every sentence spoken: about a hundred times the first one's length.
+    ratio = soundfile.info(str(output)).duration / soundfile.info(str(short)).duration
+    assert 80 < ratio < 120, ratio
+
+
 def test_say_stops_on_stdin_that_is_not_text(server: ServeProcess, tmp_path: Path) -> None:
     output = tmp_path / "bytes.wav"
     result = subprocess.run(

@@ -82,7 +82,7 @@ def check_streaming_example(ran: Ran) -> None:
     lines = ran.stdout.splitlines()
     started = (
         r"SessionStarted\(session_id='[0-9a-f]{12}', voice='piper/en_US-joe-medium', "
-        r"encoding='pcm', sample_rate_hz=24000, pace_lead_ms=0\)"
+        r"encoding='pcm', sample_rate_hz=24000, pace_lead_ms=0, text_budget_chars=65536\)"
     )
     assert re.fullmatch(started, lines.pop(0)), ran.stdout
     said = "Hello there, how are you? I hope you are well."

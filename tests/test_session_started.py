@@ -8,6 +8,7 @@ import grpc
 import voxrelay
 from tests.conftest import RunningServer, StartServer, collect, config, read_rest, text
 from voxrelay.v1 import speech_pb2
+from voxrelay_server.dispatcher import SessionLimits
 from voxrelay_server.engines.tone import SAMPLE_RATE_HZ as TONE_RATE_HZ
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 
@@ -28,6 +29,7 @@ async def test_synthesize_starts_with_session_started_naming_the_defaults(
     assert started.voice == TONE_VOICE
     assert started.encoding == speech_pb2.AUDIO_ENCODING_PCM_S16LE  # unset means this
     assert started.sample_rate_hz == TONE_RATE_HZ  # 0 means the voice's native rate
+    assert started.text_budget_chars == SessionLimits().max_buffered_text_chars
 
 
 async def test_sessions_get_distinct_ids(tone_server: RunningServer) -> None:

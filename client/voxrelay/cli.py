@@ -280,6 +280,42 @@ STDIN_READ_BYTES = MAX_CHUNK_CHARS
 """Bytes read from stdin at most at once: never more characters than a chunk holds."""
 
 
+class _TextAhead:
+    """Keeps the text `say` has sent and not yet heard spoken within half of the
+    session's text budget (`SessionStarted.text_budget_chars`), so a long stdin is
+    spoken whole instead of refused with RESOURCE_EXHAUSTED: text is held back until
+    audio shows the speech has got far enough (`Audio.text_end`, in the one turn
+    `say` speaks)."""
+
+    def __init__(self) -> None:
+        self._limit = 0  # 0: no limit (a server that does not say)
+        self._known = asyncio.Event()
+        self._sent = 0
+        self._spoken = 0
+        self._moved = asyncio.Event()
+
+    def budget(self, chars: int) -> None:
+        """The session started with this text budget."""
+        self._limit = max(chars // 2, 1) if chars else 0
+        self._known.set()
+
+    def spoken_to(self, text_end: int) -> None:
+        self._spoken = max(self._spoken, text_end)
+        self._moved.set()
+
+    async def pieces(self, text: str) -> AsyncIterator[str]:
+        """`text` in pieces, each once there is room for it (after audio came)."""
+        await self._known.wait()
+        while text:
+            while self._limit and self._sent - self._spoken >= self._limit:
+                self._moved.clear()
+                await self._moved.wait()
+            room = self._limit - (self._sent - self._spoken) if self._limit else len(text)
+            piece, text = text[:room], text[room:]
+            self._sent += len(piece)
+            yield piece
+
+
 async def _pieces(text: str) -> AsyncIterator[str]:
     """`text` in chunks the server takes (a long TEXT argument is not refused)."""
     for start in range(0, len(text), MAX_CHUNK_CHARS):
@@ -393,11 +429,13 @@ async def _speak(
         words.clear()
 
     async with connect() as client, client.session(options) as session:
+        ahead = _TextAhead()
 
         async def feed() -> None:
             async for text in texts:
                 report.last_text_at = time.perf_counter()
-                await session.send_text(text)
+                async for piece in ahead.pieces(text):
+                    await session.send_text(piece)
             await session.close()
 
         feeder = asyncio.create_task(feed())
@@ -414,6 +452,7 @@ async def _speak(
         try:
             async for event in session:
                 if isinstance(event, SessionStarted):
+                    ahead.budget(event.text_budget_chars)
                     # The id the server's logs carry: what to quote about a problem.
                     report.say(
                         f"session {event.session_id}: {event.voice}, {event.encoding} "
@@ -429,6 +468,7 @@ async def _speak(
                         writer = _open_writer(output, rate, options)
                     writer.write(event)
                     samples += event.num_samples
+                    ahead.spoken_to(event.text_end)
                     assert first_audio_ms is not None
                     report.progress(first_audio_ms, samples / rate)
                     print_words()

@@ -330,6 +330,7 @@ def event_from_response(
             _NAMES.get(started.encoding, "pcm"),
             started.sample_rate_hz,
             started.pace_lead_ms,
+            started.text_budget_chars,
         )
     if kind == "lifecycle":
         lifecycle = response.lifecycle

@@ -77,6 +77,11 @@ class SessionStarted:
     pace_lead_ms: int = 0
     """With `pace="realtime"`: how far ahead of a real-time listener the server may be
     when it sends audio; 0 when audio comes as fast as it is made."""
+    text_budget_chars: int = 0
+    """The most characters of text the session may have waiting to be spoken (sent
+    and not yet synthesized); more is refused with RESOURCE_EXHAUSTED. A caller
+    streaming a long text keeps what it sent beyond the `Audio.text_end` it has
+    received below this. 0: a server that does not say."""
 
 
 @dataclass(frozen=True)

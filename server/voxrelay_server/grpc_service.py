@@ -396,6 +396,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         started.session_started.voice = session.voice
         started.session_started.encoding = encoding
         started.session_started.sample_rate_hz = sample_rate_hz
+        started.session_started.text_budget_chars = session.text_budget_chars
         if session.pacer is not None:
             started.session_started.pace_lead_ms = round(session.pacer.lead_s * 1000)
         try:

@@ -828,6 +828,7 @@ class SessionStarted(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     PACE_LEAD_MS_FIELD_NUMBER: _builtins.int
+    TEXT_BUDGET_CHARS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Names the session in the server's logs (the `session` field of its log
     lines, such as the "session summary" line every session ends with) and in
@@ -852,6 +853,14 @@ class SessionStarted(_message.Message):
     milliseconds, the server may be when it sends an audio message (200).
     0 with PACE_AS_MADE.
     """
+    text_budget_chars: _builtins.int
+    """The most characters of text the session may have waiting to be spoken (sent
+    and not yet synthesized: the server's `--max-buffered-text-chars`); a text
+    chunk that would take it over is refused with RESOURCE_EXHAUSTED. A caller
+    streaming a long text faster than it is spoken keeps what it has sent beyond
+    the end of the audio it has received (`text_offset + text_length` of the
+    latest `AudioChunk`) below this, as `voxrelay say -` does.
+    """
     def __init__(
         self,
         *,
@@ -860,10 +869,11 @@ class SessionStarted(_message.Message):
         encoding: Global___AudioEncoding.ValueType = ...,
         sample_rate_hz: _builtins.int = ...,
         pace_lead_ms: _builtins.int = ...,
+        text_budget_chars: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "pace_lead_ms", b"pace_lead_ms", "sample_rate_hz", b"sample_rate_hz", "session_id", b"session_id", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "pace_lead_ms", b"pace_lead_ms", "sample_rate_hz", b"sample_rate_hz", "session_id", b"session_id", "text_budget_chars", b"text_budget_chars", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
