@@ -15,7 +15,6 @@ each going first in turn, over the same sentences.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench.real_voice import ESPEAK, PIPER, SENTENCES, SHORT_SENTENCES
-from bench.report import Goal, Section, median, percentile
+from bench.report import Goal, Section, median, percentile, run_alone
 from bench.servers import start_server_process, stop_server_process
 from voxrelay import AsyncClient, Audio, TurnEnded
 from voxrelay_server.engines.espeak_engine import NORMAL_WORDS_PER_MINUTE
@@ -180,12 +179,9 @@ async def run(quick: bool) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.first_audio", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer turns")
-    args = parser.parse_args(argv)
-    result = asyncio.run(run(args.quick))
-    print(result.console())
-    return 0 if all(goal.met for goal in result.goals) else 1
+    return run_alone(
+        run, argv, prog="python -m bench.first_audio", description=__doc__, quick_help="fewer turns"
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ the silences it hears, measured the same way for all three servers).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import itertools
@@ -59,7 +58,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
-from bench.report import Goal, Section, median, percentile
+from bench.report import Goal, Section, median, percentile, run_alone
 from bench.servers import (
     ServerProcess,
     free_port,
@@ -813,13 +812,13 @@ def p90_ms(load: Load) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.piper_servers", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer turns, shorter windows")
-    args = parser.parse_args(argv)
-    result = asyncio.run(run(args.quick))
-    print(result.console())
-    print("\n".join(f"- {note}" for note in result.notes))  # how each server was run
-    return 0 if all(goal.met for goal in result.goals) else 1
+    return run_alone(
+        run,
+        argv,
+        prog="python -m bench.piper_servers",
+        description=__doc__,
+        quick_help="fewer turns, shorter windows",
+    )
 
 
 if __name__ == "__main__":

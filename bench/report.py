@@ -7,10 +7,10 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -165,3 +165,26 @@ def write_report(sections: Sequence[Section], *, quick: bool, command: str, path
     path.write_text(
         "\n".join(header) + "\n" + body + "\n" + ("\n" + log if log else ""), encoding="utf-8"
     )
+
+
+def run_alone(
+    run: Callable[[bool], Coroutine[Any, Any, Section]],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    quick_help: str,
+) -> int:
+    """`python -m bench.NAME [--quick]` for a section: runs it, prints its table, goals
+    and notes; exit code 1 when a goal is missed."""
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.quick))
+    print(result.console())
+    for note in result.notes:
+        print(f"- {note}")
+    return 0 if all(goal.met for goal in result.goals) else 1

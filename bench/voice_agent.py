@@ -25,7 +25,6 @@ pocketsphinx (its bundled en-US model), word error rate against the reply's text
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -43,7 +42,7 @@ from agents.voice import TTSModel, TTSModelSettings
 from bench.first_audio import espeak_direct, piper_direct
 from bench.real_voice import ESPEAK, PIPER
 from bench.reference import reference_result
-from bench.report import Goal, Section, median, percentile
+from bench.report import Goal, Section, median, percentile, run_alone
 from bench.servers import start_server_process, stop_server_process
 from bench.ttfa import ReferenceConsumer
 from voxrelay import AsyncClient, AsyncSession, Audio, Event, TurnEnded
@@ -634,16 +633,13 @@ async def run(quick: bool) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.voice_agent", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a few replies")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = asyncio.run(run(args.quick))
-    print(result.console())
-    for note in result.notes:
-        print(f"  - {note}")
-    print(f"took {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0 if all(goal.met for goal in result.goals) else 1
+    return run_alone(
+        run,
+        argv,
+        prog="python -m bench.voice_agent",
+        description=__doc__,
+        quick_help="a few replies",
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ turn takes per second of its audio.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import sys
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.real_voice import ESPEAK, PIPER, SENTENCES, SHORT_SENTENCES
-from bench.report import Goal, Section, median, percentile
+from bench.report import Goal, Section, median, percentile, run_alone
 from bench.servers import start_server_process, stop_server_process
 from voxrelay import AsyncClient, Audio, SessionOptions, TurnEnded, Words
 
@@ -217,12 +216,13 @@ async def run(quick: bool) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.word_timing", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer sentences and turns")
-    args = parser.parse_args(argv)
-    result = asyncio.run(run(args.quick))
-    print(result.console())
-    return 0 if all(goal.met for goal in result.goals) else 1
+    return run_alone(
+        run,
+        argv,
+        prog="python -m bench.word_timing",
+        description=__doc__,
+        quick_help="fewer sentences and turns",
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +93,19 @@ def wait_until_answering(
             except grpc.RpcError:
                 continue
             return
+
+
+@contextmanager
+def running_serve(
+    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[ServeProcess]:
+    """`voxrelay serve --listen 127.0.0.1:<free port> ARGS`, answering, until the block
+    ends; then killed (a test that checks the shutdown stops it itself)."""
+    target = f"127.0.0.1:{free_port()}"
+    process = start_serve(["--listen", target, *args], log, user_env() if env is None else env)
+    try:
+        wait_until_answering(process, target, log)
+        yield ServeProcess(process, target, log)
+    finally:
+        process.kill()
+        process.wait()

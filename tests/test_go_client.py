@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
+from tests.processes import (
+    ServeProcess,
+    running_serve,
+)
 from tests.toolchains import NO_GO, NO_GO_REASON, build_go
 
 pytestmark = pytest.mark.skipif(NO_GO, reason=NO_GO_REASON)
@@ -27,15 +30,9 @@ def speak(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    target = f"127.0.0.1:{free_port()}"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = start_serve(["--listen", target, "--engines", "piper,espeak"], log, user_env())
-    try:
-        wait_until_answering(process, target, log)
-        yield ServeProcess(process, target, log)
-    finally:
-        process.kill()
-        process.wait()
+    with running_serve(["--engines", "piper,espeak"], log) as running:
+        yield running
 
 
 def test_the_go_example_speaks_two_turns_in_order(speak: Path, served: ServeProcess) -> None:

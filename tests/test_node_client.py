@@ -20,7 +20,13 @@ import soundfile
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
+from tests.processes import (
+    ServeProcess,
+    free_port,
+    running_serve,
+    start_serve,
+    user_env,
+)
 from tests.toolchains import NO_NODE, NO_NODE_REASON, NODE_PACKAGE, node_dependencies, npm
 
 EXAMPLE = NODE_PACKAGE / "dist" / "examples" / "speak.js"
@@ -37,15 +43,9 @@ def built() -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    target = f"127.0.0.1:{free_port()}"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = start_serve(["--listen", target, "--engines", "piper,espeak"], log, user_env())
-    try:
-        wait_until_answering(process, target, log)
-        yield ServeProcess(process, target, log)
-    finally:
-        process.kill()
-        process.wait()
+    with running_serve(["--engines", "piper,espeak"], log) as running:
+        yield running
 
 
 def run_example(

@@ -19,7 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import voxrelay
-from tests.processes import ServeProcess, free_port, start_serve, user_env, wait_until_answering
+from tests.processes import (
+    ServeProcess,
+    free_port,
+    running_serve,
+    start_serve,
+    user_env,
+)
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.piper_engine import PiperEngine, bundled_joe_voice, voice_files
@@ -54,16 +60,10 @@ def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(voices_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """`voxrelay serve` with the voices of `voices_dir`, named by its variable."""
-    target = f"127.0.0.1:{free_port()}"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = user_env(VOXRELAY_PIPER_VOICES=str(voices_dir))
-    process = start_serve(["--listen", target, "--engines", "piper,espeak"], log, env)
-    try:
-        wait_until_answering(process, target, log)
-        yield ServeProcess(process, target, log)
-    finally:
-        process.kill()
-        process.wait()
+    with running_serve(["--engines", "piper,espeak"], log, env) as running:
+        yield running
 
 
 def list_voices(target: str) -> dict[str, speech_pb2.Voice]:
