@@ -416,10 +416,10 @@ class SessionDispatcher:
         self._dry_at = 0.0
         """When the dry timer fires (`time.monotonic()`)."""
         self._first_audio_s = TYPICAL_FIRST_AUDIO_S
+        """How long this session's segments took from release to first audio (smoothed)."""
         self._first_audio_s_per_char: float | None = None
         """The same per character of the segment's text; None until a segment has
         made audio."""
-        """How long this session's segments took from release to first audio (smoothed)."""
         self._timeline: collections.deque[_Entry] = collections.deque()
         self._timeline_grew = asyncio.Event()
         self._waiting_jobs: collections.deque[_SegmentJob] = collections.deque()
