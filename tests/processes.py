@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,19 +25,49 @@ READY_TIMEOUT_S = 60.0
 
 @dataclass
 class ServeProcess:
-    """A running `voxrelay serve` and where to reach it."""
+    """A running `voxrelay serve` and where to reach it; `restart` runs it again."""
 
     process: subprocess.Popen[bytes]
     target: str
     log: Path
+    args: Sequence[str] = ()
+    """Its arguments, `--listen` first."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    starts: int = 1
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        """Send `sig` and wait for the process to exit; its exit code."""
+        self.process.send_signal(sig)
+        return self.process.wait(timeout_s)
+
+    def restart(self, *, wait: bool = True) -> None:
+        """Start it again (once it has exited) on the same address, its output appended
+        to a log of its own (`<log>.<n>`); with `wait`, until it answers."""
+        assert self.process.poll() is not None, "restart() needs the process stopped"
+        self.starts += 1
+        self.log = self.log.with_name(f"{self.log.name}.{self.starts}")
+        self.process = start_serve(self.args, self.log, self.env)
+        if wait:
+            wait_until_answering(self.process, self.target, self.log)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
+def free_port(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
+    """A port nothing listens on right now, on each of the loopback `hosts`."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((hosts[0], 0))
+            port: int = probe.getsockname()[1]
+        if all(_free(host, port) for host in hosts[1:]):
+            return port
+
+
+def _free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -97,15 +130,75 @@ def wait_until_answering(
 
 @contextmanager
 def running_serve(
-    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    wait: bool = True,
 ) -> Iterator[ServeProcess]:
-    """`voxrelay serve --listen 127.0.0.1:<free port> ARGS`, answering, until the block
-    ends; then killed (a test that checks the shutdown stops it itself)."""
-    target = f"127.0.0.1:{free_port()}"
-    process = start_serve(["--listen", target, *args], log, user_env() if env is None else env)
+    """`voxrelay serve --listen HOST:PORT ARGS` (PORT 0: a free one), answering (with
+    `wait`), until the block ends; then killed (a test that checks the shutdown stops
+    it itself). Restarts by `ServeProcess.restart` are killed the same way."""
+    target = f"{host}:{port or free_port((host,))}"
+    env = user_env() if env is None else env
+    full_args = ["--listen", target, *args]
+    serve = ServeProcess(start_serve(full_args, log, env), target, log, full_args, env)
     try:
-        wait_until_answering(process, target, log)
-        yield ServeProcess(process, target, log)
+        if wait:
+            wait_until_answering(serve.process, target, log)
+        yield serve
     finally:
-        process.kill()
-        process.wait()
+        serve.process.kill()
+        serve.process.wait()
+
+
+REPLICA_HOSTS = tuple(f"127.0.0.{n}" for n in range(2, 10))
+"""Loopback addresses for replicas: Linux answers on all of 127.0.0.0/8 with no setup."""
+
+
+@contextmanager
+def running_replicas(
+    count: int, args: Sequence[str], logs: Path, env: Mapping[str, str] | None = None
+) -> Iterator[list[ServeProcess]]:
+    """`count` `voxrelay serve ARGS` on 127.0.0.2, 127.0.0.3, ... and one port, started
+    together and answering, until the block ends (logs in `logs`/replica-N.log), each
+    with its metrics on another common port (`active_sessions`). `replicas_target`
+    names them all for a client."""
+    hosts = REPLICA_HOSTS[:count]
+    port = free_port(hosts)
+    metrics_port = free_port(hosts)
+    with ExitStack() as stack:
+        replicas = [
+            stack.enter_context(
+                running_serve(
+                    [*args, "--metrics-listen", f"{host}:{metrics_port}"],
+                    logs / f"replica-{n}.log",
+                    env,
+                    host=host,
+                    port=port,
+                    wait=False,
+                )
+            )
+            for n, host in enumerate(hosts, 1)
+        ]
+        for replica in replicas:
+            wait_until_answering(replica.process, replica.target, replica.log)
+        yield replicas
+
+
+def active_sessions(replica: ServeProcess) -> int:
+    """The replica's `voxrelay_active_sessions` gauge, from its metrics endpoint."""
+    args = list(replica.args)
+    url = f"http://{args[args.index('--metrics-listen') + 1]}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r"^voxrelay_active_sessions(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    assert match, f"no voxrelay_active_sessions in {url}"
+    return round(float(match.group(1)))
+
+
+def replicas_target(replicas: Sequence[ServeProcess]) -> str:
+    """The gRPC target naming every replica: `ipv4:127.0.0.2:PORT,127.0.0.3:PORT`."""
+    return "ipv4:" + ",".join(replica.target for replica in replicas)

@@ -415,7 +415,7 @@ def test_client_library_rejects_incomplete_tls_options(pki: Pki) -> None:
         voxrelay.Client("127.0.0.1:1", tls_ca="/nowhere.pem")
 
 
-async def connection_failure(target: str, **tls: str) -> tuple[str, str]:
+async def connection_failure(target: str, **tls: Any) -> tuple[str, str]:
     """The messages of the async and the blocking client's failed ListVoices; both
     must be UNAVAILABLE (nothing was said to the server)."""
     messages = []

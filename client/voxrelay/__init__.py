@@ -18,6 +18,7 @@ from voxrelay.errors import VoxrelayError
 from voxrelay.events import (
     Audio,
     Event,
+    Resumed,
     SessionEnded,
     SessionStarted,
     TurnEnded,
@@ -26,13 +27,17 @@ from voxrelay.events import (
     Word,
     Words,
 )
+from voxrelay.replicas import ConnectionState, RetryPolicy
 
 __all__ = [
     "AsyncClient",
     "AsyncSession",
     "Audio",
     "Client",
+    "ConnectionState",
     "Event",
+    "Resumed",
+    "RetryPolicy",
     "Session",
     "SessionEnded",
     "SessionOptions",

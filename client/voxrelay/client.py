@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import math
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from voxrelay.errors import Endpoint, VoxrelayError, status_from_number
 from voxrelay.events import (
     Audio,
     Event,
+    Resumed,
     SessionEnded,
     SessionStarted,
     TurnEnded,
@@ -40,6 +43,17 @@ from voxrelay.events import (
     WireEncoding,
     Word,
     Words,
+)
+from voxrelay.replicas import (
+    RETRIED_CODES,
+    SPOKEN_TEXT_MAX_CHARS,
+    ConnectionState,
+    Recovery,
+    ResumePlan,
+    RetryPolicy,
+    SessionLedger,
+    channel_options,
+    recovery_for,
 )
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
@@ -378,11 +392,15 @@ class _Synthesis:
         self._opus = OpusPageCounter()
         self._chunks: list[Audio] = []
         self._words: list[Word] = []
+        self.started = False
+        """The call's `session_started` arrived: it is no longer retried."""
 
     def take(self, response: speech_pb2.StreamResponse) -> None:
         """One response of the call; an `error` message raises `VoxrelayError`."""
         event = event_from_response(response, self.options.dtype, self._opus)
-        if isinstance(event, Audio):
+        if isinstance(event, SessionStarted):
+            self.started = True
+        elif isinstance(event, Audio):
             self._chunks.append(event)
         elif isinstance(event, Words):
             self._words += event.words
@@ -394,6 +412,15 @@ class _Synthesis:
     def result(self) -> SynthesizedAudio:
         """The whole audio, once the call has ended well."""
         return _join(self._chunks, self.options, self._words)
+
+    def again(self, error: VoxrelayError, attempts: int, since: float, retry: RetryPolicy) -> bool:
+        """The call, refused before its session started, may go to another replica."""
+        return (
+            not self.started
+            and error.code in RETRIED_CODES
+            and attempts < retry.max_attempts
+            and time.monotonic() - since <= retry.max_elapsed_s
+        )
 
 
 def _join(
@@ -420,6 +447,61 @@ _CALL_OVER_READ_S = 5.0
 StreamCall = grpc.aio.StreamStreamCall[speech_pb2.StreamRequest, speech_pb2.StreamResponse]
 
 
+class _Call:
+    """One `Stream` call of a session and the responses read ahead of it."""
+
+    def __init__(self, call: StreamCall, read_ahead: float) -> None:
+        self.call = call
+        self.responses: collections.deque[speech_pb2.StreamResponse] = collections.deque()
+        self.read_ahead = read_ahead
+        self.read_error: grpc.RpcError | None = None
+        """How reading the call ended, if not at its end of stream."""
+        self.started = False
+        """Its `session_started` was read."""
+        self.lost: VoxrelayError | None = None
+        """A write found the call over with an error the session recovers from."""
+        self.changed = asyncio.Event()
+        """Set (and replaced) when a response arrives, one is taken, or reading ends."""
+        self.opus = OpusPageCounter()
+        self.reading = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while (response := await self.call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, speech_pb2.StreamResponse)
+                if response.WhichOneof("response") == "session_started":
+                    self.started = True
+                self.responses.append(response)
+                self.notify()
+                while len(self.responses) >= self.read_ahead:
+                    await self.changed.wait()
+        except grpc.RpcError as error:
+            self.read_error = error
+        finally:
+            self.notify()
+
+    async def next_response(self) -> speech_pb2.StreamResponse | None:
+        """The next response read; None once the call has no more."""
+        while not self.responses:
+            if self.reading.done():
+                return None
+            await self.changed.wait()
+        response = self.responses.popleft()
+        self.notify()  # room for the reader
+        return response
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    async def stop(self) -> None:
+        """End the call and its reading."""
+        if not self.call.done():
+            self.call.cancel()
+        self.reading.cancel()
+        await asyncio.gather(self.reading, return_exceptions=True)
+
+
 class AsyncSession:
     """One conversation: send text and turn markers, iterate ordered events.
 
@@ -428,6 +510,15 @@ class AsyncSession:
     `word_timestamps`) and finally `SessionEnded`; a failure raises
     `VoxrelayError`, with the server's status and message, whether it surfaces
     while iterating or while sending.
+
+    A call refused before its session started (UNAVAILABLE: the replica is loading,
+    draining or unreachable; RESOURCE_EXHAUSTED: it is at `--max-sessions`) is
+    opened again, on the next replica, as `retry` says; the text already sent goes
+    with it. With `resume` (the default), a session whose replica is lost after it
+    started (UNAVAILABLE, a reset connection, a killed process) goes on on another
+    one: the iteration yields `Resumed`, then the rest of the audio, numbered as
+    before (see `Resumed`). Both happen while iterating: a write to a lost call
+    returns, the text is kept and sent on the new call.
     """
 
     def __init__(
@@ -437,22 +528,37 @@ class AsyncSession:
         target: str | Endpoint,
         *,
         metadata: Metadata = (),
+        retry: RetryPolicy | None = None,
+        resume: bool = True,
     ) -> None:
         self._stub = stub
         self._options = options
         self._target = target
         self._metadata = metadata
-        self._call: StreamCall | None = None
-        self._reading: asyncio.Task[None] | None = None
-        self._responses: collections.deque[speech_pb2.StreamResponse] = collections.deque()
-        self._read_ahead: float = READ_AHEAD
-        self._read_error: grpc.RpcError | None = None
-        """How reading the call ended, if not at its end of stream."""
-        self._changed = asyncio.Event()
-        """Set (and replaced) when a response arrives, one is taken, or reading ends."""
+        self._retry = retry or RetryPolicy()
+        self._resume = resume
+        self._config = options.to_proto()
+        self._ledger = SessionLedger()
+        self._current: _Call | None = None
+        self._sending = asyncio.Lock()
+        """Held by each write, and while a new call is sent what the old one had."""
+        self.state = ConnectionState.IDLE
+        """Where the session's connection is (one value for its whole lifecycle)."""
+        self._attempts = 0
+        """Calls opened since the last one whose session started."""
+        self._failed_at = 0.0
+        self._plan: ResumePlan | None = None
+        """What the last new call was sent, until its session starts."""
+        self._reason = ""
+        self._same_point = (0, 0, 0)
+        """(turn, text offset, resumes) of the latest resume, to give up on a point that
+        fails replica after replica."""
         self.started: SessionStarted | None = None
         """The session's first event, once iterating has yielded it: its id (which the
-        server's logs name it by), voice, encoding and rate."""
+        server's logs name it by), voice, encoding and rate. After a resume it stays
+        the first one; `Resumed.session_id` names the new one."""
+        self.resumes = 0
+        """How many times the session resumed on another replica."""
 
     async def __aenter__(self) -> AsyncSession:
         await self.open()
@@ -464,25 +570,33 @@ class AsyncSession:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._call is not None and not self._call.done():
-            self._call.cancel()
-        if self._reading is not None:
-            self._reading.cancel()
-            await asyncio.gather(self._reading, return_exceptions=True)
+        if self._current is not None:
+            await self._current.stop()
+        if self.state is not ConnectionState.FAILED:
+            self.state = ConnectionState.ENDED
 
     async def open(self) -> None:
         """Start the call and send the configuration."""
-        self._call = self._stub.Stream(metadata=self._metadata)
-        self._reading = asyncio.create_task(self._read_responses(self._call))
-        await self._write(speech_pb2.StreamRequest(config=self._options.to_proto()))
+        self._current = self._new_call()
+        self.state = ConnectionState.OPENING
+        await self._write(speech_pb2.StreamRequest(config=self._config))
+
+    def _new_call(self) -> _Call:
+        return _Call(self._stub.Stream(metadata=self._metadata), READ_AHEAD)
 
     async def send_text(self, text: str) -> None:
         """Send the next chunk of text of the current turn (whitespace is kept)."""
-        await self._write(speech_pb2.StreamRequest(text=text))
+        async with self._sending:
+            self._ledger.add_text(text)
+            await self._write(speech_pb2.StreamRequest(text=text), locked=True)
 
     async def turn_done(self) -> None:
         """Mark the current turn complete."""
-        await self._write(speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()))
+        async with self._sending:
+            self._ledger.turn_done()
+            await self._write(
+                speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()), locked=True
+            )
 
     async def cancel(self, played_samples: int = 0, turn: int = 0) -> None:
         """Barge-in: drop everything sent so far that has not been delivered.
@@ -496,86 +610,267 @@ class AsyncSession:
         turn whose `TurnEnded` was already sent is not changed: for it, use the
         `text_offset`/`text_length` of the `Audio` you played.
         """
-        request = speech_pb2.Cancel(turn=turn, played_samples=played_samples)
-        await self._write(speech_pb2.StreamRequest(cancel=request))
+        async with self._sending:
+            call_turn, played = self._ledger.cancel(played_samples, turn)
+            request = speech_pb2.Cancel(turn=call_turn, played_samples=played)
+            await self._write(speech_pb2.StreamRequest(cancel=request), locked=True)
 
     async def close(self) -> None:
         """Send nothing more: the server finishes every turn, then ends the session."""
-        try:
-            await self._require_call().done_writing()
-        except grpc.RpcError as error:
-            raise await self._why_it_ended(error) from None
+        async with self._sending:
+            self._ledger.closed = True
+            call = self._require_call()
+            if call.lost is not None:
+                return
+            try:
+                await call.call.done_writing()
+            except grpc.RpcError as error:
+                await self._write_failed(call, error)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()
 
     async def events(self) -> AsyncIterator[Event]:
         """The session's events in order, until `SessionEnded`."""
-        call = self._require_call()
-        opus = OpusPageCounter()
-        while (response := await self._next_response()) is not None:
+        while True:
+            call = self._require_call()
+            response = await call.next_response()
+            if response is None:
+                failure = await self._outcome(call)
+                if failure is None:
+                    return
+                for event in await self._recover(call, failure):
+                    yield event
+                continue
+            kind = response.WhichOneof("response")
+            if kind == "error":
+                error = response.error
+                failure = VoxrelayError(
+                    status_from_number(error.code),
+                    error.message,
+                    turn=error.turn,
+                    segment=error.segment,
+                )
+                for event in await self._recover(call, failure):
+                    yield event
+                continue
+            if kind == "session_started":
+                opened = self._session_started(response)
+                if opened is not None:
+                    yield opened
+                continue
             try:
-                event = event_from_response(response, self._options.dtype, opus)
+                event = event_from_response(response, self._options.dtype, call.opus)
             except VoxrelayError:
-                call.cancel()
+                call.call.cancel()
+                self.state = ConnectionState.FAILED
                 raise
-            if isinstance(event, SessionStarted):
-                self.started = event
-            yield event
+            renumbered = self._renumber(event)
+            if renumbered is not None:
+                yield renumbered
             if isinstance(event, SessionEnded):
-                break
-        if self._read_error is not None:
-            raise VoxrelayError.from_rpc_error(self._read_error, self._target)
-        code = await call.code()
-        if code is not grpc.StatusCode.OK:
-            raise VoxrelayError(code, await call.details() or "")
+                self.state = ConnectionState.ENDED
+                return
 
-    async def _read_responses(self, call: StreamCall) -> None:
-        try:
-            while (response := await call.read()) is not grpc.aio.EOF:
-                assert isinstance(response, speech_pb2.StreamResponse)
-                self._responses.append(response)
-                self._notify()
-                while len(self._responses) >= self._read_ahead:
-                    await self._changed.wait()
-        except grpc.RpcError as error:
-            self._read_error = error
-        finally:
-            self._notify()
+    def _session_started(self, response: speech_pb2.StreamResponse) -> Event | None:
+        """The caller's event for a call's `session_started`: the first call's, or a
+        `Resumed` for a later one."""
+        started = event_from_response(response, self._options.dtype)
+        assert isinstance(started, SessionStarted)
+        self.state = ConnectionState.STREAMING
+        self._attempts = 0
+        plan, self._plan = self._plan, None
+        if self.started is None:
+            self.started = started
+            return started
+        if plan is None:
+            return None
+        self.resumes += 1
+        return Resumed(
+            plan.turn,
+            plan.segment,
+            plan.offset_samples,
+            plan.repeated_samples,
+            plan.text_offset,
+            started.session_id,
+            self._reason,
+        )
 
-    async def _next_response(self) -> speech_pb2.StreamResponse | None:
-        """The next response read; None once the call has no more."""
-        while not self._responses:
-            if self._reading is None or self._reading.done():
+    def _renumber(self, event: Event) -> Event | None:
+        """An event of the current call in the caller's numbering; None for one the
+        caller already had (the TURN_STARTED of a turn sent again)."""
+        ledger = self._ledger
+        if isinstance(event, Audio):
+            place = ledger.audio(
+                event.turn,
+                event.segment,
+                event.offset_samples,
+                event.num_samples,
+                event.text_offset,
+                event.text_length,
+            )
+            return dataclasses.replace(
+                event,
+                turn=place.turn,
+                segment=place.segment,
+                offset_samples=place.offset_samples,
+                text_offset=place.text_offset,
+                repeated_samples=place.repeated_samples,
+            )
+        if isinstance(event, Words):
+            turn, segment, text_base, sample_base = ledger.words_place(event.turn, event.segment)
+            words = tuple(
+                Word(
+                    word.text,
+                    word.text_offset + text_base,
+                    word.start_samples + sample_base,
+                    word.end_samples + sample_base,
+                )
+                for word in event.words
+            )
+            return Words(turn, segment, words)
+        if isinstance(event, TurnStarted):
+            number = ledger.turn_started(event.turn)
+            if number is None:
                 return None
-            await self._changed.wait()
-        response = self._responses.popleft()
-        self._notify()  # room for the reader
-        return response
+            return TurnStarted(number)
+        if isinstance(event, TurnEnded):
+            number, spoken, heard = ledger.turn_ended(
+                event.turn, event.cancelled, event.heard_chars
+            )
+            return TurnEnded(number, event.cancelled, spoken, heard)
+        return event
 
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    async def _outcome(self, call: _Call) -> VoxrelayError | None:
+        """Why a call's responses ended: None for a call that ended well."""
+        if call.read_error is not None:
+            return VoxrelayError.from_rpc_error(call.read_error, self._target)
+        code = await call.call.code()
+        if code is grpc.StatusCode.OK:
+            if self.state is not ConnectionState.ENDED:
+                # The call ended without SESSION_ENDED: it was lost (a replica that
+                # stopped mid-write).
+                return VoxrelayError(
+                    grpc.StatusCode.UNAVAILABLE, "the call ended before the session did"
+                )
+            return None
+        return VoxrelayError(code, await call.call.details() or "")
 
-    async def _write(self, request: speech_pb2.StreamRequest) -> None:
-        call = self._require_call()
+    async def _recover(self, call: _Call, failure: VoxrelayError) -> list[Event]:
+        """Carry the session on after `call` failed (events the caller gets first), or
+        raise its error."""
+        recovery = recovery_for(
+            failure.code, started=call.started, segment=failure.segment, resume=self._resume
+        )
+        await call.stop()
+        now = time.monotonic()
+        if self._attempts == 0:
+            self._failed_at = now
+        self._attempts += 1
+        gave_up = ""
+        if recovery is not Recovery.FAIL:
+            if self._attempts >= self._retry.max_attempts:
+                gave_up = f" (gave up after {self._attempts} calls)"
+            elif now - self._failed_at > self._retry.max_elapsed_s:
+                gave_up = f" (gave up after {now - self._failed_at:.1f} s)"
+            elif recovery is Recovery.RESUME and self._stuck():
+                gave_up = " (the session failed at the same place on several replicas)"
+        if recovery is Recovery.FAIL or gave_up:
+            self.state = ConnectionState.FAILED
+            raise VoxrelayError(
+                failure.code,
+                failure.message + gave_up,
+                turn=failure.turn,
+                segment=failure.segment,
+            )
+        self.state = ConnectionState.RECONNECTING
+        if recovery is Recovery.RESUME:
+            self._reason = f"{failure.code.name}: {failure.message}"
+        if self._attempts > 1:
+            await asyncio.sleep(self._retry.backoff_s(self._attempts - 1))
+        return await self._reopen()
+
+    def _stuck(self) -> bool:
+        """The resume point is the one the last resumes had, too many times over."""
+        first = next(iter(self._ledger.turns.values()), None)
+        point = (first.number, first.resume_point()[0]) if first is not None else (0, 0)
+        turn, offset, count = self._same_point
+        count = count + 1 if (turn, offset) == point else 1
+        self._same_point = (*point, count)
+        return count > self._retry.max_attempts
+
+    async def _reopen(self) -> list[Event]:
+        """Open a new call and send it the session so far; the caller's events for the
+        cancelled turns it ends here."""
+        events: list[Event] = []
+        async with self._sending:
+            plan = self._ledger.plan_resume()
+            if self.started is not None or self._plan is not None:
+                self._plan = plan
+            for record in plan.finished:
+                if not record.announced:
+                    events.append(TurnStarted(record.number))
+                heard = record.heard_locally()
+                text = record.text()[: min(heard, SPOKEN_TEXT_MAX_CHARS)]
+                events.append(TurnEnded(record.number, True, text, heard))
+            call = self._current = self._new_call()
+            self.state = ConnectionState.OPENING
+            requests = [speech_pb2.StreamRequest(config=self._config)]
+            for kind, text in plan.requests:
+                if kind == "text":
+                    requests.append(speech_pb2.StreamRequest(text=text))
+                else:
+                    requests.append(speech_pb2.StreamRequest(turn_done=speech_pb2.TurnDone()))
+            for request in requests:
+                if not await self._send_on(call, request):
+                    return events
+            if self._ledger.closed:
+                try:
+                    await call.call.done_writing()
+                except grpc.RpcError as error:
+                    await self._write_failed(call, error)
+        return events
+
+    async def _write(self, request: speech_pb2.StreamRequest, *, locked: bool = False) -> None:
+        if locked:
+            await self._send_on(self._require_call(), request)
+            return
+        async with self._sending:
+            await self._send_on(self._require_call(), request)
+
+    async def _send_on(self, call: _Call, request: speech_pb2.StreamRequest) -> bool:
+        """Write `request` on `call`; False when the call is lost (the session carries
+        on on a new one, which is sent it again), raises when the session fails."""
+        if call.lost is not None:
+            return False
         try:
-            await call.write(request)
+            await call.call.write(request)
         except (grpc.RpcError, asyncio.InvalidStateError) as error:
-            raise await self._why_it_ended(error) from None
+            await self._write_failed(call, error)
+            return False
+        return True
 
-    async def _why_it_ended(self, failure: Exception) -> VoxrelayError:
+    async def _write_failed(self, call: _Call, failure: Exception) -> None:
+        """A write found `call` over: note it if the session recovers, else raise."""
+        error = await self._why_it_ended(call, failure)
+        recovery = recovery_for(
+            error.code, started=call.started, segment=error.segment, resume=self._resume
+        )
+        if recovery is Recovery.FAIL:
+            raise error
+        call.lost = error
+
+    async def _why_it_ended(self, call: _Call, failure: Exception) -> VoxrelayError:
         """The error a failed write stands for: the call is over, and the server's
         `error` message, or else the call's status, says why."""
-        if isinstance(failure, asyncio.InvalidStateError) and not self._require_call().done():
+        if isinstance(failure, asyncio.InvalidStateError) and not call.call.done():
             raise RuntimeError(
                 "the session was closed for sending (close() was called): open a new one"
             ) from None
-        self._read_ahead = math.inf  # the call is over: what is left of it is finite
-        self._notify()
-        if self._reading is not None:
-            await asyncio.wait({self._reading}, timeout=_CALL_OVER_READ_S)
-        for response in self._responses:
+        call.read_ahead = math.inf  # the call is over: what is left of it is finite
+        call.notify()
+        await asyncio.wait({call.reading}, timeout=_CALL_OVER_READ_S)
+        for response in call.responses:
             if response.WhichOneof("response") == "error":
                 error = response.error
                 return VoxrelayError(
@@ -584,19 +879,30 @@ class AsyncSession:
                     turn=error.turn,
                     segment=error.segment,
                 )
-        reason = self._read_error or failure
+        reason = call.read_error or failure
         if isinstance(reason, grpc.RpcError):
             return VoxrelayError.from_rpc_error(reason, self._target)
         return VoxrelayError(grpc.StatusCode.UNKNOWN, f"the call ended: {reason}")
 
-    def _require_call(self) -> StreamCall:
-        if self._call is None:
+    def _require_call(self) -> _Call:
+        if self._current is None:
             raise RuntimeError("the session is not open: use `async with client.session(...)`")
-        return self._call
+        return self._current
 
 
 class AsyncClient:
-    """An async connection to a voxrelay server; close it or use `async with`.
+    """An async connection to a voxrelay server, or to replicas of one; close it or use
+    `async with`.
+
+    `target` is any gRPC target: `host:port`, `dns:///voxrelay.internal:50051` (every
+    address the name resolves to), `ipv4:127.0.0.2:50051,127.0.0.3:50051`. Calls are
+    balanced `round_robin` over the addresses that are READY and whose health is
+    SERVING, so each new session goes to the next replica (`replicas.service_config`).
+    `retry` bounds how a call refused before its session started is opened again on
+    another replica; `resume=False` makes a session whose replica is lost raise its
+    error instead of resuming (see `AsyncSession`). `health_check=True` also skips
+    replicas whose `grpc.health.v1` status is not SERVING (loading, or draining after
+    SIGTERM): right for `voxrelay serve`, which reports it.
 
     `tls_ca` (a PEM CA file) turns on TLS; `tls_cert` and `tls_key` add a client
     certificate for mutual TLS; `token` is sent as `authorization: Bearer` on every call.
@@ -610,15 +916,27 @@ class AsyncClient:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         token: str | None = None,
+        retry: RetryPolicy | None = None,
+        resume: bool = True,
+        health_check: bool = False,
     ) -> None:
         self.target = target or default_target()
+        self.retry = retry or RetryPolicy()
+        self.resume = resume
+        self.health_check = health_check
         security = _security(tls_ca, tls_cert, tls_key, token)
         self._metadata = security.metadata
         self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = grpc.aio.insecure_channel(
+                self.target, options=channel_options(health_check=health_check)
+            )
         else:
-            self._channel = grpc.aio.secure_channel(self.target, security.credentials)
+            self._channel = grpc.aio.secure_channel(
+                self.target,
+                security.credentials,
+                options=channel_options(health_check=health_check),
+            )
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -639,7 +957,14 @@ class AsyncClient:
         """A new session; pass `SessionOptions` or its fields as keywords."""
         if options is None:
             options = SessionOptions(**fields)  # type: ignore[arg-type]
-        return AsyncSession(self._stub, options, self._endpoint, metadata=self._metadata)
+        return AsyncSession(
+            self._stub,
+            options,
+            self._endpoint,
+            metadata=self._metadata,
+            retry=self.retry,
+            resume=self.resume,
+        )
 
     async def voices(self, language: str = "") -> list[VoiceInfo]:
         """Every voice the server offers, the default first; with `language` (a BCP-47
@@ -658,7 +983,19 @@ class AsyncClient:
     ) -> SynthesizedAudio:
         """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
         through the `Synthesize` rpc."""
-        synthesis = _Synthesis(text, options, self._endpoint)
+        since, attempts = time.monotonic(), 0
+        while True:
+            synthesis = _Synthesis(text, options, self._endpoint)
+            try:
+                return await self._synthesize_once(synthesis)
+            except VoxrelayError as error:
+                attempts += 1
+                if not synthesis.again(error, attempts, since, self.retry):
+                    raise
+            if attempts > 1:
+                await asyncio.sleep(self.retry.backoff_s(attempts - 1))
+
+    async def _synthesize_once(self, synthesis: _Synthesis) -> SynthesizedAudio:
         call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
         try:
             async for response in call:
@@ -728,6 +1065,16 @@ class Session:
         """The session's first event once iterating yielded it (see `AsyncSession`)."""
         return self._session.started
 
+    @property
+    def state(self) -> ConnectionState:
+        """Where the session's connection is (see `AsyncSession.state`)."""
+        return self._session.state
+
+    @property
+    def resumes(self) -> int:
+        """How many times the session resumed on another replica."""
+        return self._session.resumes
+
     def open(self) -> None:
         """Start the call and send the configuration."""
         self._runner.run(self._session.open())
@@ -770,7 +1117,8 @@ class Client:
     `session()`, a blocking `Session` (run by `AsyncSession` on a background event
     loop, started on first use).
 
-    Takes the same `tls_ca`, `tls_cert`, `tls_key` and `token` keywords.
+    Takes the same `target`, `tls_ca`, `tls_cert`, `tls_key`, `token`, `retry`,
+    `resume` and `health_check` keywords: its sessions are retried and resumed like `AsyncSession`s.
     """
 
     def __init__(
@@ -781,8 +1129,14 @@ class Client:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         token: str | None = None,
+        retry: RetryPolicy | None = None,
+        resume: bool = True,
+        health_check: bool = False,
     ) -> None:
         self.target = target or default_target()
+        self.retry = retry or RetryPolicy()
+        self.resume = resume
+        self.health_check = health_check
         security = _security(tls_ca, tls_cert, tls_key, token)
         self._security_options = {
             "tls_ca": tls_ca,
@@ -793,9 +1147,15 @@ class Client:
         self._metadata = security.metadata
         self._endpoint = security.endpoint(self.target, tls_ca, tls_cert)
         if security.credentials is None:
-            self._channel = grpc.insecure_channel(self.target)
+            self._channel = grpc.insecure_channel(
+                self.target, options=channel_options(health_check=health_check)
+            )
         else:
-            self._channel = grpc.secure_channel(self.target, security.credentials)
+            self._channel = grpc.secure_channel(
+                self.target,
+                security.credentials,
+                options=channel_options(health_check=health_check),
+            )
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
         self._runner: _LoopThread | None = None
         self._async_client: AsyncClient | None = None
@@ -809,7 +1169,13 @@ class Client:
 
     async def _new_async_client(self) -> AsyncClient:
         # Made on the runner's loop: an asyncio gRPC channel belongs to its loop.
-        return AsyncClient(self.target, **self._security_options)
+        return AsyncClient(
+            self.target,
+            retry=self.retry,
+            resume=self.resume,
+            health_check=self.health_check,
+            **self._security_options,
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -844,7 +1210,19 @@ class Client:
     def synthesize(self, text: str, options: SessionOptions | None = None) -> SynthesizedAudio:
         """The whole audio of `text` (up to 1,000,000 characters), spoken as one turn,
         through the `Synthesize` rpc."""
-        synthesis = _Synthesis(text, options, self._endpoint)
+        since, attempts = time.monotonic(), 0
+        while True:
+            synthesis = _Synthesis(text, options, self._endpoint)
+            try:
+                return self._synthesize_once(synthesis)
+            except VoxrelayError as error:
+                attempts += 1
+                if not synthesis.again(error, attempts, since, self.retry):
+                    raise
+            if attempts > 1:
+                time.sleep(self.retry.backoff_s(attempts - 1))
+
+    def _synthesize_once(self, synthesis: _Synthesis) -> SynthesizedAudio:
         call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
         try:
             for response in call:

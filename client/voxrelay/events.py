@@ -45,6 +45,11 @@ class Audio:
     """How many characters the segment's text has: `turn_text[text_offset:
     text_offset + text_length]` is what the segment speaks (surrounding whitespace
     left out). The same for every piece of a segment."""
+    repeated_samples: int = 0
+    """After the session resumed on another replica (see `Resumed`): how many samples
+    at the start of this piece were already given before the cut, as the segment's
+    audio comes again from its start. A player skips them (or crossfades over them);
+    0 for everything else."""
 
     @property
     def text_end(self) -> int:
@@ -152,8 +157,40 @@ class TurnEnded:
 
 
 @dataclass(frozen=True)
+class Resumed:
+    """The session's replica was lost and the session goes on on another one.
+
+    The client reopened the session with the same options, sent again the text from
+    the first segment whose audio it had not received whole, then the rest; turn
+    numbers, samples and text offsets go on as before. The audio of segment `segment`
+    of turn `turn` comes again from its start (`offset_samples`); its first
+    `repeated_samples` were already given (the `Audio` pieces carrying them say so in
+    their own `repeated_samples`): skip them, or crossfade. `turn` 0: no turn's audio
+    was under way, nothing is repeated.
+    """
+
+    turn: int
+    segment: int
+    offset_samples: int
+    """Where the segment that comes again starts in its turn, in samples."""
+    repeated_samples: int
+    """Samples of that segment given before the cut: the resumed audio repeats them."""
+    text_offset: int
+    """Where that segment's text starts in the turn's text."""
+    session_id: str
+    """The new session's id (in the new replica's logs)."""
+    reason: str
+    """Why the previous call ended: its status and message."""
+
+    @property
+    def skip_to(self) -> int:
+        """The turn's first sample not given before the cut."""
+        return self.offset_samples + self.repeated_samples
+
+
+@dataclass(frozen=True)
 class SessionEnded:
     """The server finished every turn; the stream ends after this."""
 
 
-Event = SessionStarted | Audio | Words | TurnStarted | TurnEnded | SessionEnded
+Event = SessionStarted | Audio | Words | TurnStarted | TurnEnded | Resumed | SessionEnded

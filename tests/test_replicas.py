@@ -1,0 +1,246 @@
+"""Sessions over replicas: `voxrelay serve` processes on 127.0.0.2, 127.0.0.3, ... (one
+port), a client balancing over them, replicas refusing, restarted and killed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+import voxrelay
+from tests.processes import ServeProcess, active_sessions, replicas_target, running_replicas
+
+pytestmark = pytest.mark.timeout(240)
+
+TONE = ["--engines", "tone", "--log-level", "info"]
+SLOW_TONE = [*TONE, "--tone-ms-per-char", "12", "--tone-realtime-factor", "1"]
+"""Audio made at real-time pace: a turn of three sentences lasts about 1.5 s."""
+OPTIONS = voxrelay.SessionOptions(voice="tone/square", segmentation="sentences")
+"""Every sentence below is over 20 characters: one segment each, however a turn is cut."""
+
+
+def turns_of(session: int) -> list[str]:
+    """Two turns of three sentences, different for every session (the tone's amplitude
+    names each sentence's text)."""
+    return [
+        f"Session {session} starts its first turn here. "
+        f"The middle sentence of turn one goes on. "
+        f"And the last one of turn one ends it {session}. ",
+        f"Turn two for session {session} begins right now. "
+        f"It carries a second sentence as well. "
+        f"Finally the end of session {session} arrives. ",
+    ]
+
+
+@dataclass
+class Spoken:
+    """What one session's caller got."""
+
+    started: voxrelay.SessionStarted | None = None
+    audio: dict[int, list[voxrelay.Audio]] = field(default_factory=dict)
+    ended: list[voxrelay.TurnEnded] = field(default_factory=list)
+    resumed: list[voxrelay.Resumed] = field(default_factory=list)
+    first_audio: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def turn_samples(self, turn: int) -> np.ndarray:
+        """The turn's audio as a player keeps it: repeated samples skipped."""
+        pieces = [a.samples[a.repeated_samples :] for a in self.audio.get(turn, [])]
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
+
+    def segments(self, turn: int) -> list[tuple[int, int]]:
+        """The turn's segments' places in its text, each once."""
+        places = [(a.text_offset, a.text_length) for a in self.audio.get(turn, [])]
+        return list(dict.fromkeys(places))
+
+    def longest_segment(self) -> int:
+        """Samples of the session's longest segment."""
+        sizes: Counter[tuple[int, int]] = Counter()
+        for chunks in self.audio.values():
+            for a in chunks:
+                sizes[a.turn, a.segment] += a.num_samples - a.repeated_samples
+        return max(sizes.values(), default=0)
+
+    def repeated(self) -> int:
+        return sum(a.repeated_samples for chunks in self.audio.values() for a in chunks)
+
+
+async def speak(client: voxrelay.AsyncClient, texts: list[str], spoken: Spoken) -> Spoken:
+    """Send `texts` as turns, close, and keep every event until the session ends."""
+    async with client.session(OPTIONS) as session:
+        for text in texts:
+            await session.send_text(text)
+            await session.turn_done()
+        await session.close()
+        async for event in session:
+            if isinstance(event, voxrelay.SessionStarted):
+                spoken.started = event
+            elif isinstance(event, voxrelay.Audio):
+                spoken.audio.setdefault(event.turn, []).append(event)
+                spoken.first_audio.set()
+            elif isinstance(event, voxrelay.TurnEnded):
+                spoken.ended.append(event)
+            elif isinstance(event, voxrelay.Resumed):
+                spoken.resumed.append(event)
+        assert session.state is voxrelay.ConnectionState.ENDED
+    return spoken
+
+
+def stop_all(replicas: list[ServeProcess]) -> None:
+    """SIGTERM every replica still running and wait: their logs are complete."""
+    for replica in replicas:
+        if replica.process.poll() is None:
+            replica.stop()
+
+
+def sessions_served(replica: ServeProcess) -> set[str]:
+    """Ids of the sessions a replica finished (its "session summary" log lines), over
+    all of its runs; once it has stopped (`stop_all`)."""
+    logs = sorted(replica.log.parent.glob(replica.log.name.split(".log")[0] + ".log*"))
+    text = "".join(log.read_text() for log in logs)
+    return set(re.findall(r"session summary session=([0-9a-f]+)", text))
+
+
+async def reference(target: str, sessions: int) -> list[Spoken]:
+    """The same sessions without any failure."""
+    async with voxrelay.AsyncClient(target) as client:
+        return list(
+            await asyncio.gather(*(speak(client, turns_of(n), Spoken()) for n in range(sessions)))
+        )
+
+
+def assert_whole(got: Spoken, expected: Spoken) -> None:
+    """Every turn ended, with the failure-free run's segments and audio."""
+    assert [(e.turn, e.cancelled) for e in got.ended] == [(1, False), (2, False)]
+    for turn in (1, 2):
+        assert got.segments(turn) == expected.segments(turn)
+        assert np.array_equal(got.turn_samples(turn), expected.turn_samples(turn)), turn
+
+
+async def test_sessions_spread_over_replicas_round_robin(tmp_path: Path) -> None:
+    with running_replicas(3, TONE, tmp_path) as replicas:
+        async with voxrelay.AsyncClient(replicas_target(replicas), health_check=True) as client:
+            await client.voices()  # connects to every replica
+            spoken = [await speak(client, turns_of(n), Spoken()) for n in range(9)]
+        stop_all(replicas)
+        ids = {s.started.session_id for s in spoken if s.started}
+        served = [len(sessions_served(replica) & ids) for replica in replicas]
+    # Round robin: 3 each once every replica's connection is up (the first call may
+    # come before all of them are); pick_first would give one replica all 9.
+    assert sum(served) == 9 and min(served) >= 2 and max(served) <= 4, served
+
+
+async def test_refused_sessions_go_to_another_replica(tmp_path: Path) -> None:
+    """A replica at --max-sessions refuses (RESOURCE_EXHAUSTED before session_started):
+    the client opens the session on the other one, with the text already sent; without
+    retries the caller gets the refusal."""
+    port_args = [*SLOW_TONE, "--max-sessions", "1"]
+    with running_replicas(2, port_args, tmp_path) as replicas:
+        target = replicas_target(replicas)
+        async with voxrelay.AsyncClient(target) as client:
+            await client.voices()
+            holding = [client.session(OPTIONS) for _ in range(2)]
+            for session in holding:
+                await session.open()
+                await session.send_text("Holding this replica for a while now. ")
+                first = await anext(session.events())  # each holds a place (or is retried)
+                assert isinstance(first, voxrelay.SessionStarted)
+            # Both replicas are full: every retry is refused, then the caller is told.
+            async with voxrelay.AsyncClient(
+                target, retry=voxrelay.RetryPolicy(max_attempts=3)
+            ) as other:
+                with pytest.raises(voxrelay.VoxrelayError) as refused:
+                    await speak(other, ["Refused everywhere at the moment. "], Spoken())
+            assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "gave up after 3 calls" in refused.value.message
+            # One replica frees its place: a new session lands there whichever it tries first.
+            await holding[0].close()
+            async for _ in holding[0]:
+                pass
+            await holding[0].__aexit__(None, None, None)
+            for _ in range(2):
+                got = await speak(client, ["Retried until a place was free. "], Spoken())
+                assert [e.turn for e in got.ended] == [1] and got.resumed == []
+            await holding[1].__aexit__(None, None, None)
+
+
+async def test_the_text_budget_is_not_retried(tmp_path: Path) -> None:
+    """RESOURCE_EXHAUSTED after session_started is the text budget: another replica
+    would refuse it the same way, so the caller gets it at once."""
+    with running_replicas(2, [*TONE, "--max-buffered-text-chars", "40"], tmp_path) as replicas:
+        async with voxrelay.AsyncClient(replicas_target(replicas)) as client:
+            with pytest.raises(voxrelay.VoxrelayError) as over:
+                await speak(client, ["x" * 80], Spoken())
+        stop_all(replicas)
+        ids = set().union(*(sessions_served(replica) for replica in replicas))
+    assert over.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit" in over.value.message
+    assert len(ids) == 1  # one call, not one per replica
+
+
+async def test_a_killed_replica_s_sessions_resume_whole(tmp_path: Path) -> None:
+    """SIGKILL of a replica mid-turn: each of its sessions resumes on another one; every
+    turn ends, with the same segments and audio as without the failure once the
+    repeated samples are skipped, and at most one segment repeated per resume."""
+    sessions = 6
+    with running_replicas(3, SLOW_TONE, tmp_path) as replicas:
+        target = replicas_target(replicas)
+        expected = await reference(target, sessions)
+        async with voxrelay.AsyncClient(target, health_check=True) as client:
+            await client.voices()
+            spoken = [Spoken() for _ in range(sessions)]
+            running = [
+                asyncio.create_task(speak(client, turns_of(n), spoken[n])) for n in range(sessions)
+            ]
+            await asyncio.gather(*(s.first_audio.wait() for s in spoken))
+            victim = max(replicas, key=active_sessions)
+            victim.stop(signal.SIGKILL)
+            await asyncio.gather(*running)
+        stop_all(replicas)
+        survivors = set().union(*(sessions_served(r) for r in replicas if r is not victim))
+    on_victim = {
+        n for n, s in enumerate(spoken) if s.started and s.started.session_id not in survivors
+    }
+    assert on_victim, "no session was on the killed replica"
+    assert {n for n, s in enumerate(spoken) if s.resumed} == on_victim
+    for n in range(sessions):
+        assert_whole(spoken[n], expected[n])
+        for resumed in spoken[n].resumed:
+            assert resumed.reason.startswith("UNAVAILABLE")
+            assert resumed.repeated_samples <= expected[n].longest_segment()
+        assert spoken[n].repeated() == sum(r.repeated_samples for r in spoken[n].resumed)
+
+
+async def test_rolling_restart_loses_no_session(tmp_path: Path) -> None:
+    """Each replica in turn stopped with SIGTERM and started again while sessions keep
+    opening: no session fails, every turn is whole."""
+    with running_replicas(3, [*SLOW_TONE, "--shutdown-grace", "1"], tmp_path) as replicas:
+        target = replicas_target(replicas)
+        expected = await reference(target, 3)
+        async with voxrelay.AsyncClient(target, health_check=True) as client:
+            await client.voices()
+            spoken: list[Spoken] = []
+            running: list[asyncio.Task[Spoken]] = []
+
+            def open_sessions(count: int) -> None:
+                for _ in range(count):
+                    spoken.append(Spoken())
+                    n = len(spoken) - 1
+                    running.append(asyncio.create_task(speak(client, turns_of(n % 3), spoken[n])))
+
+            for replica in replicas:
+                open_sessions(3)
+                await asyncio.gather(*(s.first_audio.wait() for s in spoken[-3:]))
+                await asyncio.to_thread(replica.stop, signal.SIGTERM)
+                open_sessions(2)
+                await asyncio.to_thread(replica.restart)
+            await asyncio.gather(*running)
+    for n, got in enumerate(spoken):
+        assert_whole(got, expected[n % 3])
+    assert Counter(bool(s.resumed) for s in spoken)[True] >= 1  # the grace cut some
