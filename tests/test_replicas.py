@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import soundfile
 
 import voxrelay
-from tests.processes import ServeProcess, active_sessions, replicas_target, running_replicas
+from tests.processes import (
+    VOXRELAY,
+    ServeProcess,
+    active_sessions,
+    replicas_target,
+    running_replicas,
+    user_env,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -244,3 +253,67 @@ async def test_rolling_restart_loses_no_session(tmp_path: Path) -> None:
     for n, got in enumerate(spoken):
         assert_whole(got, expected[n % 3])
     assert Counter(bool(s.resumed) for s in spoken)[True] >= 1  # the grace cut some
+
+
+def test_the_blocking_session_resumes(tmp_path: Path) -> None:
+    text = turns_of(7)[0]
+    events: list[voxrelay.Event] = []
+    with (
+        running_replicas(2, SLOW_TONE, tmp_path) as replicas,
+        voxrelay.Client(replicas_target(replicas)) as client,
+        client.session(OPTIONS) as session,
+    ):
+        session.send_text(text)
+        session.turn_done()
+        session.close()
+        for event in session:
+            events.append(event)
+            if isinstance(event, voxrelay.Audio) and len(events) == 3:  # its first audio
+                max(replicas, key=active_sessions).stop(signal.SIGKILL)
+        assert session.resumes == 1
+        assert session.state is voxrelay.ConnectionState.ENDED
+    resumed = [e for e in events if isinstance(e, voxrelay.Resumed)]
+    ended = [e for e in events if isinstance(e, voxrelay.TurnEnded)]
+    assert len(resumed) == 1 and resumed[0].turn == 1
+    assert [(e.turn, e.spoken_text) for e in ended] == [(1, text)]
+    assert [type(e).__name__ for e in events].count("TurnStarted") == 1
+
+
+def test_say_resumes_and_writes_the_whole_audio(tmp_path: Path) -> None:
+    """`voxrelay say` over replicas, its replica killed after the first audio: it
+    resumes, and its file holds exactly the audio of a run without failure."""
+    text = "".join(turns_of(3))
+    with running_replicas(2, SLOW_TONE, tmp_path) as replicas:
+        command = [
+            str(VOXRELAY),
+            "say",
+            "--server",
+            replicas_target(replicas),
+            "--voice",
+            "tone/square",
+            "--segmentation",
+            "sentences",
+            text,
+            "-o",
+        ]
+        env = user_env()
+        subprocess.run([*command, str(tmp_path / "whole.wav")], env=env, check=True)
+        saying = subprocess.Popen(
+            [*command, str(tmp_path / "cut.wav")],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert saying.stderr is not None
+        lines = []
+        for line in saying.stderr:
+            lines.append(line)
+            if "first audio after" in line:
+                max(replicas, key=active_sessions).stop(signal.SIGKILL)
+                break
+        lines += saying.stderr.readlines()
+        assert saying.wait(60) == 0, "".join(lines)
+    assert any("resumed on another server" in line for line in lines), lines
+    whole, _ = soundfile.read(tmp_path / "whole.wav", dtype="int16")
+    cut, _ = soundfile.read(tmp_path / "cut.wav", dtype="int16")
+    assert np.array_equal(whole, cut)

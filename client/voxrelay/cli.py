@@ -29,6 +29,7 @@ from voxrelay.client import AsyncClient, SampleType, SessionOptions, default_tar
 from voxrelay.errors import VoxrelayError
 from voxrelay.events import (
     Audio,
+    Resumed,
     SessionStarted,
     TurnEnded,
     TurnStarted,
@@ -128,7 +129,16 @@ def _add_server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=default_target(),
-        help="host:port of the voxrelay server [VOXRELAY_SERVER] (default: %(default)s)",
+        help="the voxrelay server, as any gRPC target: host:port, dns:///host:port (every "
+        "address the name resolves to) or ipv4:10.0.0.1:50051,10.0.0.2:50051; sessions go "
+        "round-robin to the replicas that are up [VOXRELAY_SERVER] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--health-check",
+        action="store_true",
+        default=os.environ.get("VOXRELAY_HEALTH_CHECK", "") not in ("", "0", "false"),
+        help="send no call to a replica whose grpc.health.v1 status is not SERVING "
+        "(loading, or draining after SIGTERM) [VOXRELAY_HEALTH_CHECK]",
     )
     _add_security_options(parser)
 
@@ -179,6 +189,8 @@ def _connect(args: argparse.Namespace) -> AsyncClient:
             tls_cert=args.tls_cert or None,
             tls_key=args.tls_key or None,
             token=token,
+            resume=getattr(args, "resume", True),
+            health_check=args.health_check,
         )
     except (OSError, ValueError) as error:
         raise UsageError(str(error)) from None
@@ -233,6 +245,15 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="print where each word is spoken, a line each on stdout: turn, start and end "
         "in seconds from the turn's start, the word (tab-separated; voices with word timing)",
+    )
+    say.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="fail when the server is lost mid-session; by default the session resumes on "
+        "another replica of --server, and the file gets the audio of the cut segment once "
+        "(with opus the resumed audio is a new Ogg stream, the cut segment's start in it "
+        "again)",
     )
     say.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     say.set_defaults(run=_say)
@@ -460,7 +481,14 @@ async def _speak(
                     )
                 elif isinstance(event, TurnStarted):
                     report.say(f"turn {event.turn} started")
+                elif isinstance(event, Resumed):
+                    report.say(
+                        f"resumed on another server as session {event.session_id} "
+                        f"({event.reason}); turn {event.turn} goes on from segment "
+                        f"{event.segment}, {event.repeated_samples} samples repeated"
+                    )
                 elif isinstance(event, Audio):
+                    event = event.unrepeated()
                     if writer is None:
                         first_audio_ms = report.elapsed_ms()
                         rate = event.sample_rate_hz

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -55,6 +55,22 @@ class Audio:
     def text_end(self) -> int:
         """Where the segment's text ends in the turn's text: `text_offset + text_length`."""
         return self.text_offset + self.text_length
+
+    def unrepeated(self) -> Audio:
+        """This piece without the `repeated_samples` at its start, for a player that
+        skips what a resume repeats. PCM and G.711 are cut; "opus" pages cannot be,
+        and come back as they are (the resumed audio is a new Ogg stream)."""
+        skip = self.repeated_samples
+        if not skip or self.encoding == "opus" or not len(self.samples):
+            return self
+        width = len(self.data) // len(self.samples)
+        return replace(
+            self,
+            samples=self.samples[skip:],
+            data=self.data[skip * width :],
+            offset_samples=self.offset_samples + skip,
+            repeated_samples=0,
+        )
 
     @property
     def num_samples(self) -> int:
