@@ -221,6 +221,13 @@ class RunningParts:
         self.service.set(service)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    async def report_stopping(self) -> None:
+        """The prestop phase: NOT_SERVING on Check and Watch, while calls are still taken.
+
+        Load balancers that poll health stop sending new calls; `stop()` then drains.
+        """
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace_s: float) -> None:
         """Drain: NOT_SERVING, no new calls, `grace_s` for calls in flight, then UNAVAILABLE."""
         # Stop taking calls first, so nobody who sees NOT_SERVING can still start one;
@@ -316,8 +323,10 @@ async def serve(
 
     It listens before loading the voices, so health checks answer at once:
     NOT_SERVING while the voices load, SERVING once they have, NOT_SERVING
-    again while draining. `build` makes the service (tests slow it down); by
-    default `build_service` with this server's metrics, traces and logs.
+    again from the stop on: first for `settings.prestop_delay_s` while new calls
+    are still served (until `stop` is set again), then while draining. `build`
+    makes the service (tests slow it down); by default `build_service` with this
+    server's metrics, traces and logs.
     """
     started = time.perf_counter()
     tune_allocator()
@@ -351,8 +360,10 @@ async def serve(
         settings_memory_bound(settings, service).describe(),
     )
     await stop.wait()
+    if settings.prestop_delay_s > 0:
+        await _prestop(parts, stop, settings.prestop_delay_s)
     _LOG.info(
-        "stopping (NOT_SERVING): letting calls in flight finish for up to %g s",
+        "stopping (NOT_SERVING): listener closed, letting calls in flight finish for up to %g s",
         settings.shutdown_grace_s,
     )
     await parts.stop(settings.shutdown_grace_s)
@@ -367,3 +378,20 @@ async def serve(
             RELEASE_BOUND_S,
         )
     _LOG.info("stopped")
+
+
+async def _prestop(parts: RunningParts, stop: asyncio.Event, delay_s: float) -> None:
+    """Say NOT_SERVING for `delay_s` while still serving, or until `stop` is set again."""
+    stop.clear()  # a second SIGTERM or SIGINT sets it again
+    await parts.report_stopping()
+    _LOG.info(
+        "prestop (NOT_SERVING): for %g s (--prestop-delay) new calls are still "
+        "served, so load balancers stop sending; a second signal skips the rest",
+        delay_s,
+    )
+    try:
+        await asyncio.wait_for(stop.wait(), delay_s)
+    except TimeoutError:
+        _LOG.info("prestop delay of %g s over", delay_s)
+    else:
+        _LOG.info("second signal: skipping the rest of the prestop delay")
