@@ -8,7 +8,9 @@ drains. A second signal cuts the delay short.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,8 @@ from tests.test_serving import (
     voxrelay_serve,
 )
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server import app
+from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.timeout(90)
@@ -134,3 +138,63 @@ async def test_without_a_delay_the_listener_closes_at_once(tmp_path: Path) -> No
         assert await exit_code(server.process, timeout_s=30.0) == 0
     log = server.log.read_text()
     assert "prestop" not in log and "stopping (NOT_SERVING)" in log
+
+
+async def test_the_process_exits_within_its_bound_even_while_an_engine_holds_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The shutdown's bound holds whatever an engine does: here a segment that blocks
+    the event loop (tone's `hold_ms`) for far longer, so no timer of the loop fires."""
+    latency_s, hold_s, grace_s = 3.0, 300.0, 6.0
+    held = f"[[latency_ms={latency_s * 1000:.0f}]][[hold_ms={hold_s * 1000:.0f}]] Held. "
+    with voxrelay_serve(tone_args(ms_per_char=5, grace_s=grace_s), tmp_path) as server:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = speech_pb2_grpc.SpeechStub(channel).Stream()
+            await call.write(config())
+            await call.write(text(held))
+            assert (await call.read()).WhichOneof("response") == "session_started"
+            # The drain begins within the latency; the hold then starts within the grace.
+            signalled_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            code = await exit_code(server.process, timeout_s=60.0)
+            exited_after = time.monotonic() - signalled_at
+            call.cancel()
+    log = server.log.read_text()
+    assert code == app.FORCED_EXIT_CODE, log
+    bound = grace_s + app.ABORT_GRACE_S + app.WATCHERS_GRACE_S + app.RELEASE_BOUND_S
+    # It waited for the calls (a grace's worth) and no longer than its bound and margin,
+    # far less than the hold that was in progress had left.
+    assert grace_s <= exited_after <= bound + app.EXIT_MARGIN_S + 5.0 < hold_s / 4, log
+    assert log.index("stopping (NOT_SERVING)") < log.index("overran its bound"), log
+
+
+def test_the_exit_deadline_exits_once_when_its_time_runs_out_unless_rearmed_or_disarmed() -> None:
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def record(code: int) -> None:
+        exits.append(code)
+        exited.set()
+
+    deadline = app.ExitDeadline(record)
+    deadline.arm(0.05, "first")
+    deadline.arm(0.2, "re-armed")  # replaces the first: one exit, the later one
+    assert exited.wait(10.0)
+    assert exits == [app.FORCED_EXIT_CODE]
+    exited.clear()
+    disarmed = app.ExitDeadline(record)
+    disarmed.arm(0.05, "disarmed")
+    disarmed.disarm()
+    deadline.arm(0.2, "after it")  # fires after the disarmed one would have
+    assert exited.wait(10.0)
+    assert exits == [app.FORCED_EXIT_CODE] * 2
+
+
+def test_the_shutdown_bound_is_the_grace_and_the_documented_bounds() -> None:
+    assert app.shutdown_bound_s(10.0) == 10.0 + 5.0 + 2.0 + 5.0 + 1.0
+    help_text = next(
+        f.metadata["help"]
+        for f in dataclasses.fields(ServerSettings)
+        if f.name == "shutdown_grace_s"
+    )
+    assert f"at most {app.shutdown_bound_s(0):g} s after it" in help_text
