@@ -228,8 +228,11 @@ async def test_a_killed_replica_s_sessions_resume_whole(tmp_path: Path) -> None:
 
 async def test_rolling_restart_loses_no_session(tmp_path: Path) -> None:
     """Each replica in turn stopped with SIGTERM and started again while sessions keep
-    opening: no session fails, every turn is whole."""
-    with running_replicas(3, [*SLOW_TONE, "--shutdown-grace", "1"], tmp_path) as replicas:
+    opening: no session fails, every turn is whole. The prestop delay keeps it serving
+    (NOT_SERVING on health, which the client heeds) for 0.5 s; the 1 s grace then cuts
+    the sessions still on it, which resume."""
+    args = [*SLOW_TONE, "--prestop-delay", "0.5", "--shutdown-grace", "1"]
+    with running_replicas(3, args, tmp_path) as replicas:
         target = replicas_target(replicas)
         expected = await reference(target, 3)
         async with voxrelay.AsyncClient(target, health_check=True) as client:
