@@ -135,7 +135,13 @@ def check_blocking_session_example(ran: Ran) -> None:
     assert spoken == "Hello there. How are you today? "
 
 
+def check_replicas_example(ran: Ran) -> None:
+    """One server, nothing lost: the session ends without resuming."""
+    assert ran.stdout == "ENDED 0 True\n", ran.stdout
+
+
 CHECKS: dict[str, Callable[[Ran], None]] = {
+    "voxrelay.Resumed": check_replicas_example,
     "played_s > 3.5": check_barge_in_example,
     "def heard(": check_heard_example,
     "event.session_id, event.voice": check_blocking_session_example,
@@ -152,7 +158,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 6 and len(FRAGMENTS) == 1
+    assert len(BLOCKS) == 7 and len(FRAGMENTS) == 1
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )
