@@ -29,11 +29,14 @@ from tests.processes import (
 
 pytestmark = pytest.mark.timeout(240)
 
-TONE = ["--engines", "tone", "--log-level", "info"]
+TONE = ["--engines", "tone", "--log-level", "info", "--max-segment-chars", "60"]
+"""At most 60 characters a segment: each sentence below is one (text sent at once would
+otherwise make segments of several)."""
 SLOW_TONE = [*TONE, "--tone-ms-per-char", "12", "--tone-realtime-factor", "1"]
 """Audio made at real-time pace: a turn of three sentences lasts about 1.5 s."""
 OPTIONS = voxrelay.SessionOptions(voice="tone/square", segmentation="sentences")
-"""Every sentence below is over 20 characters: one segment each, however a turn is cut."""
+"""Every sentence below is over 20 characters and under 60: one segment each, however a
+turn is cut."""
 PACED = dataclasses.replace(OPTIONS, pace="realtime")
 """The same audio, sent at real-time pace: a session lasts as long as its audio."""
 
@@ -334,3 +337,36 @@ def test_say_resumes_and_writes_the_whole_audio(tmp_path: Path) -> None:
     whole, _ = soundfile.read(tmp_path / "whole.wav", dtype="int16")
     cut, _ = soundfile.read(tmp_path / "cut.wav", dtype="int16")
     assert np.array_equal(whole, cut)
+
+
+async def test_a_cancel_while_the_replica_is_lost_ends_the_turn_where_heard(
+    tmp_path: Path,
+) -> None:
+    """The replica killed in segment 2, then a barge-in 100 samples into segment 2
+    before the client has resumed: the cancelled turn is not sent again, the client
+    ends it, and what was heard is segment 1 (segment 2 was not heard whole)."""
+    text = turns_of(5)[0]
+    events: list[voxrelay.Event] = []
+    with running_replicas(2, SLOW_TONE, tmp_path) as replicas:
+        async with (
+            voxrelay.AsyncClient(replicas_target(replicas)) as client,
+            client.session(PACED) as session,
+        ):
+            await session.send_text(text)
+            await session.turn_done()
+            cancelled = False
+            async for event in session:
+                events.append(event)
+                if isinstance(event, voxrelay.Audio) and event.segment == 2 and not cancelled:
+                    await asyncio.to_thread(max(replicas, key=active_sessions).stop, signal.SIGKILL)
+                    await session.cancel(played_samples=event.offset_samples + 100, turn=1)
+                    await session.close()
+                    cancelled = True
+    first = next(e for e in events if isinstance(e, voxrelay.Audio) and e.segment == 1)
+    after = [e for e in events if not isinstance(e, voxrelay.Audio)]
+    assert after[2:] == [
+        voxrelay.TurnEnded(1, True, text[: first.text_end], first.text_end),
+        after[3],
+        voxrelay.SessionEnded(),
+    ]
+    assert isinstance(after[3], voxrelay.Resumed) and after[3].turn == 0
