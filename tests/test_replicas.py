@@ -177,8 +177,11 @@ async def test_refused_sessions_go_to_another_replica(tmp_path: Path) -> None:
             ) as other:
                 with pytest.raises(voxrelay.VoxrelayError) as refused:
                     await speak(other, ["Refused everywhere at the moment. "], Spoken())
+                with pytest.raises(voxrelay.VoxrelayError) as refused_text:
+                    await other.synthesize("Refused everywhere too.", OPTIONS)
             assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "gave up after 3 calls" in refused.value.message
+            assert refused_text.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             # One replica frees its place: a new session lands there whichever it tries first.
             await holding[0].close()
             async for _ in holding[0]:
@@ -187,6 +190,8 @@ async def test_refused_sessions_go_to_another_replica(tmp_path: Path) -> None:
             for _ in range(2):
                 got = await speak(client, ["Retried until a place was free. "], Spoken())
                 assert [e.turn for e in got.ended] == [1] and got.resumed == []
+                synthesized = await client.synthesize("Synthesize is retried too.", OPTIONS)
+                assert synthesized.duration_s > 0
             await holding[1].__aexit__(None, None, None)
 
 
