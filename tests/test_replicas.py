@@ -375,3 +375,36 @@ async def test_a_cancel_while_the_replica_is_lost_ends_the_turn_where_heard(
         voxrelay.SessionEnded(),
     ]
     assert isinstance(after[3], voxrelay.Resumed) and after[3].turn == 0
+
+
+async def test_text_sent_while_the_replica_is_lost_is_spoken(tmp_path: Path) -> None:
+    """Turn 2 sent right after the replica died (the write meets the lost call, or the
+    new one): it is kept and spoken, and turn 1 is whole."""
+    texts = turns_of(4)
+    got = Spoken()
+    with running_replicas(2, SLOW_TONE, tmp_path) as replicas:
+        expected = (await reference(replicas_target(replicas), 5))[4]
+        async with (
+            voxrelay.AsyncClient(replicas_target(replicas)) as client,
+            client.session(OPTIONS) as session,
+        ):
+            await session.send_text(texts[0])
+            await session.turn_done()
+            sent = False
+            async for event in session:
+                if isinstance(event, voxrelay.Audio):
+                    got.audio.setdefault(event.turn, []).append(event)
+                    if not sent:
+                        await asyncio.to_thread(
+                            max(replicas, key=active_sessions).stop, signal.SIGKILL
+                        )
+                        await session.send_text(texts[1])
+                        await session.turn_done()
+                        await session.close()
+                        sent = True
+                elif isinstance(event, voxrelay.TurnEnded):
+                    got.ended.append(event)
+                elif isinstance(event, voxrelay.Resumed):
+                    got.resumed.append(event)
+    assert len(got.resumed) == 1
+    assert_whole(got, expected)

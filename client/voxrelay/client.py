@@ -460,6 +460,8 @@ class _Call:
         """Its `session_started` was read."""
         self.lost: VoxrelayError | None = None
         """A write found the call over with an error the session recovers from."""
+        self.stopped = False
+        """The session ended the call (to replace it, or on leaving)."""
         self.changed = asyncio.Event()
         """Set (and replaced) when a response arrives, one is taken, or reading ends."""
         self.opus = OpusPageCounter()
@@ -496,6 +498,7 @@ class _Call:
 
     async def stop(self) -> None:
         """End the call and its reading."""
+        self.stopped = True
         if not self.call.done():
             self.call.cancel()
         self.reading.cancel()
@@ -620,7 +623,7 @@ class AsyncSession:
         async with self._sending:
             self._ledger.closed = True
             call = self._require_call()
-            if call.lost is not None:
+            if call.lost is not None or call.stopped:
                 return
             try:
                 await call.call.done_writing()
@@ -841,7 +844,7 @@ class AsyncSession:
     async def _send_on(self, call: _Call, request: speech_pb2.StreamRequest) -> bool:
         """Write `request` on `call`; False when the call is lost (the session carries
         on on a new one, which is sent it again), raises when the session fails."""
-        if call.lost is not None:
+        if call.lost is not None or call.stopped:
             return False
         try:
             await call.call.write(request)
