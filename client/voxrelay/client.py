@@ -669,6 +669,25 @@ class AsyncClient:
             call.cancel()  # no effect once the call has ended; stops it when raising
         return synthesis.result()
 
+    async def synthesize_events(
+        self, text: str, options: SessionOptions | None = None
+    ) -> AsyncIterator[Event]:
+        """The events of `text`'s `Synthesize` call as they arrive, in order:
+        `SessionStarted`, `TurnStarted`, the turn's `Audio` (and `Words`), `TurnEnded`,
+        `SessionEnded`. For a caller that plays audio as it comes rather than waiting
+        for `synthesize()`'s whole result. A failure raises `VoxrelayError`; leaving
+        the iteration early cancels the call."""
+        synthesis = _Synthesis(text, options, self._endpoint)
+        opus = OpusPageCounter()
+        call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield event_from_response(response, synthesis.options.dtype, opus)
+        except grpc.RpcError as error:
+            raise synthesis.failed(error) from None
+        finally:
+            call.cancel()  # no effect once the call has ended; stops it when leaving early
+
 
 _T = TypeVar("_T")
 
