@@ -26,10 +26,15 @@ install: $(STAMP)
 
 # Two distributions, both editable here: the light client (client/pyproject.toml,
 # `voxrelay`) and the server (pyproject.toml, `voxrelay-server`, which needs the client).
-$(STAMP): pyproject.toml client/pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml client/adapter-overrides.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
+	@# The framework adapters' extras, so `make test` runs their tests. uv (a dev extra)
+	@# installs them: pipecat-ai declares protobuf<7, which client/adapter-overrides.txt
+	@# replaces with the client's own floor (pip cannot override a requirement).
+	$(BIN)/uv pip install --quiet --python $(BIN)/python \
+		--overrides client/adapter-overrides.txt -e './client[openai-agents,pipecat]'
 	touch $@
 
 # Regenerates the Python messages, gRPC stubs and their type stubs from protos/ into

@@ -9,13 +9,15 @@ files the examples name, `ca.pem`, `client.pem`, `client-key.pem`, are made by
 trustme in the folder). Each block must have a check.
 
 A block fenced ```python fragment is a piece of a program (it uses a player or a
-session the reader has): it is compiled, and every `voxrelay.NAME` it uses must exist.
+session the reader has): it is compiled, and every `voxrelay.NAME` it uses, and every
+name it imports from a voxrelay module, must exist.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import importlib
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -152,7 +154,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 6 and len(FRAGMENTS) == 1
+    assert len(BLOCKS) == 6 and len(FRAGMENTS) == 3
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )
@@ -242,5 +244,18 @@ def test_readme_python_fragment_compiles_and_names_what_exists(fragment: str) ->
         and isinstance(node.value, ast.Name)
         and node.value.id == "voxrelay"
     }
-    assert used, "a fragment that names nothing of voxrelay"
+    # Names imported from voxrelay's modules (`from voxrelay.adapters.pipecat import ...`).
+    imported = [
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("voxrelay")
+        for alias in node.names
+    ]
+    assert used or imported, "a fragment that names nothing of voxrelay"
     assert not [name for name in used if not hasattr(voxrelay, name)]
+    missing = [
+        f"{module}.{name}"
+        for module, name in imported
+        if not hasattr(importlib.import_module(module or ""), name)
+    ]
+    assert not missing
