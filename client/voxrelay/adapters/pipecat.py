@@ -126,7 +126,9 @@ class VoxrelayTTSService(WebsocketTTSService):
     service's, and its `pace` is "realtime" unless it says "as_made": audio comes at
     the pace the transport plays it, a short lead ahead (`SessionStarted.pace_lead_ms`),
     so an interruption finds the turn still the server's to cut and what it held is
-    never sent. Text goes to the server token by token unless
+    never sent. A response's context ends when the server ends its turn;
+    `stop_frame_timeout_s` (pipecat's, 30 s here) only ends one that hears nothing
+    for that long. Text goes to the server token by token unless
     `text_aggregation_mode` says otherwise.
     """
 
@@ -145,6 +147,7 @@ class VoxrelayTTSService(WebsocketTTSService):
         token: str | None = None,
         sample_rate: int | None = None,
         text_aggregation_mode: TextAggregationMode | None = None,
+        stop_frame_timeout_s: float = 30.0,
         settings: VoxrelayTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -157,6 +160,11 @@ class VoxrelayTTSService(WebsocketTTSService):
             push_text_frames=False,
             push_start_frame=True,
             pause_frame_processing=False,
+            # The server ends each context (TURN_ENDED); pipecat's own end, a context
+            # with nothing new for this long, is only a safety net. Its default, 3 s,
+            # is shorter than a long first sentence can take on a busy server, and
+            # would drop that sentence's audio when it came.
+            stop_frame_timeout_s=stop_frame_timeout_s,
             sample_rate=sample_rate,
             settings=defaults,
             **kwargs,
