@@ -10,9 +10,10 @@ cloud endpoint, which voxrelay does not replace and the tests cannot reach.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
 import numpy as np
@@ -302,6 +303,21 @@ async def test_every_turn_of_a_streamed_conversation_is_spoken(
             # piper's noise makes each run's length differ a little.
             assert samples == pytest.approx(len(direct.samples), rel=0.2)
     await provider.get_tts_model("piper/en_US-joe-medium").aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_run_left_early_stops_the_synthesis_behind_it(start_server: StartServer) -> None:
+    """`StreamedAudioResult` cancels its runs' tasks when its stream ends early: the
+    abandoned `run()` cancels its `Synthesize` call, and the server stops making audio."""
+    server = await start_server(realtime_factor=1.0)  # 3 s of audio, made in 3 s
+    model = VoxrelayTTSModel(server.target)
+    run = model.run("A long sentence that takes three seconds to say " * 6, TTSModelSettings())
+    assert isinstance(run, AsyncGenerator)
+    first = await anext(run)
+    assert first and server.tone.stats.active == 1
+    await run.aclose()
+    await asyncio.wait_for(server.tone.idle.wait(), 5)
+    assert (server.tone.stats.cancelled, server.tone.stats.finished) == (1, 0)
+    await model.aclose()
 
 
 async def test_a_refused_setting_fails_the_pipeline_with_the_servers_status(
