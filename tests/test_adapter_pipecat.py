@@ -31,6 +31,7 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
     StartFrame,
     TTSAudioRawFrame,
+    TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -251,6 +252,29 @@ async def test_an_interruption_cancels_and_the_server_says_what_was_heard(
     # What played after the interruption is the second response.
     second_audio = [f for f in call.tap.of(TTSAudioRawFrame) if f.context_id == second]
     assert second_audio
+
+
+async def test_a_speak_frame_is_a_turn_of_its_own(
+    start_server: StartServer, espeak_engine: EspeakEngine
+) -> None:
+    """`TTSSpeakFrame` (a greeting, no LLM) is spoken and ended like a response."""
+    server = await start_server(extra_engines=[espeak_engine])
+    tts = VoxrelayTTSService(target=server.target, voice="espeak/en-us")
+    async with Call(tts) as call:
+        await call.send([TTSSpeakFrame("Welcome back. "), *response("How can I help? ")])
+        await call.spoken_turns(2)
+        await call.end()
+    assert [(text, cancelled) for _, text, cancelled in call.spoken] == [
+        ("Welcome back. ", False),
+        ("How can I help? ", False),
+    ]
+    contexts = [f.context_id for f in call.tap.of(TTSAudioRawFrame)]
+    assert [c for i, c in enumerate(contexts) if c not in contexts[:i]] == [
+        context for context, _, _ in call.spoken
+    ]
+    assert words_of(" ".join(f.text for f in call.sink.of(TTSTextFrame))) == words_of(
+        "Welcome back. How can I help?"
+    )
 
 
 async def test_a_bad_voice_is_reported_as_a_permanent_error(start_server: StartServer) -> None:
