@@ -30,6 +30,7 @@ SECTIONS = (
     "word_timing",
     "soak",
     "memory",
+    "adapters_livekit",
 )
 """Modules of this package, each with `async def run(quick: bool) -> Section`."""
 
