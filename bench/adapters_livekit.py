@@ -8,8 +8,8 @@ pushed, flushed and the input ended, to the stream's first `SynthesizedAudio`; a
 voxrelay client on its own: a new `AsyncClient.session` with the same options (24000 Hz,
 word timing on), the text and `turn_done` sent, to its first `Audio`; and
 `AsyncClient.synthesize_events` to its first `Audio`. The two alternate reply by reply,
-each going first in turn, on one `voxrelay serve` process (piper and espeak loaded) on
-loopback.
+each going first in turn, after a 0.2 s pause, on one `voxrelay serve` process (piper
+and espeak loaded) on loopback.
 
 LiveKit Agents has no TTS of its own that runs offline: its TTS plugins call hosted
 services, and its default (LiveKit Inference) is hosted too, so there is no default
@@ -33,9 +33,12 @@ from bench.servers import start_server_process, stop_server_process
 from voxrelay import AsyncClient, Audio, SessionOptions
 from voxrelay.adapters.livekit import TTS
 
-TURNS, QUICK_TURNS = 16, 4
+TURNS, QUICK_TURNS = 24, 4
 WARM_UP = 2
 """Replies each way before any is timed (piper's first inferences are slow)."""
+SETTLE_S = 0.2
+"""The pause before each timed reply: onnxruntime's thread pools spin for a while after
+a run, so a reply right after another would share the CPU with them."""
 HEADER = (
     "adapter",
     "voice",
@@ -135,7 +138,10 @@ async def measure(target: str, turns: int) -> list[Timings]:
                     for turn in range(turns):
                         text = sentences[turn % len(sentences)]
                         first, second = (direct, adapter) if turn % 2 else (adapter, direct)
-                        one, other = await first(text), await second(text)
+                        await asyncio.sleep(SETTLE_S)
+                        one = await first(text)
+                        await asyncio.sleep(SETTLE_S)
+                        other = await second(text)
                         timings.direct.append(one if first is direct else other)
                         timings.adapter.append(other if first is direct else one)
                     print(f"   {path} {voice}: ratio {timings.ratio:.2f}", file=sys.stderr)

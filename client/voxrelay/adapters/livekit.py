@@ -42,17 +42,24 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import grpc
-from livekit.agents import (
-    APIConnectionError,
-    APIConnectOptions,
-    APIError,
-    APIStatusError,
-    APITimeoutError,
-    tts,
-    utils,
-)
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
-from livekit.agents.voice.io import TimedString
+
+try:
+    from livekit.agents import (
+        APIConnectionError,
+        APIConnectOptions,
+        APIError,
+        APIStatusError,
+        APITimeoutError,
+        tts,
+        utils,
+    )
+    from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+    from livekit.agents.voice.io import TimedString
+except ImportError as missing:  # the client installed without its extra
+    raise ImportError(
+        f"voxrelay.adapters.livekit needs LiveKit Agents ({missing}): "
+        "pip install 'voxrelay[livekit]'"
+    ) from missing
 
 from voxrelay.client import AsyncClient, AsyncSession, SessionOptions, _security
 from voxrelay.errors import VoxrelayError
