@@ -232,6 +232,28 @@ async def test_a_refused_stream_raises_an_api_status_error_with_the_servers_mess
         assert "unknown voice 'espeak/no-such-voice'" in raised.value.message
 
 
+async def test_an_engine_failure_after_audio_is_an_api_status_error_not_retried(
+    voices_server: RunningServer,
+) -> None:
+    errors: list[object] = []
+    async with TTS(target=voices_server.target, voice=TONE) as tts:
+        tts.on("error", errors.append)
+        stream = tts.stream(conn_options=APIConnectOptions(max_retry=3, retry_interval=0))
+        stream.push_text("This sentence is spoken whole. Then this one [[fail]] breaks. ")
+        stream.end_input()
+        frames: list[SynthesizedAudio] = []
+        with pytest.raises(APIStatusError) as raised:
+            async for event in stream:
+                frames.append(event)
+        await stream.aclose()
+    assert frames, "the first sentence's audio came before the failure"
+    assert raised.value.status_code == 500
+    assert "tone engine: [[fail]] requested" in raised.value.message
+    assert raised.value.body == {"grpc_status": "INTERNAL", "turn": 1, "segment": 2}
+    # Audio had been passed on, so LiveKit reports it once and does not retry.
+    assert len(errors) == 1
+
+
 async def test_a_speed_out_of_range_is_a_400_too(voices_server: RunningServer) -> None:
     async with TTS(target=voices_server.target, speed=9.0) as tts:
         with pytest.raises(APIStatusError) as raised:
