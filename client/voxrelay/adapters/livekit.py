@@ -240,9 +240,7 @@ class _TurnText:
 
     text: str = ""
     cut: int = 0
-    """Where the next timed piece starts in `text`."""
-    timed: bool = False
-    """Some word of the turn has been timed."""
+    """Where the next timed piece starts in `text`: 0 until a word of the turn is timed."""
     end_s: float = 0.0
     """The end of the turn's audio so far, seconds."""
 
@@ -250,7 +248,6 @@ class _TurnText:
         """The text since the last piece up to the end of `word`, with its timing."""
         start = min(self.cut, word.text_offset)
         self.cut = max(self.cut, word.text_end)
-        self.timed = True
         return TimedString(
             self.text[start : self.cut],
             start_time=word.start_samples / sample_rate,
@@ -260,7 +257,7 @@ class _TurnText:
     def rest(self) -> TimedString | None:
         """What follows the last word (its punctuation, trailing space), at the turn's end:
         so the pieces joined are the turn's text. None when nothing was timed."""
-        if not self.timed or self.cut >= len(self.text):
+        if self.cut == 0 or self.cut >= len(self.text):
             return None
         piece = TimedString(self.text[self.cut :], start_time=self.end_s, end_time=self.end_s)
         self.cut = len(self.text)
@@ -274,7 +271,9 @@ class _Receiver:
     emitter: tts.AudioEmitter
     sample_rate: int
     turns: dict[int, _TurnText]
-    streaming: bool
+    call: Literal["stream", "synthesize"]
+    """`stream` starts and ends a LiveKit segment per turn; `synthesize` has one segment,
+    which LiveKit starts and ends itself."""
     session_id: str = ""
     current: _TurnText = field(default_factory=_TurnText)
 
@@ -290,7 +289,7 @@ class _Receiver:
                 )
         elif isinstance(event, TurnStarted):
             self.current = self.turns.setdefault(event.turn, _TurnText())
-            if self.streaming:
+            if self.call == "stream":
                 self.emitter.start_segment(segment_id=f"{self.session_id}-{event.turn}")
         elif isinstance(event, Audio):
             self.emitter.push(event.data)
@@ -301,7 +300,7 @@ class _Receiver:
         elif isinstance(event, TurnEnded):
             if (rest := self.current.rest()) is not None:
                 self.emitter.push_timed_transcript(rest)
-            if self.streaming:  # a whole text's one segment is ended by LiveKit
+            if self.call == "stream":
                 self.emitter.end_segment()
         elif isinstance(event, SessionEnded):
             return False
@@ -325,7 +324,7 @@ class ChunkedStream(tts.ChunkedStream):
             mime_type="audio/pcm",
         )
         receiver = _Receiver(
-            output_emitter, self._opts.sample_rate, {1: _TurnText(self._input_text)}, False
+            output_emitter, self._opts.sample_rate, {1: _TurnText(self._input_text)}, "synthesize"
         )
         events = self._tts.client().synthesize_events(self._input_text, self._opts.session())
         try:
@@ -356,7 +355,7 @@ class SynthesizeStream(tts.SynthesizeStream):
             stream=True,
         )
         turns: dict[int, _TurnText] = {}
-        receiver = _Receiver(output_emitter, self._opts.sample_rate, turns, True)
+        receiver = _Receiver(output_emitter, self._opts.sample_rate, turns, "stream")
         try:
             async with self._tts.client().session(self._opts.session()) as session:
                 sending = asyncio.create_task(self._send(session, turns))
