@@ -159,6 +159,16 @@ async def test_aligned_transcript_from_real_word_timing(
     assert ends[-2] > duration_s / 2  # real timing spread over the audio, not all at 0
 
 
+async def test_a_push_longer_than_a_stream_chunk_is_sent_in_pieces(
+    voices_server: RunningServer,
+) -> None:
+    long_push = "Words. " * 3000  # 21000 characters, over the 16384 of one text message
+    async with TTS(target=voices_server.target, voice=TONE) as tts:
+        got = await speak_through_livekit(tts, [long_push])
+    assert "".join(got.timed) == long_push
+    assert len(got.timed) == 3000 + 1  # every word, then what follows the last
+
+
 async def test_no_aligned_transcript_without_word_timestamps(
     voices_server: RunningServer,
 ) -> None:
