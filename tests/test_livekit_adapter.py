@@ -25,7 +25,7 @@ from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 from livekit.agents.voice.io import TimedString
 
 import voxrelay
-from tests.conftest import RunningServer, StartServer
+from tests.conftest import RunningServer, StartServer, wait_for
 from tests.processes import free_port
 from voxrelay.adapters.livekit import TTS, _TurnText
 from voxrelay_server.app import create_server
@@ -183,7 +183,12 @@ class Recorder(SessionObserver):
     """What the server's session did, in order."""
 
     steps: list[tuple[str, object]] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def turn_started(self, turn: int) -> None:
+        self.steps.append(("turn_started", turn))
+        self.started.set()
 
     def audio_sent(self, turn: int, segment: int, *, samples: int, first: bool) -> None:
         self.steps.append(("audio", samples))
@@ -225,6 +230,35 @@ async def test_closing_a_stream_mid_speech_cancels_on_the_server(
     assert recorder.steps[ended + 1 :] == [("session_ended", None)]
     sent = [n for step, n in recorder.steps if step == "audio"]
     assert sum(n for n in sent if isinstance(n, int)) < 5 * RATE  # of 20 s
+
+
+async def test_closing_a_stream_before_its_first_audio_cancels_on_the_server(
+    start_server: StartServer,
+) -> None:
+    """A user may barge in while the reply's first audio is still being made."""
+    recorders: list[Recorder] = []
+
+    def observe(_session_id: str, _settings: object) -> Recorder:
+        recorders.append(Recorder())
+        return recorders[-1]
+
+    server = await start_server(observer_factory=observe, first_audio_ms=5000)
+    async with TTS(target=server.target) as tts:
+        stream = tts.stream(conn_options=NO_RETRY)
+        stream.push_text("This reply takes five seconds to start. ")
+        stream.flush()
+        await wait_for(lambda: bool(recorders))
+        await asyncio.wait_for(recorders[0].started.wait(), 5)
+        await stream.aclose()
+        assert [event async for event in stream] == []
+
+    (recorder,) = recorders
+    await asyncio.wait_for(recorder.ended.wait(), 5)
+    assert recorder.steps == [
+        ("turn_started", 1),
+        ("turn_ended", True),
+        ("session_ended", None),
+    ]
 
 
 async def test_a_refused_stream_raises_an_api_status_error_with_the_servers_message(

@@ -356,20 +356,26 @@ class SynthesizeStream(tts.SynthesizeStream):
         )
         turns: dict[int, _TurnText] = {}
         receiver = _Receiver(output_emitter, self._opts.sample_rate, turns, "stream")
+        session = self._tts.client().session(self._opts.session())
+        tasks: list[asyncio.Task[None]] = []
         try:
-            async with self._tts.client().session(self._opts.session()) as session:
-                sending = asyncio.create_task(self._send(session, turns))
-                receiving = asyncio.create_task(self._receive(session, receiver))
-                try:
-                    await asyncio.gather(sending, receiving)
-                except asyncio.CancelledError:
-                    await utils.aio.cancel_and_wait(sending, receiving)
-                    await _cancel(session)
-                    raise
-                finally:
-                    await utils.aio.cancel_and_wait(sending, receiving)
+            await session.open()
+            tasks += [
+                asyncio.create_task(self._send(session, turns)),
+                asyncio.create_task(self._receive(session, receiver)),
+            ]
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            # Interrupted, at any point from the call's opening on (a user may barge in
+            # before the first audio): the server hears `cancel`.
+            await utils.aio.cancel_and_wait(*tasks)
+            await _cancel(session)
+            raise
         except VoxrelayError as error:
             raise api_error(error, receiver.session_id or request_id) from None
+        finally:
+            await utils.aio.cancel_and_wait(*tasks)
+            await session.__aexit__(None, None, None)  # ends the call if still open
 
     async def _send(self, session: AsyncSession, turns: dict[int, _TurnText]) -> None:
         """LiveKit's input in order: text chunks, a `turn_done` at each flush that ends
