@@ -152,7 +152,9 @@ async def test_the_process_exits_within_its_bound_even_while_an_engine_holds_the
             call = speech_pb2_grpc.SpeechStub(channel).Stream()
             await call.write(config())
             await call.write(text(held))
-            assert (await call.read()).WhichOneof("response") == "session_started"
+            started = await call.read()
+            assert isinstance(started, speech_pb2.StreamResponse)
+            assert started.WhichOneof("response") == "session_started"
             # The drain begins within the latency; the hold then starts within the grace.
             signalled_at = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
