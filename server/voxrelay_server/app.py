@@ -433,7 +433,9 @@ async def serve(
             bound_s = settings.prestop_delay_s + shutdown_bound_s(settings.shutdown_grace_s)
             deadline.arm(bound_s, "prestop delay, drain and release")
         await _prestop(parts, stop, settings.prestop_delay_s)
-    if deadline is not None:  # from the drain's start: a cut-short delay gives no more time
+    if deadline is not None:
+        # From the drain's start: the same end if the delay ran its course, an earlier
+        # one if a second signal cut it short.
         deadline.arm(shutdown_bound_s(settings.shutdown_grace_s), "drain and release")
     _LOG.info(
         "stopping (NOT_SERVING): listener closed, letting calls in flight finish for up to %g s",
