@@ -30,6 +30,7 @@ SECTIONS = (
     "word_timing",
     "soak",
     "memory",
+    "adapters_livekit",
     "adapters",
 )
 """Modules of this package, each with `async def run(quick: bool) -> Section`."""

@@ -1,11 +1,11 @@
 """Time to first audio through the voice-agent frameworks, with voxrelay and without.
 
-One function per framework, each returning its rows of the section's table (the table
-grows a row group per framework adapter): for each voice, a reply of two sentences is
-handed to the framework all at once, as an LLM's tokens, and the time to the first
-audio the framework gives out is measured three ways, turn by turn in alternation
-(each going first in turn) against one `voxrelay serve` process (default settings,
-piper and espeak loaded):
+One function per framework, each returning its rows of the section's table (LiveKit's
+adapter has a section of its own, bench/adapters_livekit.py): for each voice, a reply
+of two sentences is handed to the framework all at once, as an LLM's tokens, and the
+time to the first audio the framework gives out is measured three ways, turn by turn
+in alternation (each going first in turn) against one `voxrelay serve` process
+(default settings, piper and espeak loaded):
 
 - the framework's own path for a local voice, where it has one: openai-agents'
   in-process `StreamedAudioResult` with a `TTSModel` running the same piper voice

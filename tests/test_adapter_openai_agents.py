@@ -363,7 +363,8 @@ def test_speech_to_text_is_openais_unless_another_provider_is_given(
 
 
 def test_the_client_imports_without_any_framework() -> None:
-    blocked = "import sys; sys.modules['agents'] = sys.modules['pipecat'] = None\n"
+    frameworks = ("agents", "pipecat", "livekit")
+    blocked = f"import sys\nfor name in {frameworks!r}:\n    sys.modules[name] = None\n"
     ok = subprocess.run(
         [sys.executable, "-c", blocked + "import voxrelay, voxrelay.adapters, voxrelay.cli"],
         capture_output=True,

@@ -18,7 +18,7 @@ import collections
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -671,7 +671,7 @@ class AsyncClient:
 
     async def synthesize_events(
         self, text: str, options: SessionOptions | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """The events of `text`'s `Synthesize` call as they arrive, in order:
         `SessionStarted`, `TurnStarted`, the turn's `Audio` (and `Words`), `TurnEnded`,
         `SessionEnded`. For a caller that plays audio as it comes rather than waiting
