@@ -33,9 +33,11 @@ $(STAMP): pyproject.toml client/pyproject.toml client/adapter-overrides.txt
 	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev]'
 	@# openai-agents' and Pipecat's extras through uv (a dev extra): pipecat-ai declares
 	@# protobuf<7, which client/adapter-overrides.txt replaces with the client's own
-	@# floor (pip cannot override a requirement).
+	@# floor (pip cannot override a requirement). The server is resolved with them, so
+	@# nothing the frameworks pin goes below what it needs.
 	$(BIN)/uv pip install --quiet --python $(BIN)/python \
-		--overrides client/adapter-overrides.txt -e './client[livekit,openai-agents,pipecat]'
+		--overrides client/adapter-overrides.txt \
+		-e './client[livekit,openai-agents,pipecat]' -e '.[dev]'
 	touch $@
 
 # Regenerates the Python messages, gRPC stubs and their type stubs from protos/ into
