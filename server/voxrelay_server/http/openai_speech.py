@@ -354,6 +354,9 @@ def parse_speech_request(body: object) -> SpeechRequest:
             f"stream_format {stream_format!r} is unknown: use audio or sse",
             param="stream_format",
         ) from None
+    for param, value in (("model", model), ("input", text), ("voice", voice)):
+        _check_unicode(param, value)
+    _check_unicode("instructions", instructions)
     return SpeechRequest(
         model=model,
         text=text,
@@ -364,6 +367,20 @@ def parse_speech_request(body: object) -> SpeechRequest:
         sample_rate_hz=rate,
         stream_format=streamed,
     )
+
+
+def _check_unicode(param: str, value: str) -> None:
+    """400 for a string with a lone surrogate (JSON can escape one, as `\\ud800`): text
+    must be Unicode text, as gRPC's strings must be valid UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RequestError(
+            400,
+            f"{param} has a lone surrogate (\\u{ord(value[error.start]):04x}) at character "
+            f"{error.start}: strings must be valid Unicode text",
+            param=param,
+        ) from None
 
 
 _PARAMS = (
