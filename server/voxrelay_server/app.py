@@ -40,7 +40,12 @@ from voxrelay_server.memory import (
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
-from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, CallLimits, ServiceHolder
+from voxrelay_server.serving import (
+    SHUTTING_DOWN_MESSAGE,
+    CallLimits,
+    ListenError,
+    ServiceHolder,
+)
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
@@ -299,7 +304,7 @@ def create_server_parts(
     else:
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
-        raise OSError(
+        raise ListenError(
             f"cannot listen on {settings.listen}: the address is in use or not valid here"
         )
     # The HTTP listener calls through the same runner: the same service, limits and

@@ -24,7 +24,7 @@ from voxrelay_server.http.auth import ACCESS_KEY, TOKENS_KEY, Access, bearer_tok
 from voxrelay_server.http.errors import Handler, error_response, json_errors
 from voxrelay_server.http.tls import ssl_context
 from voxrelay_server.security import TokenCheck
-from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE
+from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, ListenError
 from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 _LOG = logging.getLogger("voxrelay.http")
@@ -156,7 +156,7 @@ class HttpListener:
     async def start(self) -> int:
         """Listen on `settings.http_listen` (port 0 picks a free one); returns the port.
 
-        Raises `OSError` when the address is in use or not valid here.
+        Raises `ListenError` when the address is in use or not valid here.
         """
         host, _, port = self.context.settings.http_listen.rpartition(":")
         await self._runner.setup()
@@ -165,9 +165,9 @@ class HttpListener:
             await self._site.start()
         except OSError as error:
             await self._runner.cleanup()
-            raise OSError(
-                f"cannot listen for HTTP on {self.context.settings.http_listen} "
-                f"({error.strerror or error}): the address is in use or not valid here"
+            raise ListenError(
+                f"cannot listen for HTTP on {self.context.settings.http_listen}: "
+                f"{error.strerror or error}"
             ) from error
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else int(port)
