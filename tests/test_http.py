@@ -253,3 +253,26 @@ def test_serve_says_which_http_address_is_in_use_and_exits_2(tmp_path: Path) -> 
     logged = (tmp_path / "serve.log").read_text()
     assert f"cannot listen for HTTP on {address}" in logged and "address already in use" in logged
     assert "Traceback" not in logged
+
+
+async def test_a_client_that_stops_reading_cannot_hold_the_shutdown_past_its_bound(
+    start_http: StartHttp,
+) -> None:
+    from voxrelay_server.app import ABORT_GRACE_S, WATCHERS_GRACE_S
+    from voxrelay_server.http.listener import CLOSE_GRACE_S
+
+    assert CLOSE_GRACE_S <= WATCHERS_GRACE_S  # HTTP closes within the watchers' bound
+    server = await start_http()
+    # About 200 s of audio, far more than the sockets' buffers hold.
+    body = {"model": "tts-1", "input": "Words and more words. " * 900, "voice": "alloy"}
+    async with aiohttp.ClientSession() as client:
+        response = await client.post(f"{server.base_url}/v1/audio/speech", json=body)
+        assert response.status == 200
+        await response.content.readany()  # then reads no more
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.parts.stop(0.5)
+        took = loop.time() - started
+        response.close()
+    assert took < 0.5 + ABORT_GRACE_S + WATCHERS_GRACE_S + 0.5, took
+    assert server.service.active_sessions == 0

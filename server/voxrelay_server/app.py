@@ -328,12 +328,12 @@ class RunningParts:
             if self.service.current is not None:
                 self.service.current.fail_all(error)
             await calls.wait_idle(ABORT_GRACE_S)
-        if self.http is not None:
-            await self.http.close()
         # Health watches never end by themselves: end them now rather than at the backstop,
-        # once each has told its watcher NOT_SERVING.
-        await self.health.watchers_sent(
-            health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S
+        # once each has told its watcher NOT_SERVING. Meanwhile, within the same bound,
+        # the HTTP connections close (a response still stuck writing is cut).
+        await asyncio.gather(
+            self.health.watchers_sent(health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S),
+            self.http.close() if self.http is not None else asyncio.sleep(0),
         )
         await self.server.stop(None)
         await stopping
