@@ -415,6 +415,25 @@ async def test_sse_streams_base64_audio_events_and_a_done_event(start_http: Star
     pcm = b"".join(base64.b64decode(event["audio"]) for event in events[:-1])
     assert len(pcm) % 2 == 0 and len(pcm) > 24000
 
+    # A failure after audio went out: an error event ends the stream.
+    body = speech_body(
+        input="The first sentence speaks well enough. The second one [[fail]] fails. ",
+        stream_format="sse",
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.base_url}/v1/audio/speech", json=body) as response,
+    ):
+        assert response.status == 200
+        lines = (await response.text()).split("\n\n")
+    failed = [json.loads(line[6:]) for line in lines if line]
+    assert failed[0]["type"] == "speech.audio.delta"
+    assert failed[-1]["type"] == "error"
+    assert (
+        failed[-1]["error"]["type"] == "server_error"
+        and "[[fail]]" in failed[-1]["error"]["message"]
+    )
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

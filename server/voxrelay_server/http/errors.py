@@ -52,6 +52,18 @@ def http_status(error: SpeechError) -> int:
     return _STATUS.get(error.code, 500)
 
 
+def error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The `error` object of OpenAI's shape (its `type` from `status`)."""
+    return {
+        "message": message,
+        "type": _TYPES.get(status, "server_error"),
+        "param": param,
+        "code": code,
+    }
+
+
 def error_response(
     status: int,
     message: str,
@@ -61,25 +73,25 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """A JSON error in OpenAI's shape."""
-    body: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(status, "server_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+    body = {"error": error_body(status, message, code=code, param=param)}
     return web.json_response(body, status=status, headers=headers)
 
 
-def speech_error_response(error: SpeechError, *, param: str | None = None) -> web.Response:
-    """The JSON error for a domain error: its status, and its code's name as `code`
+def speech_error_body(error: SpeechError, *, param: str | None = None) -> dict[str, Any]:
+    """The `error` object for a domain error: its code's name as `code`
     (`invalid_argument`, `resource_exhausted`, ... or `text_too_long`)."""
     code = "text_too_long" if isinstance(error, TextTooLong) else error.code.name.lower()
+    return error_body(http_status(error), error.message, code=code, param=param)
+
+
+def speech_error_response(error: SpeechError, *, param: str | None = None) -> web.Response:
+    """The JSON error for a domain error, with its status (and `Retry-After` for a
+    server that is full, loading or stopping)."""
     retry = error.code in (ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE)
-    headers = {"Retry-After": "1"} if retry else None
-    return error_response(
-        http_status(error), error.message, code=code, param=param, headers=headers
+    return web.json_response(
+        {"error": speech_error_body(error, param=param)},
+        status=http_status(error),
+        headers={"Retry-After": "1"} if retry else None,
     )
 
 

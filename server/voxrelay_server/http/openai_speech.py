@@ -29,7 +29,7 @@ from aiohttp import web
 from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
-from voxrelay_server.http.errors import RequestError, speech_error_response
+from voxrelay_server.http.errors import RequestError, speech_error_body, speech_error_response
 from voxrelay_server.http.formats import ResponseFormat, response_format
 from voxrelay_server.settings import MAX_SPEED, MIN_SPEED, SessionRequest
 
@@ -250,30 +250,31 @@ async def _respond(
                     await response.write(_sse_audio(event.data) if sse else event.data)
                 elif type(event) is SessionFailed:
                     failure = event.error
-    except ConnectionError:  # the client went away: the session ended with it
-        return response
-    if failure is not None and not response.prepared:
-        return speech_error_response(failure, param=_param_of(failure))
-    if not response.prepared:  # nothing to speak (punctuation only, say): empty audio
-        await start()
-    if failure is None:
+        if failure is not None and not response.prepared:
+            return speech_error_response(failure, param=_param_of(failure))
+        if not response.prepared:  # nothing to speak (punctuation only, say): empty audio
+            await start()
+        if failure is not None:
+            _LOG.warning(
+                "session %s failed after its audio started (%s): its HTTP response is cut off",
+                session.session_id,
+                failure.code.name,
+            )
         if sse:
-            await response.write(_sse_event({"type": "speech.audio.done", "usage": _NO_USAGE}))
+            last = (
+                {"type": "speech.audio.done", "usage": _NO_USAGE}
+                if failure is None
+                else {"type": "error", "error": speech_error_body(failure)}
+            )
+            await response.write(_sse_event(last))
+        elif failure is not None:
+            if request.transport is not None:
+                # No final chunk: the client sees an incomplete body, never a short one.
+                request.transport.close()
+            return response
         await response.write_eof()
-        return response
-    _LOG.warning(
-        "session %s failed after its audio started (%s): its HTTP response is cut off",
-        session.session_id,
-        failure.code.name,
-    )
-    if sse:
-        error = json.loads(speech_error_response(failure).text or "{}")["error"]
-        await response.write(_sse_event({"type": "error", "error": error}))
-        await response.write_eof()
-        return response
-    if request.transport is not None:
-        # No final chunk: the client sees an incomplete body, never a short complete one.
-        request.transport.close()
+    except ConnectionError:  # the client went away: the session ended with it
+        pass
     return response
 
 
