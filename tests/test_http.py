@@ -117,7 +117,9 @@ async def test_requests_without_an_accepted_token_get_401_in_openais_shape(
             f"{server.base_url}/nothing", headers={"Authorization": "Bearer s3cret"}
         ) as response:
             assert response.status == 404
-            assert (await response.json())["error"]["type"] == "invalid_request_error"
+            error = (await response.json())["error"]
+            assert error["type"] == "invalid_request_error"
+            assert "POST /v1/audio/speech, GET /v1/models" in error["message"]
 
 
 async def test_a_route_hook_adds_routes_open_or_behind_the_token(

@@ -112,11 +112,17 @@ class RequestError(Exception):
         return error_response(self.status, self.message, code=self.code, param=self.param)
 
 
-_HTTP_MESSAGES = {
-    404: "no such route on this server: it serves POST /v1/audio/speech, GET /v1/models "
-    "and GET /v1/audio/voices",
-    413: "the request body is too large",
-}
+_HTTP_MESSAGES = {413: "the request body is too large"}
+
+
+def _routes_served(app: web.Application) -> str:
+    """The app's routes, e.g. `POST /v1/audio/speech, GET /v1/models`, for a 404."""
+    served = dict.fromkeys(
+        f"{route.method} {route.resource.canonical}"
+        for route in app.router.routes()
+        if route.resource is not None and route.method not in ("HEAD", "OPTIONS")
+    )
+    return ", ".join(served)
 
 
 @web.middleware
@@ -133,7 +139,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if error.status < 400:
             raise
         message = _HTTP_MESSAGES.get(error.status) or error.text or error.reason
-        if error.status == 405:
+        if error.status == 404:
+            message = f"no route {request.path} on this server: it serves " + _routes_served(
+                request.app
+            )
+        elif error.status == 405:
             message = f"{request.method} is not allowed on {request.path}"
         return error_response(error.status, message, headers=_kept_headers(error))
     except Exception:
