@@ -65,7 +65,8 @@ _PACES_IN = {
     speech_pb2.PACE_AS_MADE: Pace.AS_MADE,
     speech_pb2.PACE_REALTIME: Pace.REALTIME,
 }
-_ENCODINGS_OUT = {
+# The wire's encoding of a session's audio; the WebSocket stream uses it too.
+ENCODINGS_OUT = {
     AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
     AudioEncoding.PCM_F32LE: speech_pb2.AUDIO_ENCODING_PCM_F32LE,
     AudioEncoding.MULAW: speech_pb2.AUDIO_ENCODING_MULAW,
@@ -205,17 +206,19 @@ async def _forward_requests(
             if session.state is not SessionState.OPEN:
                 continue
             try:
-                _forward(request, session)
+                forward_request(request, session)
             except SpeechError as error:
                 session.fail(error)
         session.close()
     except DecodeError as error:  # gRPC could not parse a request: not valid protobuf
         session.fail(InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}"))
     except Exception:  # a bug, here or in the dispatcher: logged, the caller told in general
-        session.fail(_internal_error(session.session_id, "reading requests"))
+        session.fail(internal_error(session.session_id, "reading requests"))
 
 
-def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+def forward_request(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+    """Hand one `StreamRequest` after the first to the session; raises INVALID_ARGUMENT
+    for a `config` or an empty request. Shared by every transport of `Stream`."""
     kind = request.WhichOneof("request")
     if kind == "text":
         session.send_text(request.text)
@@ -232,7 +235,7 @@ def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> N
         raise InvalidInput("empty StreamRequest: set one of config, text, turn_done or cancel")
 
 
-def _internal_error(session_id: str, during: str) -> SpeechError:
+def internal_error(session_id: str, during: str) -> SpeechError:
     """Log the exception being handled with its traceback; the error its caller gets."""
     _LOG.exception("unexpected error %s, session %s", during, session_id or "(none)")
     return SpeechError(
@@ -368,7 +371,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         """The session's events as responses until it ends; then stop `feeder` (the task
         taking the call's input) and the session."""
         self.calls.fail_if_aborted(session)
-        encoding = _ENCODINGS_OUT[session.output.encoding]  # once, not per message
+        encoding = ENCODINGS_OUT[session.output.encoding]  # once, not per message
         sample_rate_hz = session.output.sample_rate_hz
         timeout_s = self._limits.send_timeout_s
 
@@ -418,7 +421,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             ended_by = _ended_by_client(context)
             raise
         except Exception:  # a bug in the dispatcher or here
-            ended_by = _internal_error(session.session_id, "speaking")
+            ended_by = internal_error(session.session_id, "speaking")
             for response in _end_with_error(ended_by, context):
                 yield response
         finally:
@@ -487,7 +490,7 @@ def _end_with_error(
 
 def _forward_first(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
     try:
-        _forward(request, session)
+        forward_request(request, session)
     except SpeechError as error:
         session.fail(error)
 
