@@ -78,9 +78,7 @@ class Socket:
 
 
 @asynccontextmanager
-async def open_socket(
-    url: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[Socket]:
+async def open_socket(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[Socket]:
     async with (
         aiohttp.ClientSession() as client,
         client.ws_connect(url, headers=headers, protocols=("voxrelay.v1",)) as ws,

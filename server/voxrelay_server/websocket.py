@@ -127,7 +127,9 @@ def message_for(response: speech_pb2.StreamResponse) -> tuple[str, bytes | None]
         data = response.audio.data
         response.audio.ClearField("data")
     body = json_format.MessageToDict(response, **_JSON_OPTIONS)
-    if "error" in body:
+    if data is not None:
+        del body["audio"]["data"]  # printed empty, as a field without presence
+    elif "error" in body:
         # The status's name beside its number: a browser has no table of gRPC codes.
         body["error"]["status"] = _status_name(response.error.code)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")), data
