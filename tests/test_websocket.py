@@ -17,7 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.conftest import Request, Response, RunningServer, StartServer, wait_for
-from tests.websockets import Closed, exchange, open_socket
+from tests.websockets import exchange, open_socket
 from voxrelay.v1 import speech_pb2
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.security import BearerTokenInterceptor
