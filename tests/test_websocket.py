@@ -14,26 +14,36 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from aiohttp import web
+from google.protobuf import json_format
 
-from tests.conftest import Request, Response, RunningServer, StartServer, wait_for
+from tests.conftest import Request, Response, wait_for
 from tests.websockets import exchange, open_socket
-from voxrelay.v1 import speech_pb2
+from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server.app import RunningParts, create_server_parts
+from voxrelay_server.config import ServerSettings
+from voxrelay_server.dispatcher import SessionLimits
+from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
-from voxrelay_server.security import BearerTokenInterceptor
-from voxrelay_server.serving import CallLimits, ServiceHolder
-from voxrelay_server.websocket import MAX_MESSAGE_BYTES, add_routes
+from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
+from voxrelay_server.engines.tone import ToneEngine
+from voxrelay_server.http.websocket import MAX_MESSAGE_BYTES
+from voxrelay_server.service import SpeechService
+from voxrelay_server.voices import VoiceCatalog
 
 TOKEN = "s3cret-token/with+base64="
 
 
 @dataclass
 class WebServer:
-    """An aiohttp app serving the WebSocket routes on a free loopback port, beside the
-    gRPC server of the same service."""
+    """A started server with its HTTP listener, and the tone engine behind it."""
 
-    grpc: RunningServer
+    parts: RunningParts
+    service: SpeechService
+    tone: ToneEngine
     base: str
+    """e.g. http://127.0.0.1:PORT"""
+    target: str
+    """The gRPC address."""
 
     @property
     def stream_url(self) -> str:
@@ -44,45 +54,54 @@ StartWeb = Callable[..., Awaitable[WebServer]]
 
 
 @pytest_asyncio.fixture
-async def start_web(start_server: StartServer) -> AsyncIterator[StartWeb]:
-    """Start a gRPC server (keywords as `start_server`'s) and the WebSocket routes on the
-    same service; `tokens` turns token auth on, `loading` serves no service yet."""
-    runners: list[web.AppRunner] = []
+async def start_web() -> AsyncIterator[StartWeb]:
+    """Start servers with gRPC and the HTTP listener on free loopback ports, one service
+    behind both: the tone engine (configured by the remaining keywords) and `engines`."""
+    started: list[RunningParts] = []
 
     async def start(
         *,
-        tokens: Sequence[str] = (),
+        engines: Sequence[SpeechEngine] = (),
+        default_voice: str = TONE_VOICE,
+        max_sessions: int = 256,
+        limits: SessionLimits | None = None,
         loading: bool = False,
+        auth_tokens: str = "",
+        http_cors_origins: tuple[str, ...] = (),
         start_timeout_s: float = 30.0,
         send_timeout_s: float = 30.0,
-        **server_options: Any,
+        **tone_settings: float,
     ) -> WebServer:
-        running = await start_server(**server_options)
-        authorize = None
-        if tokens:
-            interceptor = BearerTokenInterceptor(tokens)
-
-            def authorize(value: str | None) -> str | None:
-                return interceptor._refusal([] if value is None else [("authorization", value)])
-
-        app = web.Application()
-        add_routes(
-            app,
-            ServiceHolder(None if loading else running.service),
-            CallLimits(start_timeout_s=start_timeout_s, send_timeout_s=send_timeout_s),
-            authorize=authorize,
+        tone = ToneEngine(**tone_settings)  # type: ignore[arg-type]
+        catalog = VoiceCatalog([tone, *engines], default_voice)
+        service = SpeechService(
+            catalog, default_max_inflight_segments=4, max_sessions=max_sessions, limits=limits
         )
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = runner.addresses[0][1]
-        return WebServer(running, f"http://127.0.0.1:{port}")
+        settings = ServerSettings(
+            listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
+            engines=("tone", *(engine.name for engine in engines)),
+            default_voice=default_voice,
+            auth_tokens=auth_tokens,
+            http_cors_origins=http_cors_origins,
+            start_timeout_s=start_timeout_s,
+            send_timeout_s=send_timeout_s,
+        )
+        parts = create_server_parts(settings, None if loading else service)
+        await parts.start()
+        started.append(parts)
+        assert parts.http is not None
+        return WebServer(
+            parts,
+            service,
+            tone,
+            f"http://127.0.0.1:{parts.http.port}",
+            f"127.0.0.1:{parts.port}",
+        )
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for parts in started:
+        await parts.stop(0)
 
 
 def kinds(responses: Sequence[Response]) -> list[str]:
@@ -102,19 +121,11 @@ def without_session_id(responses: Sequence[Response]) -> list[Response]:
 
 async def grpc_stream(target: str, requests: Sequence[Request]) -> list[Response]:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = speech_pb2_grpc_stub(channel).Stream(iter(requests))
+        call = speech_pb2_grpc.SpeechStub(channel).Stream(iter(requests))
         return [response async for response in call]
 
 
-def speech_pb2_grpc_stub(channel: grpc.aio.Channel) -> Any:
-    from voxrelay.v1 import speech_pb2_grpc
-
-    return speech_pb2_grpc.SpeechStub(channel)
-
-
 def as_json(request: Request) -> dict[str, Any]:
-    from google.protobuf import json_format
-
     body: dict[str, Any] = json_format.MessageToDict(request, preserving_proto_field_name=True)
     return body
 
@@ -136,7 +147,7 @@ async def test_a_socket_gets_exactly_what_a_grpc_call_gets(start_web: StartWeb) 
         Request(text="A second turn, "),
         Request(text="spoken after the first. "),
     ]
-    over_grpc = await grpc_stream(server.grpc.target, requests)
+    over_grpc = await grpc_stream(server.target, requests)
     closed = await exchange(server.stream_url, [*map(as_json, requests), {"end": {}}])
     assert closed.close_code == 1000 and not closed.statuses
     assert without_session_id(closed.responses) == without_session_id(over_grpc)
@@ -188,7 +199,7 @@ async def test_audio_comes_as_a_json_header_then_its_bytes(start_web: StartWeb) 
 async def test_words_of_a_real_voice_come_before_their_audio(
     start_web: StartWeb, espeak_engine: EspeakEngine
 ) -> None:
-    server = await start_web(extra_engines=[espeak_engine], default_voice="espeak/en-us")
+    server = await start_web(engines=[espeak_engine], default_voice="espeak/en-us")
     text = "Good morning, everyone. The quick brown fox jumps over the lazy dog. "
     closed = await exchange(
         server.stream_url,
@@ -196,7 +207,7 @@ async def test_words_of_a_real_voice_come_before_their_audio(
     )
     assert closed.close_code == 1000
     seen_words: list[speech_pb2.Word] = []
-    spoken = []
+    spoken: list[str] = []
     for response in closed.responses:
         if response.HasField("words"):
             seen_words.extend(response.words.words)
@@ -284,7 +295,7 @@ async def test_bad_input_is_invalid_argument_and_closes_with_4003(
     if expected is not None:
         assert expected in errors[0].message
     assert kinds(closed.responses)[-2:] == ["error", "lifecycle"]  # then SESSION_ENDED
-    await wait_for(lambda: server.grpc.service.active_sessions == 0)
+    await wait_for(lambda: server.service.active_sessions == 0)
 
 
 async def test_a_binary_message_is_invalid_argument(start_web: StartWeb) -> None:
@@ -305,7 +316,7 @@ async def test_a_message_over_the_limit_is_closed_by_the_websocket_layer(
         await socket.ws.send_str(json.dumps({"text": "x" * MAX_MESSAGE_BYTES}))
         closed = await socket.rest()
     assert closed.close_code == 1009
-    await wait_for(lambda: server.grpc.service.active_sessions == 0)
+    await wait_for(lambda: server.service.active_sessions == 0)
 
 
 async def test_statuses_of_the_servers_bounds(start_web: StartWeb) -> None:
@@ -321,15 +332,9 @@ async def test_statuses_of_the_servers_bounds(start_web: StartWeb) -> None:
         closed = await exchange(server.stream_url, [{"text": "Hi. "}])
         assert (closed.close_code, closed.statuses) == (4008, ["RESOURCE_EXHAUSTED"])
     # Text over the session's budget.
-    budget = await start_web(limits=_small_budget())
+    budget = await start_web(limits=SessionLimits(max_buffered_text_chars=100))
     closed = await exchange(budget.stream_url, [{"text": "word " * 30}])
     assert (closed.close_code, closed.statuses) == (4008, ["RESOURCE_EXHAUSTED"])
-
-
-def _small_budget() -> Any:
-    from voxrelay_server.dispatcher import SessionLimits
-
-    return SessionLimits(max_buffered_text_chars=100)
 
 
 async def test_a_server_still_loading_says_unavailable(start_web: StartWeb) -> None:
@@ -356,14 +361,14 @@ async def test_closing_the_socket_stops_the_session(start_web: StartWeb) -> None
         await socket.send(text="A long reply. " * 40)
         while (response := await socket.next()) is not None and not response.HasField("audio"):
             pass
-        assert server.grpc.tone.stats.active > 0
-    await wait_for(lambda: server.grpc.service.active_sessions == 0)
-    await asyncio.wait_for(server.grpc.tone.idle.wait(), 5)
+        assert server.tone.stats.active > 0
+    await wait_for(lambda: server.service.active_sessions == 0)
+    await asyncio.wait_for(server.tone.idle.wait(), 5)
 
 
 async def test_a_token_as_first_message_or_header_is_required(start_web: StartWeb) -> None:
-    server = await start_web(tokens=[TOKEN])
-    speak = [{"text": "Hello. "}, {"end": {}}]
+    server = await start_web(auth_tokens=TOKEN)
+    speak: list[dict[str, Any]] = [{"text": "Hello. "}, {"end": {}}]
     refused = [
         await exchange(server.stream_url, speak),
         await exchange(server.stream_url, [{"authorization": "Bearer wrong"}, *speak]),
@@ -392,28 +397,34 @@ async def test_an_authorization_message_is_ignored_without_tokens(start_web: Sta
     assert closed.close_code == 1000
 
 
-async def test_the_voice_list_and_the_page(start_web: StartWeb) -> None:
-    server = await start_web(tokens=[TOKEN])
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{server.base}/v1/voices") as response:
-            assert response.status == 401
-            assert (await response.json())["error"]["status"] == "UNAUTHENTICATED"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with client.get(f"{server.base}/v1/voices", headers=headers) as response:
-            assert response.status == 200
-            voices = (await response.json())["voices"]
-        assert voices[0]["name"] == "tone/square" and voices[0]["is_default"] is True
-        assert voices[0]["word_timestamps"] is True
-        async with client.get(
-            f"{server.base}/v1/voices?language_code=not a tag", headers=headers
-        ) as response:
-            assert response.status == 400
-        # The page asks for no token; it allows its own script and this origin only.
-        async with client.get(f"{server.base}/") as response:
-            assert response.status == 200
-            assert response.content_type == "text/html"
-            policy = response.headers["Content-Security-Policy"]
-            page = await response.text()
+async def test_the_page_needs_no_token_and_allows_only_its_own_script(
+    start_web: StartWeb,
+) -> None:
+    server = await start_web(auth_tokens=TOKEN)
+    async with aiohttp.ClientSession() as client, client.get(f"{server.base}/") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        policy = response.headers["Content-Security-Policy"]
+        assert response.headers["Cache-Control"] == "no-store"
+        page = await response.text()
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy
     assert "script-src 'sha256-" in policy and "unsafe" not in policy
-    assert "/v1/stream" in page and "localStorage" not in page
+    # It speaks through the socket; the token it is given is never stored or put in a URL.
+    assert "/v1/stream" in page and "/v1/audio/voices" in page
+    assert "localStorage" not in page and "sessionStorage" not in page
+    assert "document.cookie" not in page
+
+
+async def test_a_page_of_another_site_may_not_open_a_socket(start_web: StartWeb) -> None:
+    """Cross-site WebSocket hijacking: browsers send Origin, and a WebSocket is not
+    subject to CORS, so the socket itself refuses other sites' pages."""
+    server = await start_web()
+    speak: list[dict[str, Any]] = [{"text": "Hello. "}, {"end": {}}]
+    closed = await exchange(server.stream_url, speak, headers={"Origin": "https://evil.example"})
+    assert (closed.close_code, closed.statuses) == (4007, ["PERMISSION_DENIED"])
+    assert "https://evil.example" in closed.responses[0].error.message
+    own = await exchange(server.stream_url, speak, headers={"Origin": server.base})
+    assert own.close_code == 1000
+    allowed = await start_web(http_cors_origins=("https://app.example",))
+    closed = await exchange(allowed.stream_url, speak, headers={"Origin": "https://app.example"})
+    assert closed.close_code == 1000

@@ -29,6 +29,7 @@ from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.health import HealthServicer
+from voxrelay_server.http import HttpListener
 from voxrelay_server.memory import (
     EngineMemory,
     MemoryBound,
@@ -205,9 +206,11 @@ class RunningParts:
     health: HealthServicer
     speech: SpeechServicer
     service: ServiceHolder
+    http: HttpListener | None = None
+    """The HTTP listener (`--http-listen`), on the same calls runner; None when off."""
 
     async def start(self) -> None:
-        """Set the health status, then listen."""
+        """Set the health status, then listen (gRPC, then HTTP)."""
         ready = self.service.current is not None
         await self._set_health(
             health_pb2.HealthCheckResponse.SERVING
@@ -215,6 +218,12 @@ class RunningParts:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         await self.server.start()
+        if self.http is not None:
+            try:
+                await self.http.start()
+            except BaseException:
+                await self.server.stop(None)
+                raise
 
     async def set_service(self, service: SpeechService) -> None:
         """The voices are loaded: serve Speech calls and report SERVING."""
@@ -227,6 +236,8 @@ class RunningParts:
         # the long timeout is only a backstop for the steps below.
         stopping = asyncio.create_task(self.server.stop(grace_s + ABORT_GRACE_S + WATCHERS_GRACE_S))
         await asyncio.sleep(0)  # let the shutdown begin: it closes the listener at once
+        if self.http is not None:
+            await self.http.drain()  # and the HTTP listener's, with its idle connections
         await self.health.enter_graceful_shutdown()
         calls = self.speech.calls
         if not await calls.wait_idle(grace_s):
@@ -240,6 +251,8 @@ class RunningParts:
             if self.service.current is not None:
                 self.service.current.fail_all(error)
             await calls.wait_idle(ABORT_GRACE_S)
+        if self.http is not None:
+            await self.http.close()
         # Health watches never end by themselves: end them now rather than at the backstop,
         # once each has told its watcher NOT_SERVING.
         await self.health.watchers_sent(
@@ -289,7 +302,10 @@ def create_server_parts(
         raise OSError(
             f"cannot listen on {settings.listen}: the address is in use or not valid here"
         )
-    return RunningParts(server, port, health_servicer, speech, holder)
+    # The HTTP listener calls through the same runner: the same service, limits and
+    # calls in flight, so it drains with the gRPC calls.
+    http = HttpListener(settings, speech.runner) if settings.http_listen else None
+    return RunningParts(server, port, health_servicer, speech, holder, http)
 
 
 def create_server(
@@ -340,6 +356,8 @@ async def serve(
         service = await asyncio.to_thread(build, settings)
     except BaseException:
         await parts.server.stop(None)
+        if parts.http is not None:
+            await parts.http.close()
         observability.shutdown()
         raise
     await parts.set_service(service)
