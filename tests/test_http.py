@@ -51,11 +51,14 @@ async def start_http() -> AsyncIterator[StartHttp]:
     """Start servers with an HTTP listener on free ports."""
     started: list[RunningParts] = []
 
-    async def start(service: SpeechService | None = None, **settings: Any) -> HttpServer:
+    async def start(
+        service: SpeechService | None = None, *, loading: bool = False, **settings: Any
+    ) -> HttpServer:
+        """`loading`: no service yet, as while the voices load."""
         service = service or tone_service()
         settings.setdefault("engines", ("tone",))
         full = ServerSettings(listen="127.0.0.1:0", http_listen="127.0.0.1:0", **settings)
-        parts = create_server_parts(full, service)
+        parts = create_server_parts(full, None if loading else service)
         await parts.start()
         started.append(parts)
         assert parts.http is not None
@@ -66,7 +69,7 @@ async def start_http() -> AsyncIterator[StartHttp]:
 
     yield start
     for parts in started:
-        await parts.stop(0)
+        await parts.stop(1.0)
 
 
 async def test_models_are_listed_in_openais_shape(start_http: StartHttp) -> None:
