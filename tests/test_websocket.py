@@ -428,3 +428,21 @@ async def test_a_page_of_another_site_may_not_open_a_socket(start_web: StartWeb)
     allowed = await start_web(http_cors_origins=("https://app.example",))
     closed = await exchange(allowed.stream_url, speak, headers={"Origin": "https://app.example"})
     assert closed.close_code == 1000
+
+
+async def test_a_shutdown_ends_sockets_still_open_with_unavailable(start_web: StartWeb) -> None:
+    """Drained with the gRPC calls: after the grace, a speaking socket and one still
+    waiting for its first message end with UNAVAILABLE (4014)."""
+    server = await start_web(ms_per_char=10, realtime_factor=1.0)
+    async with open_socket(server.stream_url) as speaking, open_socket(server.stream_url) as idle:
+        await speaking.send(text="A long reply that takes a while to speak. " * 20)
+        while (response := await speaking.next()) is not None and not response.HasField("audio"):
+            pass
+        stopping = asyncio.create_task(server.parts.stop(0.2))
+        closed = [await speaking.rest(), await idle.rest()]
+        await stopping
+    for socket in closed:
+        assert (socket.close_code, socket.statuses) == (4014, ["UNAVAILABLE"])
+        assert "shutting down" in socket.responses[-2].error.message
+    assert closed[0].responses[0].HasField("session_started")
+    assert not closed[1].responses[0].HasField("session_started")
