@@ -446,3 +446,18 @@ async def test_a_shutdown_ends_sockets_still_open_with_unavailable(start_web: St
         assert "shutting down" in socket.responses[-2].error.message
     assert closed[0].responses[0].HasField("session_started")
     assert not closed[1].responses[0].HasField("session_started")
+
+
+async def test_a_client_that_stops_reading_loses_its_session(start_web: StartWeb) -> None:
+    """--send-timeout, as on gRPC: its place is freed while it does not read; when it
+    reads again, its audio so far, then DEADLINE_EXCEEDED and close 4004."""
+    server = await start_web(send_timeout_s=0.3, ms_per_char=20)
+    async with open_socket(server.stream_url) as socket:
+        for _ in range(6):  # minutes of audio, far more than the socket's buffers hold
+            await socket.send(text="word " * 2000)
+            await socket.send(turn_done={})
+        await wait_for(lambda: server.service.active_sessions == 0, timeout_s=30)
+        closed = await socket.rest()
+    assert (closed.close_code, closed.statuses) == (4004, ["DEADLINE_EXCEEDED"])
+    assert "did not read" in closed.responses[-2].error.message
+    assert any(response.HasField("audio") for response in closed.responses)

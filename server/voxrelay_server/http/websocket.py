@@ -250,9 +250,10 @@ class WebSocketStream:
                 config, rest = first.config, None
             session = service.open_session(session_request(config), slot)
         except SpeechError as error:
-            for response in _refusal_messages(error):
-                await ws.send_str(message_for(response)[0])
-            await ws.close(code=close_code(error.code), message=error.code.name.encode())
+            with contextlib.suppress(ConnectionError):  # unless the client is gone already
+                for response in _refusal_messages(error):
+                    await ws.send_str(message_for(response)[0])
+                await ws.close(code=close_code(error.code), message=error.code.name.encode())
             return None
         finally:
             if session is None and slot is not None:
