@@ -28,6 +28,7 @@ SECTIONS = (
     "idle",
     "barge_in",
     "word_timing",
+    "http_speech",
     "soak",
     "memory",
 )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
+from tests.processes import free_port, running_serve, user_env
 from voxrelay_server.app import RunningParts, create_server_parts
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.base import SpeechEngine
@@ -128,3 +134,54 @@ async def test_a_route_hook_adds_routes_open_or_behind_the_token(
             assert (response.status, await response.text()) == (200, "hello")
         async with client.get(f"{server.base_url}/private") as response:
             assert response.status == 401
+
+
+def test_serve_runs_the_http_listener_from_its_variable_with_shared_metrics_and_logs(
+    tmp_path: Path,
+) -> None:
+    http_port, metrics_port = free_port(), free_port()
+    env = user_env(
+        VOXRELAY_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+        VOXRELAY_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+    )
+    log = tmp_path / "serve.log"
+    with running_serve(["--engines", "tone", "--max-sessions", "1"], log, env) as serve:
+        body = json.dumps({"model": "tts-1", "input": "Hello there. ", "voice": "alloy"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/v1/audio/speech",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            wav = response.read()
+            session_id = response.headers["X-Voxrelay-Session-Id"]
+        assert wav.startswith(b"RIFF") and len(wav) > 44
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            metrics = response.read().decode()
+        assert 'voxrelay_sessions_total{code="OK"} 1.0' in metrics
+        assert "voxrelay_active_sessions 0.0" in metrics
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(timeout=30) == 0
+    logged = log.read_text()
+    assert f"HTTP on http://127.0.0.1:{http_port}" in logged
+    assert "session summary" in logged and session_id in logged
+    assert '"POST /v1/audio/speech HTTP/1.1" 200' in logged
+
+
+async def test_a_client_that_goes_away_ends_its_session_and_frees_its_place(
+    start_http: StartHttp,
+) -> None:
+    server = await start_http(tone_service(realtime_factor=1.0))
+    body = {"model": "tts-1", "input": "A long reply. " * 20, "voice": "alloy"}
+    async with aiohttp.ClientSession() as client:
+        response = await client.post(f"{server.base_url}/v1/audio/speech", json=body)
+        assert response.status == 200
+        await response.content.readany()
+        assert server.service.active_sessions == 1
+        response.close()  # the connection goes, mid-stream
+    for _ in range(200):
+        if server.service.active_sessions == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.service.active_sessions == 0
+    assert len(server.parts.speech.calls) == 0

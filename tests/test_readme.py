@@ -30,7 +30,7 @@ import soundfile
 import trustme
 
 from tests.conftest import StartServer
-from voxrelay_server.app import create_server
+from voxrelay_server.app import create_server, create_server_parts
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.piper_engine import PiperEngine
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
@@ -41,6 +41,7 @@ from voxrelay_server.voices import VoiceCatalog
 ROOT = Path(__file__).resolve().parent.parent
 READMES = [ROOT / "README.md", ROOT / "client" / "README.md"]
 PLAIN = "127.0.0.1:50051"
+HTTP = "127.0.0.1:8000"
 TLS = "tts.internal:50051"
 MTLS = "tts-mtls.internal:50051"
 TOKEN = "tok-readme-4c1d9e"
@@ -103,6 +104,14 @@ def check_streaming_example(ran: Ran) -> None:
     assert 0.2 < opus.duration < 3
 
 
+def check_openai_http_example(ran: Ran) -> None:
+    rate, channels, duration_s = ran.stdout.split()
+    assert (rate, channels) == ("24000", "1"), ran.stdout
+    assert 1.5 < float(duration_s) < 8  # two sentences, by the piper voice
+    samples, samplerate = soundfile.read(str(ran.folder / "hello.wav"), dtype="int16")
+    assert samplerate == 24000 and abs(len(samples) / 24000 - float(duration_s)) < 0.1
+
+
 def check_security_example(ran: Ran) -> None:
     duration_s, voices = ran.stdout.splitlines()
     assert 0 < float(duration_s) < 1
@@ -142,6 +151,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     'SoundFile("hello.wav"': check_streaming_example,
     "tts-mtls.internal": check_security_example,
     "s of audio at": check_client_readme_example,
+    f'base_url="http://{HTTP}/v1"': check_openai_http_example,
 }
 
 
@@ -152,7 +162,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 6 and len(FRAGMENTS) == 1
+    assert len(BLOCKS) == 7 and len(FRAGMENTS) == 1
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )
@@ -168,10 +178,16 @@ class Servers:
 @pytest_asyncio.fixture
 async def servers(start_server: StartServer, piper_engine: PiperEngine) -> AsyncIterator[Servers]:
     plain = await start_server(extra_engines=[piper_engine], default_voice=PIPER_VOICE)
+    # The OpenAI-compatible HTTP listener, on the plain server's service.
+    http = create_server_parts(
+        ServerSettings(listen="127.0.0.1:0", http_listen="127.0.0.1:0"), plain.service
+    )
+    await http.start()
+    assert http.http is not None
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
     started: list[tuple[grpc.aio.Server, SpeechService]] = []
-    addresses = {PLAIN: plain.target}
+    addresses = {PLAIN: plain.target, HTTP: f"127.0.0.1:{http.http.port}"}
     with (
         ca.cert_pem.tempfile() as ca_file,
         leaf.private_key_pem.tempfile() as key_file,
@@ -193,6 +209,7 @@ async def servers(start_server: StartServer, piper_engine: PiperEngine) -> Async
             started.append((server, service))
             addresses[readme_address] = f"127.0.0.1:{port}"
     yield Servers(addresses, ca)
+    await http.stop(1.0)
     for server, service in started:
         await server.stop(grace=None)
         await service.aclose()
