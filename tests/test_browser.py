@@ -7,6 +7,7 @@ chromium is installed (`apt-get install chromium`; `.ci/run` installs it)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -86,13 +87,18 @@ async def load_voices(page: Any, base: str) -> None:
 async def test_the_page_runs_under_its_content_security_policy(
     server: tuple[ServeProcess, str], tmp_path: Path
 ) -> None:
-    """Its own inline script and style run (the voice list fills), nothing is refused."""
+    """Its own inline script and style run (the voice list fills), and it may open its
+    socket (`connect-src 'self'` covers ws:// of its own origin): audio arrives."""
     _, base = server
     async with browser(tmp_path / "profile", bypass_csp=False) as page:
         messages: list[str] = []
         page.on("console", lambda message: messages.append(message.text))
         await load_voices(page, base)
         assert await page.locator("#voice option").count() >= 1
+        await page.fill("#text", "Hello there. ")
+        await page.click("#speak")
+        # Waited for through the page's text: a wait evaluating a condition needs eval.
+        await page.locator("#counts", has_text=re.compile(r"^[1-9]\d* audio frames")).wait_for()
     assert not [m for m in messages if "Content Security Policy" in m], messages
 
 
