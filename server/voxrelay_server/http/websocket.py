@@ -25,7 +25,14 @@ from aiohttp import WSMsgType, hdrs, web
 from google.protobuf import json_format
 
 from voxrelay.v1 import speech_pb2
-from voxrelay_server.calls import CallEvent, CallRunner, CallStarted, apply_first, internal_error
+from voxrelay_server.calls import (
+    CallEvent,
+    CallRunner,
+    CallStarted,
+    apply_first,
+    caller_went_away,
+    internal_error,
+)
 from voxrelay_server.dispatcher import SessionDispatcher, SessionState
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.grpc_service import (
@@ -239,7 +246,7 @@ class WebSocketStream:
             try:
                 first = await self._runner.first_input(self._reader(requests))
             except _ClientGone:
-                service.report_unstarted(SpeechError(ErrorCode.CANCELLED, "the caller went away"))
+                service.report_unstarted(caller_went_away())
                 raise
             except SpeechError as error:
                 service.report_unstarted(error)
@@ -253,7 +260,7 @@ class WebSocketStream:
             with contextlib.suppress(ConnectionError):  # unless the client is gone already
                 for response in _refusal_messages(error):
                     await ws.send_str(message_for(response)[0])
-                await ws.close(code=close_code(error.code), message=error.code.name.encode())
+                await ws.close(code=close_code(error.code), message=_reason(error.code))
             return None
         finally:
             if session is None and slot is not None:
