@@ -187,3 +187,34 @@ def check_order(log: list[dict[str, Any]]) -> None:
         frames += 1
     assert frames >= 2 and announced
     assert max(announced) < offset  # no word announced for audio that was not sent
+
+
+async def test_without_real_time_pace_the_page_cuts_an_ended_turn_itself(
+    server: tuple[ServeProcess, str], tmp_path: Path
+) -> None:
+    """Audio made faster than it plays: the turn has ended (all of it sent) long before
+    the barge-in, so the server ignores the cancel naming it; the page cuts the text at
+    the last word played, from the word timing (the README's recipe)."""
+    _, base = server
+    async with browser(tmp_path / "profile", bypass_csp=True) as page:
+        await load_voices(page, base)
+        await page.uncheck("#realtime")
+        await page.fill("#text", TEXT)
+        await page.click("#speak")
+        await page.wait_for_function(
+            "voxrelay.turns[1] && voxrelay.turns[1].ended && voxrelay.position"
+            " && voxrelay.position.samples > voxrelay.sampleRateHz * 1.5"
+        )
+        await page.click("#bargein")
+        result: dict[str, Any] = await page.evaluate(
+            "() => ({spokenText: voxrelay.spokenText, bargeIns: voxrelay.bargeIns,"
+            " words: voxrelay.turns[1].words, cancelled: voxrelay.turns[1].cancelled,"
+            " shown: document.querySelector('#spoken').textContent})"
+        )
+    played = result["bargeIns"][0]["playedSamples"]
+    heard_end = max(
+        word["offset"] + len(word["text"]) for word in result["words"] if word["end"] <= played
+    )
+    assert result["spokenText"] == TEXT[:heard_end]
+    assert 0 < heard_end < len(TEXT.rstrip())
+    assert result["cancelled"] and "cut by this page" in result["shown"]
