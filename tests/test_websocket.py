@@ -70,6 +70,7 @@ async def start_web() -> AsyncIterator[StartWeb]:
         http_cors_origins: tuple[str, ...] = (),
         start_timeout_s: float = 30.0,
         send_timeout_s: float = 30.0,
+        keepalive_time_s: float = 60.0,
         **tone_settings: float,
     ) -> WebServer:
         tone = ToneEngine(**tone_settings)  # type: ignore[arg-type]
@@ -86,6 +87,7 @@ async def start_web() -> AsyncIterator[StartWeb]:
             http_cors_origins=http_cors_origins,
             start_timeout_s=start_timeout_s,
             send_timeout_s=send_timeout_s,
+            keepalive_time_s=keepalive_time_s,
         )
         parts = create_server_parts(settings, None if loading else service)
         await parts.start()
@@ -461,3 +463,23 @@ async def test_a_client_that_stops_reading_loses_its_session(start_web: StartWeb
     assert (closed.close_code, closed.statuses) == (4004, ["DEADLINE_EXCEEDED"])
     assert "did not read" in closed.responses[-2].error.message
     assert any(response.HasField("audio") for response in closed.responses)
+
+
+async def test_a_client_that_answers_no_ping_is_disconnected(start_web: StartWeb) -> None:
+    """--keepalive-time: the socket is pinged, and one whose client does not answer (a
+    vanished peer) is closed and its session freed, as gRPC's keepalive does."""
+    server = await start_web(keepalive_time_s=0.2)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.ws_connect(server.stream_url, autoping=False) as ws,
+    ):
+        await ws.send_str(json.dumps({"text": "Hello. "}))
+        await wait_for(lambda: server.service.active_sessions == 1)
+        await wait_for(lambda: server.service.active_sessions == 0)
+        kinds_seen = set()
+        while (message := await ws.receive()).type not in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+        ):
+            kinds_seen.add(message.type)
+    assert aiohttp.WSMsgType.PING in kinds_seen
