@@ -257,6 +257,12 @@ class WebSocketStream:
                 config, rest = first.config, None
             session = service.open_session(session_request(config), slot)
         except SpeechError as error:
+            if error.code in (ErrorCode.UNAUTHENTICATED, ErrorCode.PERMISSION_DENIED):
+                # As the other listeners log refusals: who, and why (never a token).
+                why = error.message.partition(":")[0]
+                if error.code is ErrorCode.PERMISSION_DENIED:
+                    why = f"a page from {request.headers.get(hdrs.ORIGIN)}"
+                _LOG.info("refused %s from %s: %s", STREAM_PATH, request.remote, why)
             with contextlib.suppress(ConnectionError):  # unless the client is gone already
                 for response in _refusal_messages(error):
                     await ws.send_str(message_for(response)[0])
