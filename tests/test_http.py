@@ -46,10 +46,14 @@ def tone_service(
     *,
     default_voice: str = TONE_VOICE,
     max_sessions: int = 256,
+    on_idle: Callable[[], None] | None = None,
     **tone: float,
 ) -> SpeechService:
+    """A service with the tone engine (configured by `tone`) and `engines`."""
     catalog = VoiceCatalog([ToneEngine(**tone), *engines], default_voice)  # type: ignore[arg-type]
-    return SpeechService(catalog, default_max_inflight_segments=4, max_sessions=max_sessions)
+    return SpeechService(
+        catalog, default_max_inflight_segments=4, max_sessions=max_sessions, on_idle=on_idle
+    )
 
 
 @pytest_asyncio.fixture
@@ -171,7 +175,9 @@ def test_serve_runs_the_http_listener_from_its_variable_with_shared_metrics_and_
 async def test_a_client_that_goes_away_ends_its_session_and_frees_its_place(
     start_http: StartHttp,
 ) -> None:
-    server = await start_http(tone_service(realtime_factor=1.0))
+    idle = asyncio.Event()
+    # `on_idle`: told when the last place is given back.
+    server = await start_http(tone_service(realtime_factor=1.0, on_idle=idle.set))
     body = {"model": "tts-1", "input": "A long reply. " * 20, "voice": "alloy"}
     async with aiohttp.ClientSession() as client:
         response = await client.post(f"{server.base_url}/v1/audio/speech", json=body)
@@ -179,9 +185,37 @@ async def test_a_client_that_goes_away_ends_its_session_and_frees_its_place(
         await response.content.readany()
         assert server.service.active_sessions == 1
         response.close()  # the connection goes, mid-stream
-    for _ in range(200):
-        if server.service.active_sessions == 0:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(idle.wait(), 10)
     assert server.service.active_sessions == 0
-    assert len(server.parts.speech.calls) == 0
+
+
+async def test_refused_speech_requests_are_counted_with_their_status_code(
+    start_http: StartHttp,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from voxrelay_server.observability import Observability
+
+    registry = CollectorRegistry()
+    observability = Observability(ServerSettings(engines=("tone",)), registry=registry)
+    service = SpeechService(
+        VoiceCatalog([ToneEngine()], TONE_VOICE),
+        default_max_inflight_segments=4,
+        observer_factory=observability.observer_factory,
+        on_rejected=observability.session_rejected,
+    )
+    observability.watch(service)
+    server = await start_http(service)
+    url = f"{server.base_url}/v1/audio/speech"
+    async with aiohttp.ClientSession() as client:
+        for body in (b"not json", b'{"model": "tts-1", "input": "Hi. ", "voice": "x/y"}'):
+            async with client.post(url, data=body) as response:
+                assert response.status == 400
+        async with client.post(url, json={"model": "m", "input": "Hi. "}) as response:
+            assert response.status == 200
+            await response.read()
+
+    def sessions(code: str) -> float:
+        return registry.get_sample_value("voxrelay_sessions_total", {"code": code}) or 0.0
+
+    assert (sessions("INVALID_ARGUMENT"), sessions("OK")) == (2.0, 1.0)

@@ -263,9 +263,10 @@ async def test_a_session_held_over_grpc_at_max_sessions_1_makes_http_get_429(
 
 async def test_while_the_voices_load_requests_get_503(start_http: StartHttp) -> None:
     server = await start_http(loading=True)
-    status, body, _ = await post(server, speech_body())
+    status, body, headers = await post(server, speech_body())
     assert status == 503
     assert body["error"]["type"] == "server_error" and "loading" in body["error"]["message"]
+    assert headers["Retry-After"] == "1"
 
 
 class GatedTone(ToneEngine):
@@ -274,12 +275,15 @@ class GatedTone(ToneEngine):
     def __init__(self) -> None:
         super().__init__(ms_per_char=20.0)
         self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+        """Set once a segment waits at the gate."""
         self.last_made = False
 
     async def synthesize(
         self, voice: VoiceInfo, text: str, options: SynthesisOptions
     ) -> AsyncIterator[bytes]:
         if "Last" in text:
+            self.waiting.set()
             await self.gate.wait()
         async for chunk in super().synthesize(voice, text, options):
             yield chunk
@@ -316,6 +320,33 @@ async def test_audio_streams_before_the_last_segment_is_made(
         rest = await response.read()
     assert engine.last_made
     assert len(first) < len(first + rest)
+
+
+async def test_a_client_gone_before_the_first_audio_ends_its_session_at_once(
+    start_http: StartHttp,
+) -> None:
+    from voxrelay_server.engines.tone import VOICE_NAME
+    from voxrelay_server.service import SpeechService
+    from voxrelay_server.voices import VoiceCatalog
+
+    engine = GatedTone()
+    idle = asyncio.Event()
+    server = await start_http(
+        SpeechService(
+            VoiceCatalog([engine], VOICE_NAME), default_max_inflight_segments=4, on_idle=idle.set
+        )
+    )
+    body = speech_body(input="Last words, waiting for a gate that never opens. ")
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.create_task(session.post(f"{server.base_url}/v1/audio/speech", json=body))
+        await asyncio.wait_for(engine.waiting.wait(), 30)
+        assert server.service.active_sessions == 1
+        request.cancel()  # the connection goes before any audio
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    # The place is given back (the last one: `on_idle`) without the gate ever opening.
+    await asyncio.wait_for(idle.wait(), 10)
+    assert server.service.active_sessions == 0 and not engine.gate.is_set()
 
 
 async def test_a_failure_after_audio_went_out_cuts_the_response_off(start_http: StartHttp) -> None:

@@ -112,18 +112,22 @@ class CallRunner:
         return service, service.admit()
 
     def open_whole_text(
-        self, request: SessionRequest, text: str
-    ) -> tuple[SessionDispatcher, CallSlot]:
-        """A session for one whole text (`Synthesize`, an HTTP speech request), its slot
-        taken; raises `SpeechError` when the server cannot take it or `text` or `request`
-        are not allowed (each reported as a call that did not start)."""
-        service, slot = self.admit()
+        self,
+        request: SessionRequest,
+        text: str,
+        admitted: tuple[SpeechService, CallSlot] | None = None,
+    ) -> SessionDispatcher:
+        """A session for one whole text (`Synthesize`, an HTTP speech request) on the
+        call's place (`admitted`, from `admit()`, or taken here); raises `SpeechError`
+        when the server cannot take it or `text` or `request` are not allowed (each
+        reported as a call that did not start, its place given back)."""
+        service, slot = admitted or self.admit()
         try:  # a bad text refuses the call before a session opens
             check_whole_text(text)
         except SpeechError as error:
             slot.release()
             service.reject(error)
-        return service.open_session(request, slot), slot
+        return service.open_session(request, slot)
 
     async def first_input(self, read: Callable[[float | None], Awaitable[_T]]) -> _T:
         """The first message of a streaming call, read with `read(timeout_s)` (which

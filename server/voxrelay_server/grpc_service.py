@@ -342,9 +342,13 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         # cancels while one is waiting to go out (grpcio 1.85); here that ends quietly.
         self.calls.track(context)
         try:
-            session, slot = self.runner.open_whole_text(
-                session_request(request.config), request.text
-            )
+            service, slot = self.runner.admit()
+            try:
+                config = session_request(request.config)
+            except SpeechError as error:  # an enum value this server does not know
+                slot.release()
+                service.reject(error)
+            session = self.runner.open_whole_text(config, request.text, (service, slot))
         except SpeechError as error:
             for response in _end_with_error(error, context):
                 await _write(context, response)

@@ -76,7 +76,8 @@ def speech_error_response(error: SpeechError, *, param: str | None = None) -> we
     """The JSON error for a domain error: its status, and its code's name as `code`
     (`invalid_argument`, `resource_exhausted`, ... or `text_too_long`)."""
     code = "text_too_long" if isinstance(error, TextTooLong) else error.code.name.lower()
-    headers = {"Retry-After": "1"} if error.code is ErrorCode.RESOURCE_EXHAUSTED else None
+    retry = error.code in (ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE)
+    headers = {"Retry-After": "1"} if retry else None
     return error_response(
         http_status(error), error.message, code=code, param=param, headers=headers
     )

@@ -103,7 +103,10 @@ async def _refuse_while_draining(request: web.Request, handler: Handler) -> web.
     listener: HttpListener = request.app[_LISTENER_KEY]
     if listener.state is not ListenerState.SERVING:
         return error_response(
-            503, SHUTTING_DOWN_MESSAGE, code="unavailable", headers={"Connection": "close"}
+            503,
+            SHUTTING_DOWN_MESSAGE,
+            code="unavailable",
+            headers={"Connection": "close", "Retry-After": "1"},
         )
     return await handler(request)
 
@@ -141,6 +144,9 @@ class HttpListener:
             access_log=logging.getLogger("voxrelay.http.access"),
             access_log_format=ACCESS_LOG_FORMAT,
             shutdown_timeout=CLOSE_GRACE_S,
+            # A client that goes away stops its handler, and so its session and synthesis,
+            # at once, even while nothing is being written (before the first audio).
+            handler_cancellation=True,
         )
         self._site: web.TCPSite | None = None
         self.port = 0
@@ -198,10 +204,10 @@ class HttpListener:
 
     async def close(self) -> None:
         """Close every connection (after the calls in flight have ended)."""
-        if self.state is ListenerState.CLOSED:
-            return
+        started = self.state in (ListenerState.SERVING, ListenerState.DRAINING)
         self.state = ListenerState.CLOSED
-        await self._runner.cleanup()
+        if started:
+            await self._runner.cleanup()
 
 
 _LISTENER_KEY: web.AppKey[HttpListener] = web.AppKey("voxrelay_listener")

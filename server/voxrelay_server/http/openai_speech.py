@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from voxrelay_server.calls import CallEvent, feed_whole_text
-from voxrelay_server.errors import SpeechError
+from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
+from voxrelay_server.errors import InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
 from voxrelay_server.http.errors import RequestError, speech_error_response
 from voxrelay_server.http.formats import ResponseFormat, response_format
@@ -160,9 +160,28 @@ def voxrelay_voice(name: str, mapping: Mapping[str, str]) -> str:
 
 async def speak(context: HttpContext, request: web.Request) -> web.StreamResponse:
     """`POST /v1/audio/speech`: the request's text as streamed audio."""
-    parsed = parse_speech_request(await _json_body(request))
     runner = context.runner
     with runner.calls.tracking():  # a shutdown waits for it like for a gRPC call
+        # A place first (429 or 503 at once), then the body: so at most --max-sessions
+        # bodies are read at a time.
+        try:
+            service, slot = runner.admit()
+        except SpeechError as error:
+            return speech_error_response(error)
+        try:
+            parsed = parse_speech_request(await _json_body(request))
+        except RequestError as error:
+            slot.release()
+            service.report_unstarted(InvalidInput(error.message))
+            return error.response()
+        except web.HTTPException as error:  # the body is too large
+            slot.release()
+            service.report_unstarted(TextTooLong(error.text or "the body is too large"))
+            raise
+        except BaseException:  # the client went away while sending
+            slot.release()
+            service.report_unstarted(caller_went_away())
+            raise
         voice = voxrelay_voice(parsed.voice, voice_map(context.settings.http_voice_map))
         session_request = SessionRequest(
             voice=voice,
@@ -172,7 +191,7 @@ async def speak(context: HttpContext, request: web.Request) -> web.StreamRespons
             instructions=parsed.instructions,
         )
         try:
-            session, slot = runner.open_whole_text(session_request, parsed.text)
+            session = runner.open_whole_text(session_request, parsed.text, (service, slot))
         except SpeechError as error:
             return speech_error_response(error, param=_param_of(error))
         feeder = asyncio.create_task(feed_whole_text(parsed.text, session))
@@ -343,7 +362,6 @@ _PARAMS = (
     ("text", "input"),
     ("unknown voice", "voice"),
     ("voice", "voice"),
-    ("the ", None),
     ("speed", "speed"),
     ("audio_format.sample_rate_hz", "sample_rate"),
     ("instructions", "instructions"),
