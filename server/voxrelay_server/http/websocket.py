@@ -227,7 +227,8 @@ class WebSocketStream:
             finally:
                 requests.close()
                 if not ws.closed:
-                    await ws.close()
+                    with contextlib.suppress(ConnectionError):
+                        await ws.close()
             return ws
 
     async def _open(
@@ -245,7 +246,7 @@ class WebSocketStream:
             service, slot = self._runner.admit()
             try:
                 first = await self._runner.first_input(self._reader(requests))
-            except _ClientGone:
+            except (_ClientGone, asyncio.CancelledError):  # aiohttp cancels on a disconnect
                 service.report_unstarted(caller_went_away())
                 raise
             except SpeechError as error:
