@@ -128,6 +128,13 @@ async def test_voices_by_voxrelay_name_and_by_mapped_openai_name(
     assert {voice["id"] for voice in listed["data"]} >= {PIPER, ESPEAK}
     assert listed["openai_voices"]["echo"] == ESPEAK
     assert listed["openai_voices"]["alloy"] == PIPER
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.base_url}/v1/audio/voices?language=de") as response:
+            german = await response.json()
+        assert {voice["id"] for voice in german["data"]} == {"espeak/de"}
+        async with session.get(f"{server.base_url}/v1/audio/voices?language=%21") as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["param"] == "language"
 
 
 async def test_curl_gets_a_playable_wav(
@@ -171,7 +178,7 @@ def speech_body(**fields: object) -> dict[str, object]:
         ({"response_format": "ogg"}, "response_format", "is unknown"),
         ({"speed": 5}, "speed", "from 0.25 to 4.0"),
         ({"speed": "fast"}, "speed", "from 0.25 to 4.0"),
-        ({"voice": "piper/nobody"}, "voice", "unknown voice"),
+        ({"voice": "piper/nobody"}, "voice", "GET /v1/audio/voices"),
         ({"voice": 3}, "voice", "must be a string"),
         ({"model": None}, "model", "model must be"),
         ({"input": None}, "input", "input must be a string"),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
-from voxrelay_server.errors import InvalidInput, SpeechError, TextTooLong
+from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
 from voxrelay_server.http.errors import RequestError, speech_error_response
 from voxrelay_server.http.formats import ResponseFormat, response_format
@@ -100,7 +100,7 @@ def add_routes(routes: HttpRoutes) -> None:
         return web.json_response(models_body())
 
     async def voices(request: web.Request) -> web.Response:
-        return web.json_response(voices_body(context))
+        return web.json_response(voices_body(context, request.query.get("language", "")))
 
     routes.add("POST", "/v1/audio/speech", speech)
     routes.add("GET", "/v1/models", models)
@@ -117,10 +117,15 @@ def models_body() -> dict[str, Any]:
     }
 
 
-def voices_body(context: HttpContext) -> dict[str, Any]:
-    """`GET /v1/audio/voices`: every voice the server offers, and what each OpenAI
-    voice name speaks with."""
+def voices_body(context: HttpContext, language: str = "") -> dict[str, Any]:
+    """`GET /v1/audio/voices[?language=TAG]`: every voice the server offers (with
+    `language`, a BCP-47 tag, those that speak it, as `ListVoices` filters), and what
+    each OpenAI voice name speaks with."""
     service = context.runner.service.get()
+    try:
+        offered = service.voices(language)
+    except SpeechError as error:
+        raise RequestError(400, error.message, param="language") from None
     default = service.catalog.default_voice
     mapping = voice_map(context.settings.http_voice_map)
     return {
@@ -135,7 +140,7 @@ def voices_body(context: HttpContext) -> dict[str, Any]:
                 "default": voice.name == default,
                 "word_timestamps": service.catalog.resolve(voice.name)[0].word_timing,
             }
-            for voice in service.voices()
+            for voice in offered
         ],
         "openai_voices": {name: mapping.get(name, default) for name in OPENAI_VOICES},
     }
@@ -193,7 +198,10 @@ async def speak(context: HttpContext, request: web.Request) -> web.StreamRespons
         try:
             session = runner.open_whole_text(session_request, parsed.text, (service, slot))
         except SpeechError as error:
-            return speech_error_response(error, param=_param_of(error))
+            param = _param_of(error)
+            if param == "voice" and error.code is ErrorCode.INVALID_ARGUMENT:
+                error = InvalidInput(f"{error.message} (over HTTP: GET /v1/audio/voices)")
+            return speech_error_response(error, param=param)
         feeder = asyncio.create_task(feed_whole_text(parsed.text, session))
         return await _respond(context, request, parsed, session, slot, feeder)
 
@@ -370,7 +378,7 @@ _PARAMS = (
 
 def _param_of(error: SpeechError) -> str | None:
     """The request field a domain error is about, from what its message starts with."""
-    if error.code.name not in ("INVALID_ARGUMENT", "FAILED_PRECONDITION"):
+    if error.code not in (ErrorCode.INVALID_ARGUMENT, ErrorCode.FAILED_PRECONDITION):
         return None
     for start, param in _PARAMS:
         if error.message.startswith(start):
