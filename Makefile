@@ -26,10 +26,11 @@ install: $(STAMP)
 
 # Two distributions, both editable here: the light client (client/pyproject.toml,
 # `voxrelay`) and the server (pyproject.toml, `voxrelay-server`, which needs the client).
+# The client's framework extras come too: their adapters are tested with the framework.
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev]'
 	touch $@
 
 # Regenerates the Python messages, gRPC stubs and their type stubs from protos/ into
@@ -108,7 +109,7 @@ bench-quick: install $(BENCH_STAMP)
 
 # The benchmark's extras (the reference implementation, plotting) only for the benchmark.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev,bench]'
 	touch $@
 
 # Builds both distributions (sdist and wheel) into dist/.

@@ -31,6 +31,7 @@ SECTIONS = (
     "http_speech",
     "soak",
     "memory",
+    "adapters_livekit",
 )
 """Modules of this package, each with `async def run(quick: bool) -> Section`."""
 

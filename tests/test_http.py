@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.processes import free_port, running_serve, user_env
+from tests.processes import free_port, running_serve, start_serve, user_env
 from voxrelay_server.app import RunningParts, create_server_parts
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.base import SpeechEngine
@@ -116,7 +117,9 @@ async def test_requests_without_an_accepted_token_get_401_in_openais_shape(
             f"{server.base_url}/nothing", headers={"Authorization": "Bearer s3cret"}
         ) as response:
             assert response.status == 404
-            assert (await response.json())["error"]["type"] == "invalid_request_error"
+            error = (await response.json())["error"]
+            assert error["type"] == "invalid_request_error"
+            assert "POST /v1/audio/speech, GET /v1/models" in error["message"]
 
 
 async def test_a_route_hook_adds_routes_open_or_behind_the_token(
@@ -219,3 +222,59 @@ async def test_refused_speech_requests_are_counted_with_their_status_code(
         return registry.get_sample_value("voxrelay_sessions_total", {"code": code}) or 0.0
 
     assert (sessions("INVALID_ARGUMENT"), sessions("OK")) == (2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"http_listen": "8080"}, "is not host:port"),
+        ({"http_listen": "127.0.0.1:http"}, "is not host:port"),
+        ({"http_cors_origins": ("https://a.example",)}, "set --http-listen"),
+        ({"http_listen": "127.0.0.1:0", "http_cors_origins": ("a.example",)}, "not an origin"),
+        ({"http_listen": "127.0.0.1:0", "http_voice_map": ("alloy",)}, "is not NAME=VOICE"),
+    ],
+)
+def test_http_settings_that_cannot_work_are_refused_with_what_to_fix(
+    settings: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        ServerSettings(engines=("tone",), **settings)
+
+
+def test_serve_says_which_http_address_is_in_use_and_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        process = start_serve(
+            ["--engines", "tone", "--listen", f"127.0.0.1:{free_port()}", "--http-listen", address],
+            tmp_path / "serve.log",
+            user_env(),
+        )
+        assert process.wait(timeout=60) == 2
+    logged = (tmp_path / "serve.log").read_text()
+    assert f"cannot listen for HTTP on {address}" in logged and "address already in use" in logged
+    assert "Traceback" not in logged
+
+
+async def test_a_client_that_stops_reading_cannot_hold_the_shutdown_past_its_bound(
+    start_http: StartHttp,
+) -> None:
+    from voxrelay_server.app import ABORT_GRACE_S, WATCHERS_GRACE_S
+    from voxrelay_server.http.listener import CLOSE_GRACE_S
+
+    assert CLOSE_GRACE_S <= WATCHERS_GRACE_S  # HTTP closes within the watchers' bound
+    server = await start_http()
+    # About 200 s of audio, far more than the sockets' buffers hold.
+    body = {"model": "tts-1", "input": "Words and more words. " * 900, "voice": "alloy"}
+    async with aiohttp.ClientSession() as client:
+        response = await client.post(f"{server.base_url}/v1/audio/speech", json=body)
+        assert response.status == 200
+        await response.content.readany()  # then reads no more
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.parts.stop(0.5)
+        took = loop.time() - started
+        response.close()
+    assert took < 0.5 + ABORT_GRACE_S + WATCHERS_GRACE_S + 0.5, took
+    assert server.service.active_sessions == 0

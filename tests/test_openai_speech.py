@@ -20,10 +20,14 @@ import openai
 import pytest
 import soundfile
 import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import config, text
 from tests.test_http import HttpServer, StartHttp, start_http, tone_service
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
+from voxrelay_server.app import create_server_parts
+from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.base import SynthesisOptions, VoiceInfo
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.piper_engine import PiperEngine
@@ -184,6 +188,7 @@ def speech_body(**fields: object) -> dict[str, object]:
         ({"input": None}, "input", "input must be a string"),
         ({"input": ""}, "input", "must not be empty"),
         ({"stream_format": "mp4"}, "stream_format", "unknown"),
+        ({"input": "Hi \ud800 there. "}, "input", "lone surrogate"),
         ({"response_format": "opus", "sample_rate": 22050}, "sample_rate", "not an Opus rate"),
     ],
 )
@@ -410,6 +415,25 @@ async def test_sse_streams_base64_audio_events_and_a_done_event(start_http: Star
     pcm = b"".join(base64.b64decode(event["audio"]) for event in events[:-1])
     assert len(pcm) % 2 == 0 and len(pcm) > 24000
 
+    # A failure after audio went out: an error event ends the stream.
+    body = speech_body(
+        input="The first sentence speaks well enough. The second one [[fail]] fails. ",
+        stream_format="sse",
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.base_url}/v1/audio/speech", json=body) as response,
+    ):
+        assert response.status == 200
+        lines = (await response.text()).split("\n\n")
+    failed = [json.loads(line[6:]) for line in lines if line]
+    assert failed[0]["type"] == "speech.audio.delta"
+    assert failed[-1]["type"] == "error"
+    assert (
+        failed[-1]["error"]["type"] == "server_error"
+        and "[[fail]]" in failed[-1]["error"]["message"]
+    )
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -516,3 +540,61 @@ async def test_shutdown_lets_a_response_in_flight_finish_and_refuses_new_ones(
     await stopping
     samples = len(first + rest) // 2
     assert samples == pytest.approx(24000 * 0.43, rel=0.1)  # 43 characters of 10 ms
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+"""Any JSON value."""
+SPEECH_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["tts-1", "gpt-4o-mini-tts", ""]) | JSON,
+        # Any code point, lone surrogates too (JSON escapes them as \\uD800).
+        "input": st.text(st.characters(exclude_categories=()), max_size=80) | JSON,
+        "voice": st.sampled_from(["alloy", "echo", "tone/square", "piper/x", ""]) | JSON,
+        "instructions": st.text(max_size=20) | JSON,
+        "response_format": st.sampled_from(["wav", "pcm", "opus", "mulaw", "alaw", "mp3"]) | JSON,
+        "speed": st.floats(allow_nan=False) | st.sampled_from([0.25, 1, 4]) | JSON,
+        "stream_format": st.sampled_from(["audio", "sse"]) | JSON,
+        "sample_rate": st.sampled_from([0, 8000, 16000, 24000, 22050]) | JSON,
+    },
+)
+
+
+async def answer_to(body: bytes) -> tuple[int, bytes, str]:
+    """Status, body and Content-Type of one speech request to a fresh server."""
+    service = tone_service()
+    parts = create_server_parts(
+        ServerSettings(listen="127.0.0.1:0", http_listen="127.0.0.1:0", engines=("tone",)), service
+    )
+    await parts.start()
+    assert parts.http is not None
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{parts.http.port}/v1/audio/speech", data=body
+            ) as response,
+        ):
+            return response.status, await response.read(), response.headers["Content-Type"]
+    finally:
+        await parts.stop(1.0)
+        assert service.active_sessions == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=SPEECH_BODIES.map(lambda fields: json.dumps(fields).encode()) | st.binary(max_size=40))
+def test_any_body_gets_audio_or_a_4xx_in_openais_shape(body: bytes) -> None:
+    status, answer, content_type = asyncio.run(answer_to(body))
+    if status == 200:
+        assert not content_type.startswith("application/json")
+        return
+    assert status in (400, 413), answer
+    error = json.loads(answer)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]

@@ -144,6 +144,21 @@ def check_blocking_session_example(ran: Ran) -> None:
     assert spoken == "Hello there. How are you today? "
 
 
+def check_livekit_example(ran: Ran) -> None:
+    """The LiveKit adapter with the real livekit-agents and piper's word timing."""
+    streamed, joined, timed, whole = ran.stdout.splitlines()
+    found = re.fullmatch(r"([\d.]+) s at 24000 Hz", streamed)
+    assert found is not None and 1.0 < float(found.group(1)) < 5, ran.stdout
+    assert joined == "Hello there, how are you today? "
+    words = ast.literal_eval(timed)
+    pieces = ["Hello", " there", ", how", " are", " you", " today", "? "]
+    assert [piece for piece, _ in words] == pieces  # each up to a word's end, then the rest
+    starts = [start for _, start in words]
+    # The last piece (what follows the last word) starts where the audio ends.
+    assert starts == sorted(starts) and starts[-1] <= float(found.group(1)) + 0.01
+    assert 0.2 < float(whole.removesuffix(" s")) < 3
+
+
 CHECKS: dict[str, Callable[[Ran], None]] = {
     "played_s > 3.5": check_barge_in_example,
     "def heard(": check_heard_example,
@@ -152,6 +167,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "tts-mtls.internal": check_security_example,
     "s of audio at": check_client_readme_example,
     f'base_url="http://{HTTP}/v1"': check_openai_http_example,
+    "USERDATA_TIMED_TRANSCRIPT": check_livekit_example,
 }
 
 
@@ -162,7 +178,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 7 and len(FRAGMENTS) == 1
+    assert len(BLOCKS) == 8 and len(FRAGMENTS) == 1
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -147,6 +149,30 @@ async def test_tone_directives_are_not_words_and_a_failure_sends_no_timing_beyon
     words = [w for item in items if isinstance(item, tuple) for w in item]
     assert words and all(w.start_sample < samples for w in words)
     assert [text[w.text_offset :][: w.text_length] for w in words][:3] == ["first", "words", "here"]
+
+
+async def test_tone_hold_is_not_spoken_and_holds_the_loop() -> None:
+    engine = ToneEngine(ms_per_char=10)
+    text = "[[hold_ms=200]] held words. "
+    assert engine.samples_for(text) == engine.samples_for(" held words. ")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)  # the ticker is running
+    started = time.monotonic()
+    items = await timed(engine, text)
+    held_s = time.monotonic() - started
+    ticker.cancel()
+    # Nothing else ran while it held: at most a few ticks for 0.2 s of 10 ms ticks.
+    assert held_s >= 0.2 and ticks < 5
+    words = [w for item in items if isinstance(item, tuple) for w in item]
+    assert [text[w.text_offset :][: w.text_length] for w in words] == ["held", "words"]
 
 
 @pytest.mark.parametrize("text", TEXTS)

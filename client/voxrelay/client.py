@@ -18,7 +18,7 @@ import collections
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -668,6 +668,25 @@ class AsyncClient:
         finally:
             call.cancel()  # no effect once the call has ended; stops it when raising
         return synthesis.result()
+
+    async def synthesize_events(
+        self, text: str, options: SessionOptions | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events of `text`'s `Synthesize` call as they arrive, in order:
+        `SessionStarted`, `TurnStarted`, the turn's `Audio` (and `Words`), `TurnEnded`,
+        `SessionEnded`. For a caller that plays audio as it comes rather than waiting
+        for `synthesize()`'s whole result. A failure raises `VoxrelayError`; leaving
+        the iteration early cancels the call."""
+        synthesis = _Synthesis(text, options, self._endpoint)
+        opus = OpusPageCounter()
+        call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield event_from_response(response, synthesis.options.dtype, opus)
+        except grpc.RpcError as error:
+            raise synthesis.failed(error) from None
+        finally:
+            call.cancel()  # no effect once the call has ended; stops it when leaving early
 
 
 _T = TypeVar("_T")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +42,12 @@ from voxrelay_server.memory import (
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
-from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, CallLimits, ServiceHolder
+from voxrelay_server.serving import (
+    SHUTTING_DOWN_MESSAGE,
+    CallLimits,
+    ListenError,
+    ServiceHolder,
+)
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
@@ -59,8 +66,71 @@ WATCHERS_GRACE_S = 2.0
 RELEASE_BOUND_S = 5.0
 """Then: how long releasing the engines and flushing traces may take. The process
 exits after it, whatever an engine is still doing, so SIGTERM ends it within
-`--shutdown-grace` plus these three bounds."""
+`--prestop-delay` + `--shutdown-grace` plus these three bounds and `EXIT_MARGIN_S`
+(`ExitDeadline` enforces it even when the event loop is held)."""
+EXIT_MARGIN_S = 1.0
+"""Then: how long logging "stopped" and exiting may take before `ExitDeadline` forces it."""
+FORCED_EXIT_CODE = 70
+"""The exit status when `ExitDeadline` ends a shutdown that overran its bound (EX_SOFTWARE:
+something held the server, typically an engine running blocking code in the event loop)."""
 _GRPC_INT_MAX = 2**31 - 1  # gRPC's "never" for keepalive_time_ms
+
+
+def shutdown_bound_s(grace_s: float) -> float:
+    """The longest a drain with `grace_s` for calls in flight takes, then the exit."""
+    return grace_s + ABORT_GRACE_S + WATCHERS_GRACE_S + RELEASE_BOUND_S + EXIT_MARGIN_S
+
+
+class ExitDeadline:
+    """Ends the process once a shutdown has overrun its bound, whatever it is doing.
+
+    The bounds of `serve()`'s shutdown are timers of its event loop; an engine that
+    blocks that loop (a blocking call in a coroutine) stops them all. This one runs on
+    a thread of its own: armed when a shutdown begins, it flushes the logs and exits
+    the process with `FORCED_EXIT_CODE` when its time runs out. `voxrelay serve`
+    arms one; servers embedded in other programs (and tests) have none.
+    """
+
+    def __init__(self, exit_process: Callable[[int], object] = os._exit) -> None:
+        self._exit_process = exit_process
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def arm(self, seconds: float, phase: str) -> None:
+        """Exit `seconds` from now unless re-armed or disarmed; `phase` names it in the log."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(seconds, self._expire, args=(seconds, phase))
+            self._timer.daemon = True  # never what keeps the process alive
+            self._timer.start()
+
+    def disarm(self) -> None:
+        """The shutdown finished in time: no forced exit."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _expire(self, seconds: float, phase: str) -> None:
+        _LOG.error(
+            "shutdown overran its bound of %g s (%s): exiting now with status %d, whatever "
+            "the server was still doing",
+            seconds,
+            phase,
+            FORCED_EXIT_CODE,
+        )
+        _flush_logs()
+        self._exit_process(FORCED_EXIT_CODE)
+
+
+def _flush_logs() -> None:
+    """Flush every handler of the root and named loggers (safe from any thread)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            with contextlib.suppress(Exception):  # a closed stream: nothing to flush
+                handler.flush()
 
 
 def build_engines(
@@ -230,6 +300,13 @@ class RunningParts:
         self.service.set(service)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    async def report_stopping(self) -> None:
+        """The prestop phase: NOT_SERVING on Check and Watch, while calls are still taken.
+
+        Load balancers that poll health stop sending new calls; `stop()` then drains.
+        """
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace_s: float) -> None:
         """Drain: NOT_SERVING, no new calls, `grace_s` for calls in flight, then UNAVAILABLE."""
         # Stop taking calls first, so nobody who sees NOT_SERVING can still start one;
@@ -251,12 +328,12 @@ class RunningParts:
             if self.service.current is not None:
                 self.service.current.fail_all(error)
             await calls.wait_idle(ABORT_GRACE_S)
-        if self.http is not None:
-            await self.http.close()
         # Health watches never end by themselves: end them now rather than at the backstop,
-        # once each has told its watcher NOT_SERVING.
-        await self.health.watchers_sent(
-            health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S
+        # once each has told its watcher NOT_SERVING. Meanwhile, within the same bound,
+        # the HTTP connections close (a response still stuck writing is cut).
+        await asyncio.gather(
+            self.health.watchers_sent(health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S),
+            self.http.close() if self.http is not None else asyncio.sleep(0),
         )
         await self.server.stop(None)
         await stopping
@@ -299,7 +376,7 @@ def create_server_parts(
     else:
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
-        raise OSError(
+        raise ListenError(
             f"cannot listen on {settings.listen}: the address is in use or not valid here"
         )
     # The HTTP listener calls through the same runner: the same service, limits and
@@ -327,13 +404,18 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     build: Callable[[ServerSettings], SpeechService] | None = None,
+    deadline: ExitDeadline | None = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM (or `stop` is set), then stop gracefully.
 
     It listens before loading the voices, so health checks answer at once:
     NOT_SERVING while the voices load, SERVING once they have, NOT_SERVING
-    again while draining. `build` makes the service (tests slow it down); by
-    default `build_service` with this server's metrics, traces and logs.
+    again from the stop on: first for `settings.prestop_delay_s` while new calls
+    are still served (until `stop` is set again), then while draining. `build`
+    makes the service (tests slow it down); by default `build_service` with this
+    server's metrics, traces and logs. `deadline`, when given, is armed as the
+    shutdown begins: the process ends within the shutdown's bound
+    (`--prestop-delay` + `shutdown_bound_s(--shutdown-grace)`) whatever holds it.
     """
     started = time.perf_counter()
     tune_allocator()
@@ -369,8 +451,17 @@ async def serve(
         settings_memory_bound(settings, service).describe(),
     )
     await stop.wait()
+    if settings.prestop_delay_s > 0:
+        if deadline is not None:
+            bound_s = settings.prestop_delay_s + shutdown_bound_s(settings.shutdown_grace_s)
+            deadline.arm(bound_s, "prestop delay, drain and release")
+        await _prestop(parts, stop, settings.prestop_delay_s)
+    if deadline is not None:
+        # From the drain's start: the same end if the delay ran its course, an earlier
+        # one if a second signal cut it short.
+        deadline.arm(shutdown_bound_s(settings.shutdown_grace_s), "drain and release")
     _LOG.info(
-        "stopping (NOT_SERVING): letting calls in flight finish for up to %g s",
+        "stopping (NOT_SERVING): listener closed, letting calls in flight finish for up to %g s",
         settings.shutdown_grace_s,
     )
     await parts.stop(settings.shutdown_grace_s)
@@ -385,3 +476,20 @@ async def serve(
             RELEASE_BOUND_S,
         )
     _LOG.info("stopped")
+
+
+async def _prestop(parts: RunningParts, stop: asyncio.Event, delay_s: float) -> None:
+    """Say NOT_SERVING for `delay_s` while still serving, or until `stop` is set again."""
+    stop.clear()  # a second SIGTERM or SIGINT sets it again
+    await parts.report_stopping()
+    _LOG.info(
+        "prestop (NOT_SERVING): for %g s (--prestop-delay) new calls are still "
+        "served, so load balancers stop sending; a second signal skips the rest",
+        delay_s,
+    )
+    try:
+        await asyncio.wait_for(stop.wait(), delay_s)
+    except TimeoutError:
+        _LOG.info("prestop delay of %g s over", delay_s)
+    else:
+        _LOG.info("second signal: skipping the rest of the prestop delay")

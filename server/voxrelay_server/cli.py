@@ -35,6 +35,7 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM or SIGINT; bad settings raise `UsageError`."""
     from voxrelay_server import app, config, security
     from voxrelay_server.errors import SpeechError
+    from voxrelay_server.serving import ListenError
 
     try:
         settings = config.from_arguments(args)
@@ -48,11 +49,17 @@ def serve_command(args: argparse.Namespace) -> int:
     # Not `asyncio.run`: closing the loop waits for every thread it lent out, and an
     # engine's thread may be inside a segment it cannot stop (piper runs one to its end).
     # `serve` has stopped the calls and released what it could within its bound; exit.
+    # The deadline bounds the shutdown even if the event loop is held (by an engine's
+    # blocking call) or `serve` fails while stopping: its timer thread exits the process.
     runner = asyncio.Runner()
+    deadline = app.ExitDeadline()
     try:
-        runner.run(app.serve(settings))
+        runner.run(app.serve(settings, deadline=deadline))
     except SpeechError as error:  # the voices could not be set up as configured
         raise UsageError(error.message) from None
+    except ListenError as error:  # an address in use: say which, without a traceback
+        raise UsageError(str(error)) from None
+    deadline.disarm()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -132,9 +132,22 @@ class ServerSettings:
         name="send-timeout",
         minimum=0,
     )
+    prestop_delay_s: float = _setting(
+        0.0,
+        "seconds after SIGTERM or SIGINT during which health says NOT_SERVING while new "
+        "calls are still served, so load balancers that poll health stop sending before "
+        "the listener closes; then the drain of --shutdown-grace; a second signal cuts it "
+        "short; 0 = drain at once (behind a balancer: more than its health-check interval "
+        "times the failures it needs, e.g. 5 on Kubernetes)",
+        name="prestop-delay",
+        minimum=0,
+    )
     shutdown_grace_s: float = _setting(
         10.0,
-        "seconds calls in flight may take to finish after SIGTERM or SIGINT",
+        "seconds calls in flight may take to finish after SIGTERM or SIGINT (and "
+        "--prestop-delay); the process exits at most 13 s after it (the calls' last "
+        "messages 5, health watches 2, releasing the engines 5, exiting 1), whatever an "
+        "engine is doing",
         name="shutdown-grace",
         minimum=0,
     )

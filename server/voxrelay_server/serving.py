@@ -34,6 +34,10 @@ instead of the server's status when one of its writes races with that status
 pattern) has half-closed well within this."""
 
 
+class ListenError(OSError):
+    """A listener (gRPC or HTTP) could not bind its address: in use, or not valid here."""
+
+
 @dataclass(frozen=True)
 class CallLimits:
     """Bounds on a call's dealings with its client, in seconds; 0 = no bound."""

@@ -7,7 +7,10 @@ chunk, then audio of `ms_per_char` per character of text, produced at
 `realtime_factor` seconds of work per second of audio (0 = at once).
 
 Directives inside the text, for tests: `[[latency_ms=N]]` overrides the first
-audio latency of that segment, `[[fail]]` makes the segment fail half-way.
+audio latency of that segment, `[[fail]]` makes the segment fail half-way,
+`[[hold_ms=N]]` then holds the event loop's thread for N ms (a blocking call, as
+an engine that ran blocking code on the loop would: nothing else in the server
+runs meanwhile, timers and cancellation included).
 
 Word timing is exact by construction: every character spoken (directives are not)
 takes the same number of samples, so a word lasts from its first character's first
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -46,7 +50,8 @@ engine cutting frames."""
 _PERIOD_SAMPLES = 40  # 400 Hz at 16 kHz
 _LATENCY = re.compile(r"\[\[latency_ms=(\d+)\]\]")
 _FAIL = "[[fail]]"
-_DIRECTIVE = re.compile(r"\[\[latency_ms=\d+\]\]|\[\[fail\]\]")
+_HOLD = re.compile(r"\[\[hold_ms=(\d+)\]\]")
+_DIRECTIVE = re.compile(r"\[\[latency_ms=\d+\]\]|\[\[fail\]\]|\[\[hold_ms=\d+\]\]")
 
 
 @dataclass
@@ -95,7 +100,7 @@ class ToneEngine(SpeechEngine):
 
     def samples_for(self, text: str, speed: float = 1.0) -> int:
         """How many samples a segment's text yields."""
-        spoken = _LATENCY.sub("", text).replace(_FAIL, "")
+        spoken = _HOLD.sub("", _LATENCY.sub("", text)).replace(_FAIL, "")
         return round(len(spoken) * self.ms_per_char / speed * SAMPLE_RATE_HZ / 1000)
 
     def word_timings(self, text: str, speed: float = 1.0) -> list[WordTiming]:
@@ -152,6 +157,9 @@ class ToneEngine(SpeechEngine):
         try:
             latency = _LATENCY.search(text)
             await asyncio.sleep((int(latency.group(1)) if latency else self.first_audio_ms) / 1000)
+            if hold := _HOLD.search(text):
+                # Blocking on purpose: the loop's thread is held (see the module's docstring).
+                time.sleep(int(hold.group(1)) / 1000)  # noqa: ASYNC251
             total = self.samples_for(text, options.speed)
             fail_at = total // 2 if _FAIL in text else None
             wave = _square_wave(total, self.amplitude_for(text))

@@ -52,6 +52,18 @@ def http_status(error: SpeechError) -> int:
     return _STATUS.get(error.code, 500)
 
 
+def error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The `error` object of OpenAI's shape (its `type` from `status`)."""
+    return {
+        "message": message,
+        "type": _TYPES.get(status, "server_error"),
+        "param": param,
+        "code": code,
+    }
+
+
 def error_response(
     status: int,
     message: str,
@@ -61,25 +73,25 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """A JSON error in OpenAI's shape."""
-    body: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(status, "server_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+    body = {"error": error_body(status, message, code=code, param=param)}
     return web.json_response(body, status=status, headers=headers)
 
 
-def speech_error_response(error: SpeechError, *, param: str | None = None) -> web.Response:
-    """The JSON error for a domain error: its status, and its code's name as `code`
+def speech_error_body(error: SpeechError, *, param: str | None = None) -> dict[str, Any]:
+    """The `error` object for a domain error: its code's name as `code`
     (`invalid_argument`, `resource_exhausted`, ... or `text_too_long`)."""
     code = "text_too_long" if isinstance(error, TextTooLong) else error.code.name.lower()
+    return error_body(http_status(error), error.message, code=code, param=param)
+
+
+def speech_error_response(error: SpeechError, *, param: str | None = None) -> web.Response:
+    """The JSON error for a domain error, with its status (and `Retry-After` for a
+    server that is full, loading or stopping)."""
     retry = error.code in (ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE)
-    headers = {"Retry-After": "1"} if retry else None
-    return error_response(
-        http_status(error), error.message, code=code, param=param, headers=headers
+    return web.json_response(
+        {"error": speech_error_body(error, param=param)},
+        status=http_status(error),
+        headers={"Retry-After": "1"} if retry else None,
     )
 
 
@@ -100,11 +112,17 @@ class RequestError(Exception):
         return error_response(self.status, self.message, code=self.code, param=self.param)
 
 
-_HTTP_MESSAGES = {
-    404: "no such route on this server: it serves POST /v1/audio/speech, GET /v1/models "
-    "and GET /v1/audio/voices",
-    413: "the request body is too large",
-}
+_HTTP_MESSAGES = {413: "the request body is too large"}
+
+
+def _routes_served(app: web.Application) -> str:
+    """The app's routes, e.g. `POST /v1/audio/speech, GET /v1/models`, for a 404."""
+    served = dict.fromkeys(
+        f"{route.method} {route.resource.canonical}"
+        for route in app.router.routes()
+        if route.resource is not None and route.method not in ("HEAD", "OPTIONS")
+    )
+    return ", ".join(served)
 
 
 @web.middleware
@@ -121,7 +139,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if error.status < 400:
             raise
         message = _HTTP_MESSAGES.get(error.status) or error.text or error.reason
-        if error.status == 405:
+        if error.status == 404:
+            message = f"no route {request.path} on this server: it serves " + _routes_served(
+                request.app
+            )
+        elif error.status == 405:
             message = f"{request.method} is not allowed on {request.path}"
         return error_response(error.status, message, headers=_kept_headers(error))
     except Exception:

@@ -29,7 +29,7 @@ from aiohttp import web
 from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
-from voxrelay_server.http.errors import RequestError, speech_error_response
+from voxrelay_server.http.errors import RequestError, speech_error_body, speech_error_response
 from voxrelay_server.http.formats import ResponseFormat, response_format
 from voxrelay_server.settings import MAX_SPEED, MIN_SPEED, SessionRequest
 
@@ -250,30 +250,31 @@ async def _respond(
                     await response.write(_sse_audio(event.data) if sse else event.data)
                 elif type(event) is SessionFailed:
                     failure = event.error
-    except ConnectionError:  # the client went away: the session ended with it
-        return response
-    if failure is not None and not response.prepared:
-        return speech_error_response(failure, param=_param_of(failure))
-    if not response.prepared:  # nothing to speak (punctuation only, say): empty audio
-        await start()
-    if failure is None:
+        if failure is not None and not response.prepared:
+            return speech_error_response(failure, param=_param_of(failure))
+        if not response.prepared:  # nothing to speak (punctuation only, say): empty audio
+            await start()
+        if failure is not None:
+            _LOG.warning(
+                "session %s failed after its audio started (%s): its HTTP response is cut off",
+                session.session_id,
+                failure.code.name,
+            )
         if sse:
-            await response.write(_sse_event({"type": "speech.audio.done", "usage": _NO_USAGE}))
+            last = (
+                {"type": "speech.audio.done", "usage": _NO_USAGE}
+                if failure is None
+                else {"type": "error", "error": speech_error_body(failure)}
+            )
+            await response.write(_sse_event(last))
+        elif failure is not None:
+            if request.transport is not None:
+                # No final chunk: the client sees an incomplete body, never a short one.
+                request.transport.close()
+            return response
         await response.write_eof()
-        return response
-    _LOG.warning(
-        "session %s failed after its audio started (%s): its HTTP response is cut off",
-        session.session_id,
-        failure.code.name,
-    )
-    if sse:
-        error = json.loads(speech_error_response(failure).text or "{}")["error"]
-        await response.write(_sse_event({"type": "error", "error": error}))
-        await response.write_eof()
-        return response
-    if request.transport is not None:
-        # No final chunk: the client sees an incomplete body, never a short complete one.
-        request.transport.close()
+    except ConnectionError:  # the client went away: the session ended with it
+        pass
     return response
 
 
@@ -354,6 +355,9 @@ def parse_speech_request(body: object) -> SpeechRequest:
             f"stream_format {stream_format!r} is unknown: use audio or sse",
             param="stream_format",
         ) from None
+    for param, value in (("model", model), ("input", text), ("voice", voice)):
+        _check_unicode(param, value)
+    _check_unicode("instructions", instructions)
     return SpeechRequest(
         model=model,
         text=text,
@@ -364,6 +368,20 @@ def parse_speech_request(body: object) -> SpeechRequest:
         sample_rate_hz=rate,
         stream_format=streamed,
     )
+
+
+def _check_unicode(param: str, value: str) -> None:
+    """400 for a string with a lone surrogate (JSON can escape one, as `\\ud800`): text
+    must be Unicode text, as gRPC's strings must be valid UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RequestError(
+            400,
+            f"{param} has a lone surrogate (\\u{ord(value[error.start]):04x}) at character "
+            f"{error.start}: strings must be valid Unicode text",
+            param=param,
+        ) from None
 
 
 _PARAMS = (
