@@ -13,7 +13,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 NODE_DIR := clients/node
 GO_PLUGINS := protoc-gen-go protoc-gen-go-grpc
 
-.PHONY: run test proto generate node-deps go-deps go-example lint bench bench-quick install dist clean
+.PHONY: run test proto generate node-deps go-deps browser-deps go-example lint bench bench-quick install dist clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -66,6 +66,13 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
 GO_DEBS := golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev $(GO_PLUGINS)
 go-deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GO_DEBS)
+
+# Debian's chromium (needs root), for tests/test_browser.py: the page at / in a real
+# headless browser, driven by playwright with this system browser (playwright's own
+# browser builds are never downloaded). Without it that test skips, saying so.
+browser-deps:
+	command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # Builds the Go example offline against Debian's Go packages (GOPATH mode):
 # apt-get install golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev

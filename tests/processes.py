@@ -97,14 +97,19 @@ def wait_until_answering(
 
 @contextmanager
 def running_serve(
-    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Iterator[ServeProcess]:
-    """`voxrelay serve --listen 127.0.0.1:<free port> ARGS`, answering, until the block
-    ends; then killed (a test that checks the shutdown stops it itself)."""
+    """`voxrelay serve --listen 127.0.0.1:<free port> ARGS`, answering (to calls with
+    `metadata`: a token, for a server that wants one), until the block ends; then killed
+    (a test that checks the shutdown stops it itself)."""
     target = f"127.0.0.1:{free_port()}"
     process = start_serve(["--listen", target, *args], log, user_env() if env is None else env)
     try:
-        wait_until_answering(process, target, log)
+        wait_until_answering(process, target, log, metadata)
         yield ServeProcess(process, target, log)
     finally:
         process.kill()

@@ -129,7 +129,7 @@ async def test_a_route_hook_adds_routes_open_or_behind_the_token(
         return aiohttp.web.Response(text="hello")
 
     def hook(routes: HttpRoutes) -> None:
-        routes.add("GET", "/", hello, access=Access.OPEN)
+        routes.add("GET", "/hello", hello, access=Access.OPEN)
         routes.add("GET", "/private", hello)
 
     from voxrelay_server.http import listener
@@ -137,7 +137,7 @@ async def test_a_route_hook_adds_routes_open_or_behind_the_token(
     monkeypatch.setattr(listener, "ROUTE_HOOKS", (*listener.ROUTE_HOOKS, hook))
     server = await start_http(auth_tokens="s3cret")
     async with aiohttp.ClientSession() as client:
-        async with client.get(f"{server.base_url}/") as response:
+        async with client.get(f"{server.base_url}/hello") as response:
             assert (response.status, await response.text()) == (200, "hello")
         async with client.get(f"{server.base_url}/private") as response:
             assert response.status == 401

@@ -130,6 +130,7 @@ def test_the_server_wheel_adds_serve_to_the_clients_command(wheels: Wheels) -> N
         entry_points = wheel.read("voxrelay_server-0.1.0.dist-info/entry_points.txt").decode()
         metadata = wheel.read("voxrelay_server-0.1.0.dist-info/METADATA").decode()
     assert "voxrelay_server/cli.py" in names and "voxrelay_server/py.typed" in names
+    assert "voxrelay_server/http/index.html" in names  # the page the HTTP listener serves
     assert not any(name.startswith("voxrelay/") for name in names)  # the client's
     assert "[voxrelay.commands]\nserve = voxrelay_server.cli:add_serve" in entry_points
     assert "[console_scripts]" not in entry_points  # one `voxrelay` script: the client's

@@ -155,13 +155,15 @@ class ServerSettings:
     http_listen: str = _setting(
         "",
         "host:port of an HTTP listener in the same process, serving the OpenAI-compatible "
-        "speech API (POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices) with the "
-        "same sessions, limits, TLS and tokens as gRPC; empty = off",
+        "speech API (POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices), the "
+        "Stream rpc as a WebSocket (/v1/stream) and a page that speaks through it (/), with "
+        "the same sessions, limits, TLS and tokens as gRPC; empty = off",
     )
     http_cors_origins: tuple[str, ...] = _setting(
         (),
         "comma-separated origins (scheme://host[:port], or * for any) whose web pages may "
-        "call the HTTP listener (CORS); empty = CORS off",
+        "call the HTTP listener (CORS) and open its WebSocket; empty = CORS off, and only "
+        "the listener's own page may open the WebSocket",
     )
     http_voice_map: tuple[str, ...] = _setting(
         (),

@@ -70,7 +70,8 @@ _PACES_IN = {
     speech_pb2.PACE_AS_MADE: Pace.AS_MADE,
     speech_pb2.PACE_REALTIME: Pace.REALTIME,
 }
-_ENCODINGS_OUT = {
+# The wire's name for a session's encoding (the WebSocket stream's too).
+ENCODINGS_OUT = {
     AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
     AudioEncoding.PCM_F32LE: speech_pb2.AUDIO_ENCODING_PCM_F32LE,
     AudioEncoding.MULAW: speech_pb2.AUDIO_ENCODING_MULAW,
@@ -208,7 +209,9 @@ async def _checked(
         raise InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}") from None
 
 
-def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+def forward_request(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+    """Give the session one `StreamRequest` after the first (the WebSocket stream's too);
+    raises INVALID_ARGUMENT for a `config` or an empty request."""
     kind = request.WhichOneof("request")
     if kind == "text":
         session.send_text(request.text)
@@ -241,7 +244,7 @@ def started_response(started: CallStarted) -> speech_pb2.StreamResponse:
     message = response.session_started
     message.session_id = started.session_id
     message.voice = started.voice
-    message.encoding = _ENCODINGS_OUT[started.encoding]
+    message.encoding = ENCODINGS_OUT[started.encoding]
     message.sample_rate_hz = started.sample_rate_hz
     message.text_budget_chars = started.text_budget_chars
     if started.pace_lead_ms:
@@ -304,8 +307,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                     slot.release()
                 requests.close()
         if first is not None:
-            apply_first(first, session, _forward)
-        reader = asyncio.create_task(forward_inputs(_checked(requests), session, _forward))
+            apply_first(first, session, forward_request)
+        reader = asyncio.create_task(forward_inputs(_checked(requests), session, forward_request))
         try:
             async with contextlib.aclosing(
                 self._speak(session, slot, context, reader)
@@ -366,7 +369,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
     ) -> AsyncGenerator[speech_pb2.StreamResponse, None]:
         """`session_started` and the session's events as responses until it ends; then
         stop `feeder` (the task taking the call's input) and the session."""
-        encoding = _ENCODINGS_OUT[session.output.encoding]  # once, not per message
+        encoding = ENCODINGS_OUT[session.output.encoding]  # once, not per message
         sample_rate_hz = session.output.sample_rate_hz
 
         def convert(event: CallEvent) -> speech_pb2.StreamResponse:

@@ -19,7 +19,7 @@ from aiohttp import web
 from voxrelay_server import security
 from voxrelay_server.calls import CallRunner
 from voxrelay_server.config import ServerSettings
-from voxrelay_server.http import cors, openai_speech
+from voxrelay_server.http import cors, openai_speech, page, websocket
 from voxrelay_server.http.auth import ACCESS_KEY, TOKENS_KEY, Access, bearer_tokens, refusal
 from voxrelay_server.http.errors import Handler, error_response, json_errors
 from voxrelay_server.http.tls import ssl_context
@@ -80,7 +80,11 @@ class HttpRoutes:
 
 RouteHook = Callable[[HttpRoutes], None]
 """Adds a module's routes to the listener."""
-ROUTE_HOOKS: tuple[RouteHook, ...] = (openai_speech.add_routes,)
+ROUTE_HOOKS: tuple[RouteHook, ...] = (
+    openai_speech.add_routes,
+    websocket.add_routes,
+    page.add_routes,
+)
 """The routes every HTTP listener serves, module by module."""
 
 
