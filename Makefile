@@ -13,7 +13,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 NODE_DIR := clients/node
 GO_PLUGINS := protoc-gen-go protoc-gen-go-grpc
 
-.PHONY: run test proto generate node-deps go-deps go-example lint bench bench-quick install dist clean
+.PHONY: run test proto generate node-deps go-deps browser-deps go-example lint bench bench-quick install dist clean
 
 run: install
 	$(BIN)/voxrelay serve
@@ -26,10 +26,18 @@ install: $(STAMP)
 
 # Two distributions, both editable here: the light client (client/pyproject.toml,
 # `voxrelay`) and the server (pyproject.toml, `voxrelay-server`, which needs the client).
-$(STAMP): pyproject.toml client/pyproject.toml
+# The client's framework extras come too: their adapters are tested with the framework.
+$(STAMP): pyproject.toml client/pyproject.toml client/adapter-overrides.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev]'
+	@# openai-agents' and Pipecat's extras through uv (a dev extra): pipecat-ai declares
+	@# protobuf<7, which client/adapter-overrides.txt replaces with the client's own
+	@# floor (pip cannot override a requirement). The server is resolved with them, so
+	@# nothing the frameworks pin goes below what it needs.
+	$(BIN)/uv pip install --quiet --python $(BIN)/python \
+		--overrides client/adapter-overrides.txt \
+		-e './client[livekit,openai-agents,pipecat]' -e '.[dev]'
 	touch $@
 
 # Regenerates the Python messages, gRPC stubs and their type stubs from protos/ into
@@ -58,6 +66,13 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
 GO_DEBS := golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev $(GO_PLUGINS)
 go-deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GO_DEBS)
+
+# Debian's chromium (needs root), for tests/test_browser.py: the page at / in a real
+# headless browser, driven by playwright with this system browser (playwright's own
+# browser builds are never downloaded). Without it that test skips, saying so.
+browser-deps:
+	command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # Builds the Go example offline against Debian's Go packages (GOPATH mode):
 # apt-get install golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev
@@ -101,7 +116,7 @@ bench-quick: install $(BENCH_STAMP)
 
 # The benchmark's extras (the reference implementation, plotting) only for the benchmark.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev,bench]'
 	touch $@
 
 # Builds both distributions (sdist and wheel) into dist/.

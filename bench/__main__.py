@@ -28,8 +28,11 @@ SECTIONS = (
     "idle",
     "barge_in",
     "word_timing",
+    "http_speech",
     "soak",
     "memory",
+    "adapters_livekit",
+    "adapters",
     "replicas",
 )
 """Modules of this package, each with `async def run(quick: bool) -> Section`."""

@@ -134,20 +134,22 @@ def running_serve(
     log: Path,
     env: Mapping[str, str] | None = None,
     *,
+    metadata: Sequence[tuple[str, str]] = (),
     host: str = "127.0.0.1",
     port: int = 0,
     wait: bool = True,
 ) -> Iterator[ServeProcess]:
     """`voxrelay serve --listen HOST:PORT ARGS` (PORT 0: a free one), answering (with
-    `wait`), until the block ends; then killed (a test that checks the shutdown stops
-    it itself). Restarts by `ServeProcess.restart` are killed the same way."""
+    `wait`; to calls with `metadata`: a token, for a server that wants one), until the
+    block ends; then killed (a test that checks the shutdown stops it itself).
+    Restarts by `ServeProcess.restart` are killed the same way."""
     target = f"{host}:{port or free_port((host,))}"
     env = user_env() if env is None else env
     full_args = ["--listen", target, *args]
     serve = ServeProcess(start_serve(full_args, log, env), target, log, full_args, env)
     try:
         if wait:
-            wait_until_answering(serve.process, target, log)
+            wait_until_answering(serve.process, target, log, metadata)
         yield serve
     finally:
         serve.process.kill()

@@ -238,6 +238,29 @@ async def test_synthesize_speaks_a_text_longer_than_a_stream_chunk(
     assert turns == {1}
 
 
+async def test_synthesize_events_stream_the_synthesize_call_in_order(
+    tone_server: RunningServer,
+) -> None:
+    text = "Hello there, how are you? I hope you are well. "
+    options = voxrelay.SessionOptions(word_timestamps=True)
+    async with voxrelay.AsyncClient(tone_server.target) as client:
+        events = [event async for event in client.synthesize_events(text, options)]
+        whole = await client.synthesize(text, options)
+        with pytest.raises(voxrelay.VoxrelayError) as failure:
+            async for _ in client.synthesize_events("[[fail]] This segment breaks."):
+                pass
+
+    kinds = [type(event).__name__ for event in events]
+    assert kinds[:2] == ["SessionStarted", "TurnStarted"]
+    assert kinds[-2:] == ["TurnEnded", "SessionEnded"]
+    assert set(kinds[2:-2]) == {"Audio", "Words"}
+    audio = [event for event in events if isinstance(event, voxrelay.Audio)]
+    np.testing.assert_array_equal(np.concatenate([a.samples for a in audio]), whole.samples)
+    words = [w for event in events if isinstance(event, voxrelay.Words) for w in event.words]
+    assert words == whole.words
+    assert failure.value.code is grpc.StatusCode.INTERNAL and "[[fail]]" in failure.value.message
+
+
 async def test_synthesize_over_the_rpcs_limit_raises_invalid_argument(
     tone_server: RunningServer,
 ) -> None:

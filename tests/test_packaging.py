@@ -115,12 +115,22 @@ def test_the_client_wheel_holds_the_stubs_and_their_types(wheels: Wheels) -> Non
     assert "voxrelay = voxrelay.cli:main" in entry_points
 
 
+def test_the_client_wheel_offers_the_livekit_extra(wheels: Wheels) -> None:
+    with zipfile.ZipFile(wheels.client) as wheel:
+        metadata = wheel.read("voxrelay-0.1.0.dist-info/METADATA").decode()
+        names = set(wheel.namelist())
+    assert "Provides-Extra: livekit" in metadata
+    assert 'Requires-Dist: livekit-agents<2,>=1.8; extra == "livekit"' in metadata
+    assert "voxrelay/adapters/livekit.py" in names
+
+
 def test_the_server_wheel_adds_serve_to_the_clients_command(wheels: Wheels) -> None:
     with zipfile.ZipFile(wheels.server) as wheel:
         names = set(wheel.namelist())
         entry_points = wheel.read("voxrelay_server-0.1.0.dist-info/entry_points.txt").decode()
         metadata = wheel.read("voxrelay_server-0.1.0.dist-info/METADATA").decode()
     assert "voxrelay_server/cli.py" in names and "voxrelay_server/py.typed" in names
+    assert "voxrelay_server/http/index.html" in names  # the page the HTTP listener serves
     assert not any(name.startswith("voxrelay/") for name in names)  # the client's
     assert "[voxrelay.commands]\nserve = voxrelay_server.cli:add_serve" in entry_points
     assert "[console_scripts]" not in entry_points  # one `voxrelay` script: the client's
@@ -173,6 +183,14 @@ def test_the_client_venv_holds_none_of_the_server(client_venv: ClientVenv, tmp_p
     installed = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
     assert "voxrelay" in installed
     assert installed.isdisjoint(SERVER_ONLY_DISTRIBUTIONS), installed
+
+
+def test_the_livekit_adapter_without_its_extra_says_how_to_install_it(
+    client_venv: ClientVenv, tmp_path: Path
+) -> None:
+    imported = run(client_venv.python, "-c", "import voxrelay.adapters.livekit", cwd=tmp_path)
+    assert imported.returncode == 1
+    assert "pip install 'voxrelay[livekit]'" in imported.stderr
 
 
 def test_serve_without_the_server_says_how_to_install_it(

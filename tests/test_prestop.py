@@ -145,14 +145,16 @@ async def test_the_process_exits_within_its_bound_even_while_an_engine_holds_the
 ) -> None:
     """The shutdown's bound holds whatever an engine does: here a segment that blocks
     the event loop (tone's `hold_ms`) for far longer, so no timer of the loop fires."""
-    latency_s, hold_s, grace_s = 3.0, 300.0, 6.0
+    latency_s, hold_s, grace_s = 4.0, 300.0, 8.0
     held = f"[[latency_ms={latency_s * 1000:.0f}]][[hold_ms={hold_s * 1000:.0f}]] Held. "
     with voxrelay_serve(tone_args(ms_per_char=5, grace_s=grace_s), tmp_path) as server:
         async with grpc.aio.insecure_channel(server.target) as channel:
             call = speech_pb2_grpc.SpeechStub(channel).Stream()
             await call.write(config())
             await call.write(text(held))
-            assert (await call.read()).WhichOneof("response") == "session_started"
+            started = await call.read()
+            assert isinstance(started, speech_pb2.StreamResponse)
+            assert started.WhichOneof("response") == "session_started"
             # The drain begins within the latency; the hold then starts within the grace.
             signalled_at = time.monotonic()
             server.process.send_signal(signal.SIGTERM)

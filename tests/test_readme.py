@@ -9,13 +9,15 @@ files the examples name, `ca.pem`, `client.pem`, `client-key.pem`, are made by
 trustme in the folder). Each block must have a check.
 
 A block fenced ```python fragment is a piece of a program (it uses a player or a
-session the reader has): it is compiled, and every `voxrelay.NAME` it uses must exist.
+session the reader has): it is compiled, and every `voxrelay.NAME` it uses, and every
+name it imports from a voxrelay module, must exist.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import importlib
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +32,7 @@ import soundfile
 import trustme
 
 from tests.conftest import StartServer
-from voxrelay_server.app import create_server
+from voxrelay_server.app import create_server, create_server_parts
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.piper_engine import PiperEngine
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
@@ -41,6 +43,7 @@ from voxrelay_server.voices import VoiceCatalog
 ROOT = Path(__file__).resolve().parent.parent
 READMES = [ROOT / "README.md", ROOT / "client" / "README.md"]
 PLAIN = "127.0.0.1:50051"
+HTTP = "127.0.0.1:8000"
 TLS = "tts.internal:50051"
 MTLS = "tts-mtls.internal:50051"
 TOKEN = "tok-readme-4c1d9e"
@@ -103,6 +106,14 @@ def check_streaming_example(ran: Ran) -> None:
     assert 0.2 < opus.duration < 3
 
 
+def check_openai_http_example(ran: Ran) -> None:
+    rate, channels, duration_s = ran.stdout.split()
+    assert (rate, channels) == ("24000", "1"), ran.stdout
+    assert 1.5 < float(duration_s) < 8  # two sentences, by the piper voice
+    samples, samplerate = soundfile.read(str(ran.folder / "hello.wav"), dtype="int16")
+    assert samplerate == 24000 and abs(len(samples) / 24000 - float(duration_s)) < 0.1
+
+
 def check_security_example(ran: Ran) -> None:
     duration_s, voices = ran.stdout.splitlines()
     assert 0 < float(duration_s) < 1
@@ -140,6 +151,21 @@ def check_replicas_example(ran: Ran) -> None:
     assert ran.stdout == "ENDED 0 True\n", ran.stdout
 
 
+def check_livekit_example(ran: Ran) -> None:
+    """The LiveKit adapter with the real livekit-agents and piper's word timing."""
+    streamed, joined, timed, whole = ran.stdout.splitlines()
+    found = re.fullmatch(r"([\d.]+) s at 24000 Hz", streamed)
+    assert found is not None and 1.0 < float(found.group(1)) < 5, ran.stdout
+    assert joined == "Hello there, how are you today? "
+    words = ast.literal_eval(timed)
+    pieces = ["Hello", " there", ", how", " are", " you", " today", "? "]
+    assert [piece for piece, _ in words] == pieces  # each up to a word's end, then the rest
+    starts = [start for _, start in words]
+    # The last piece (what follows the last word) starts where the audio ends.
+    assert starts == sorted(starts) and starts[-1] <= float(found.group(1)) + 0.01
+    assert 0.2 < float(whole.removesuffix(" s")) < 3
+
+
 CHECKS: dict[str, Callable[[Ran], None]] = {
     "voxrelay.Resumed": check_replicas_example,
     "played_s > 3.5": check_barge_in_example,
@@ -148,6 +174,8 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     'SoundFile("hello.wav"': check_streaming_example,
     "tts-mtls.internal": check_security_example,
     "s of audio at": check_client_readme_example,
+    f'base_url="http://{HTTP}/v1"': check_openai_http_example,
+    "USERDATA_TIMED_TRANSCRIPT": check_livekit_example,
 }
 
 
@@ -158,7 +186,7 @@ def check_for(block: str) -> Callable[[Ran], None]:
 
 
 def test_every_python_example_has_a_check() -> None:
-    assert len(BLOCKS) == 7 and len(FRAGMENTS) == 1
+    assert len(BLOCKS) == 9 and len(FRAGMENTS) == 3
     assert sorted(check_for(block).__name__ for _, block in BLOCKS) == sorted(
         check.__name__ for check in CHECKS.values()
     )
@@ -174,10 +202,16 @@ class Servers:
 @pytest_asyncio.fixture
 async def servers(start_server: StartServer, piper_engine: PiperEngine) -> AsyncIterator[Servers]:
     plain = await start_server(extra_engines=[piper_engine], default_voice=PIPER_VOICE)
+    # The OpenAI-compatible HTTP listener, on the plain server's service.
+    http = create_server_parts(
+        ServerSettings(listen="127.0.0.1:0", http_listen="127.0.0.1:0"), plain.service
+    )
+    await http.start()
+    assert http.http is not None
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
     started: list[tuple[grpc.aio.Server, SpeechService]] = []
-    addresses = {PLAIN: plain.target}
+    addresses = {PLAIN: plain.target, HTTP: f"127.0.0.1:{http.http.port}"}
     with (
         ca.cert_pem.tempfile() as ca_file,
         leaf.private_key_pem.tempfile() as key_file,
@@ -199,6 +233,7 @@ async def servers(start_server: StartServer, piper_engine: PiperEngine) -> Async
             started.append((server, service))
             addresses[readme_address] = f"127.0.0.1:{port}"
     yield Servers(addresses, ca)
+    await http.stop(1.0)
     for server, service in started:
         await server.stop(grace=None)
         await service.aclose()
@@ -248,5 +283,18 @@ def test_readme_python_fragment_compiles_and_names_what_exists(fragment: str) ->
         and isinstance(node.value, ast.Name)
         and node.value.id == "voxrelay"
     }
-    assert used, "a fragment that names nothing of voxrelay"
+    # Names imported from voxrelay's modules (`from voxrelay.adapters.pipecat import ...`).
+    imported = [
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("voxrelay")
+        for alias in node.names
+    ]
+    assert used or imported, "a fragment that names nothing of voxrelay"
     assert not [name for name in used if not hasattr(voxrelay, name)]
+    missing = [
+        f"{module}.{name}"
+        for module, name in imported
+        if not hasattr(importlib.import_module(module or ""), name)
+    ]
+    assert not missing

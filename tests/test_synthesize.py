@@ -132,6 +132,14 @@ BAD_SYNTHESIZE = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "0.25 to 4.0",
     ),
+    "unknown encoding": (
+        SynthesizeRequest(
+            config=speech_pb2.SessionConfig(audio_format=speech_pb2.AudioFormat(encoding=99)),  # type: ignore[arg-type]
+            text="Hi.",
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio_format.encoding 99 is unknown",
+    ),
 }
 
 
@@ -147,6 +155,7 @@ async def test_bad_synthesize_requests_end_with_error_session_ended_and_status(
     assert received[0].error.code == code.value[0]
     assert message in received[0].error.message
     assert lifecycle_of(received[1:]) == [("session_ended", 0, False)]
+    assert tone_server.service.active_sessions == 0  # its place was given back
 
 
 async def test_a_text_over_the_session_text_budget_is_fed_as_room_frees(

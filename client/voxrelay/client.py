@@ -20,7 +20,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -1008,6 +1008,40 @@ class AsyncClient:
         finally:
             call.cancel()  # no effect once the call has ended; stops it when raising
         return synthesis.result()
+
+    async def synthesize_events(
+        self, text: str, options: SessionOptions | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events of `text`'s `Synthesize` call as they arrive, in order:
+        `SessionStarted`, `TurnStarted`, the turn's `Audio` (and `Words`), `TurnEnded`,
+        `SessionEnded`. For a caller that plays audio as it comes rather than waiting
+        for `synthesize()`'s whole result. A failure raises `VoxrelayError`; leaving
+        the iteration early cancels the call."""
+        since, attempts = time.monotonic(), 0
+        while True:
+            # A call refused before its session started yielded nothing: it is retried
+            # on another replica, as `synthesize()` is.
+            synthesis = _Synthesis(text, options, self._endpoint)
+            opus = OpusPageCounter()
+            call = self._stub.Synthesize(synthesis.request, metadata=self._metadata)
+            try:
+                async for response in call:
+                    event = event_from_response(response, synthesis.options.dtype, opus)
+                    if isinstance(event, SessionStarted):
+                        synthesis.started = True
+                    yield event
+                return
+            except grpc.RpcError as error:
+                failure = synthesis.failed(error)
+            except VoxrelayError as error:
+                failure = error
+            finally:
+                call.cancel()  # no effect once the call has ended; stops it when leaving early
+            attempts += 1
+            if not synthesis.again(failure, attempts, since, self.retry):
+                raise failure from None
+            if attempts > 1:
+                await asyncio.sleep(self.retry.backoff_s(attempts - 1))
 
 
 _T = TypeVar("_T")

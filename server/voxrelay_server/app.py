@@ -31,6 +31,7 @@ from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.health import HealthServicer
+from voxrelay_server.http import HttpListener
 from voxrelay_server.memory import (
     EngineMemory,
     MemoryBound,
@@ -41,7 +42,12 @@ from voxrelay_server.memory import (
 from voxrelay_server.observability import Observability
 from voxrelay_server.observability import configure_logging as configure_logging
 from voxrelay_server.service import SpeechService
-from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, CallLimits, ServiceHolder
+from voxrelay_server.serving import (
+    SHUTTING_DOWN_MESSAGE,
+    CallLimits,
+    ListenError,
+    ServiceHolder,
+)
 from voxrelay_server.voices import VoiceCatalog
 
 _LOG = logging.getLogger("voxrelay.server")
@@ -270,9 +276,11 @@ class RunningParts:
     health: HealthServicer
     speech: SpeechServicer
     service: ServiceHolder
+    http: HttpListener | None = None
+    """The HTTP listener (`--http-listen`), on the same calls runner; None when off."""
 
     async def start(self) -> None:
-        """Set the health status, then listen."""
+        """Set the health status, then listen (gRPC, then HTTP)."""
         ready = self.service.current is not None
         await self._set_health(
             health_pb2.HealthCheckResponse.SERVING
@@ -280,6 +288,12 @@ class RunningParts:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         await self.server.start()
+        if self.http is not None:
+            try:
+                await self.http.start()
+            except BaseException:
+                await self.server.stop(None)
+                raise
 
     async def set_service(self, service: SpeechService) -> None:
         """The voices are loaded: serve Speech calls and report SERVING."""
@@ -299,6 +313,8 @@ class RunningParts:
         # the long timeout is only a backstop for the steps below.
         stopping = asyncio.create_task(self.server.stop(grace_s + ABORT_GRACE_S + WATCHERS_GRACE_S))
         await asyncio.sleep(0)  # let the shutdown begin: it closes the listener at once
+        if self.http is not None:
+            await self.http.drain()  # and the HTTP listener's, with its idle connections
         await self.health.enter_graceful_shutdown()
         calls = self.speech.calls
         if not await calls.wait_idle(grace_s):
@@ -313,9 +329,11 @@ class RunningParts:
                 self.service.current.fail_all(error)
             await calls.wait_idle(ABORT_GRACE_S)
         # Health watches never end by themselves: end them now rather than at the backstop,
-        # once each has told its watcher NOT_SERVING.
-        await self.health.watchers_sent(
-            health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S
+        # once each has told its watcher NOT_SERVING. Meanwhile, within the same bound,
+        # the HTTP connections close (a response still stuck writing is cut).
+        await asyncio.gather(
+            self.health.watchers_sent(health_pb2.HealthCheckResponse.NOT_SERVING, WATCHERS_GRACE_S),
+            self.http.close() if self.http is not None else asyncio.sleep(0),
         )
         await self.server.stop(None)
         await stopping
@@ -358,10 +376,13 @@ def create_server_parts(
     else:
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
-        raise OSError(
+        raise ListenError(
             f"cannot listen on {settings.listen}: the address is in use or not valid here"
         )
-    return RunningParts(server, port, health_servicer, speech, holder)
+    # The HTTP listener calls through the same runner: the same service, limits and
+    # calls in flight, so it drains with the gRPC calls.
+    http = HttpListener(settings, speech.runner) if settings.http_listen else None
+    return RunningParts(server, port, health_servicer, speech, holder, http)
 
 
 def create_server(
@@ -417,6 +438,8 @@ async def serve(
         service = await asyncio.to_thread(build, settings)
     except BaseException:
         await parts.server.stop(None)
+        if parts.http is not None:
+            await parts.http.close()
         observability.shutdown()
         raise
     await parts.set_service(service)
@@ -433,7 +456,9 @@ async def serve(
             bound_s = settings.prestop_delay_s + shutdown_bound_s(settings.shutdown_grace_s)
             deadline.arm(bound_s, "prestop delay, drain and release")
         await _prestop(parts, stop, settings.prestop_delay_s)
-    if deadline is not None:  # from the drain's start: a cut-short delay gives no more time
+    if deadline is not None:
+        # From the drain's start: the same end if the delay ran its course, an earlier
+        # one if a second signal cut it short.
         deadline.arm(shutdown_bound_s(settings.shutdown_grace_s), "drain and release")
     _LOG.info(
         "stopping (NOT_SERVING): listener closed, letting calls in flight finish for up to %g s",

@@ -35,6 +35,7 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM or SIGINT; bad settings raise `UsageError`."""
     from voxrelay_server import app, config, security
     from voxrelay_server.errors import SpeechError
+    from voxrelay_server.serving import ListenError
 
     try:
         settings = config.from_arguments(args)
@@ -56,6 +57,8 @@ def serve_command(args: argparse.Namespace) -> int:
         runner.run(app.serve(settings, deadline=deadline))
     except SpeechError as error:  # the voices could not be set up as configured
         raise UsageError(error.message) from None
+    except ListenError as error:  # an address in use: say which, without a traceback
+        raise UsageError(str(error)) from None
     deadline.disarm()
     logging.shutdown()
     sys.stdout.flush()

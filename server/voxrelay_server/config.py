@@ -151,6 +151,25 @@ class ServerSettings:
         name="shutdown-grace",
         minimum=0,
     )
+    # HTTP
+    http_listen: str = _setting(
+        "",
+        "host:port of an HTTP listener in the same process, serving the OpenAI-compatible "
+        "speech API (POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices), the "
+        "Stream rpc as a WebSocket (/v1/stream) and a page that speaks through it (/), with "
+        "the same sessions, limits, TLS and tokens as gRPC; empty = off",
+    )
+    http_cors_origins: tuple[str, ...] = _setting(
+        (),
+        "comma-separated origins (scheme://host[:port], or * for any) whose web pages may "
+        "call the HTTP listener (CORS) and open its WebSocket; empty = CORS off, and only "
+        "the listener's own page may open the WebSocket",
+    )
+    http_voice_map: tuple[str, ...] = _setting(
+        (),
+        "comma-separated NAME=VOICE pairs: the voxrelay voice an OpenAI voice name (alloy, "
+        "echo, ...) speaks with over HTTP; a name not set speaks with the default voice",
+    )
     # Connections
     keepalive_time_s: float = _setting(
         60.0,
@@ -259,6 +278,7 @@ class ServerSettings:
                 f"--piper-voices (VOXRELAY_PIPER_VOICES) {self.piper_voices!r} needs the piper "
                 f"engine, which --engines {','.join(self.engines)} leaves out: add it"
             )
+        self._check_http()
         if not self.default_voice:
             standard = next(STANDARD_VOICES[e] for e in ALL_ENGINES if e in self.engines)
             object.__setattr__(self, "default_voice", standard)  # frozen: set once, here
@@ -270,6 +290,31 @@ class ServerSettings:
                 "it, or choose a voice of those engines (`voxrelay voices` lists them), e.g. "
                 f"{STANDARD_VOICES[self.engines[0]]}"
             )
+
+    def _check_http(self) -> None:
+        if self.http_listen:
+            host, colon, port = self.http_listen.rpartition(":")
+            if not colon or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(
+                    f"--http-listen (VOXRELAY_HTTP_LISTEN) {self.http_listen!r} is not "
+                    "host:port: give e.g. 127.0.0.1:8080 (port 0 picks a free port)"
+                )
+        elif self.http_cors_origins or self.http_voice_map:
+            flag = "--http-cors-origins" if self.http_cors_origins else "--http-voice-map"
+            raise ValueError(f"{flag} is for the HTTP listener, which is off: set --http-listen")
+        for origin in self.http_cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"--http-cors-origins (VOXRELAY_HTTP_CORS_ORIGINS): {origin!r} is not an "
+                    "origin: give scheme://host[:port], e.g. https://app.example.com, or *"
+                )
+        for pair in self.http_voice_map:
+            name, equals, voice = pair.partition("=")
+            if not equals or not name.strip() or not voice.strip():
+                raise ValueError(
+                    f"--http-voice-map (VOXRELAY_HTTP_VOICE_MAP): {pair!r} is not NAME=VOICE: "
+                    "give e.g. alloy=piper/en_US-joe-medium,echo=espeak/en-us"
+                )
 
 
 def option_name(settings_field: dataclasses.Field[Any]) -> str:

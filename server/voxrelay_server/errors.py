@@ -45,3 +45,7 @@ class InvalidInput(SpeechError):
 
 class EngineError(SpeechError):
     """A speech engine failed to synthesize a segment."""
+
+
+class TextTooLong(InvalidInput):
+    """A text over the most one call takes: INVALID_ARGUMENT over gRPC, 413 over HTTP."""

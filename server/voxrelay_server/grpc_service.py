@@ -9,14 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
-from voxrelay_server.dispatcher import SessionDispatcher, SessionState
+from voxrelay_server.calls import (
+    CallEvent,
+    CallRunner,
+    CallStarted,
+    apply_first,
+    caller_went_away,
+    feed_whole_text,
+    forward_inputs,
+)
+from voxrelay_server.dispatcher import SessionDispatcher
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.events import (
     AudioOut,
@@ -30,10 +39,8 @@ from voxrelay_server.events import (
 from voxrelay_server.service import CallSlot, SpeechService
 from voxrelay_server.serving import (
     DRAIN_S,
-    ActiveCalls,
     CallLimits,
     RequestStream,
-    SendWatchdog,
     ServiceHolder,
 )
 from voxrelay_server.settings import (
@@ -41,8 +48,6 @@ from voxrelay_server.settings import (
     Pace,
     Segmentation,
     SessionRequest,
-    check_whole_text,
-    whole_text_chunks,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -65,7 +70,8 @@ _PACES_IN = {
     speech_pb2.PACE_AS_MADE: Pace.AS_MADE,
     speech_pb2.PACE_REALTIME: Pace.REALTIME,
 }
-_ENCODINGS_OUT = {
+# The wire's name for a session's encoding (the WebSocket stream's too).
+ENCODINGS_OUT = {
     AudioEncoding.PCM_S16LE: speech_pb2.AUDIO_ENCODING_PCM_S16LE,
     AudioEncoding.PCM_F32LE: speech_pb2.AUDIO_ENCODING_PCM_F32LE,
     AudioEncoding.MULAW: speech_pb2.AUDIO_ENCODING_MULAW,
@@ -192,30 +198,20 @@ def _lifecycle(
     )
 
 
-async def _forward_requests(
-    requests: AsyncIterable[speech_pb2.StreamRequest], session: SessionDispatcher
-) -> None:
-    """Feed the rest of the call's requests to the session; half-close closes it.
-
-    Once the session has failed, later requests are read and dropped, so the client
-    can finish sending before the call's status goes out (see `DRAIN_S`).
-    """
+async def _checked(
+    requests: AsyncIterable[speech_pb2.StreamRequest],
+) -> AsyncIterator[speech_pb2.StreamRequest]:
+    """The call's requests; one gRPC could not parse (not valid protobuf) is bad input."""
     try:
         async for request in requests:
-            if session.state is not SessionState.OPEN:
-                continue
-            try:
-                _forward(request, session)
-            except SpeechError as error:
-                session.fail(error)
-        session.close()
-    except DecodeError as error:  # gRPC could not parse a request: not valid protobuf
-        session.fail(InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}"))
-    except Exception:  # a bug, here or in the dispatcher: logged, the caller told in general
-        session.fail(_internal_error(session.session_id, "reading requests"))
+            yield request
+    except DecodeError as error:
+        raise InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}") from None
 
 
-def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+def forward_request(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
+    """Give the session one `StreamRequest` after the first (the WebSocket stream's too);
+    raises INVALID_ARGUMENT for a `config` or an empty request."""
     kind = request.WhichOneof("request")
     if kind == "text":
         session.send_text(request.text)
@@ -232,16 +228,6 @@ def _forward(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> N
         raise InvalidInput("empty StreamRequest: set one of config, text, turn_done or cancel")
 
 
-def _internal_error(session_id: str, during: str) -> SpeechError:
-    """Log the exception being handled with its traceback; the error its caller gets."""
-    _LOG.exception("unexpected error %s, session %s", during, session_id or "(none)")
-    return SpeechError(
-        ErrorCode.INTERNAL,
-        f"internal error in the server (session {session_id or 'not started'}); it has "
-        "been logged: retry, and report it if it persists",
-    )
-
-
 def _ended_by_client(context: grpc.aio.ServicerContext[Any, Any]) -> SpeechError:
     """Why a call whose handler gRPC stopped ended: its client's deadline, or the client
     went away (it cancelled, disconnected, or sent a message over gRPC's size limit,
@@ -249,20 +235,39 @@ def _ended_by_client(context: grpc.aio.ServicerContext[Any, Any]) -> SpeechError
     remaining = context.time_remaining()
     if remaining is not None and remaining < _DEADLINE_SLACK_S:
         return SpeechError(ErrorCode.DEADLINE_EXCEEDED, "the caller's deadline passed")
-    return SpeechError(ErrorCode.CANCELLED, "the caller went away")
+    return caller_went_away()
+
+
+def started_response(started: CallStarted) -> speech_pb2.StreamResponse:
+    """The `session_started` message of a call."""
+    response = speech_pb2.StreamResponse()
+    message = response.session_started
+    message.session_id = started.session_id
+    message.voice = started.voice
+    message.encoding = ENCODINGS_OUT[started.encoding]
+    message.sample_rate_hz = started.sample_rate_hz
+    message.text_budget_chars = started.text_budget_chars
+    if started.pace_lead_ms:
+        message.pace_lead_ms = started.pace_lead_ms
+    return response
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
-    """Serves `voxrelay.v1.Speech` on top of a `SpeechService` (or one still loading)."""
+    """Serves `voxrelay.v1.Speech` on top of a `SpeechService` (or one still loading).
+
+    The call logic every transport shares is the `runner`'s (`voxrelay_server.calls`):
+    give another transport of the same server this runner, so its calls count under
+    the same limits and drain with these.
+    """
 
     def __init__(
-        self, service: SpeechService | ServiceHolder, limits: CallLimits | None = None
+        self,
+        service: SpeechService | ServiceHolder | CallRunner,
+        limits: CallLimits | None = None,
     ) -> None:
-        self._service = service if isinstance(service, ServiceHolder) else ServiceHolder(service)
-        self._limits = limits or CallLimits()
-        self.calls = ActiveCalls()
-        self._endings: set[asyncio.Task[None]] = set()
-        """Sessions being closed after their call ended (held: a task is weakly kept)."""
+        self.runner = service if isinstance(service, CallRunner) else CallRunner(service, limits)
+        self.calls = self.runner.calls
+        self._service = self.runner.service
 
     async def Stream(
         self,
@@ -277,10 +282,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         try:
             # Refused at once when loading or full, not after the caller's first message;
             # from here on the call holds a place, as a session does.
-            service = self._service.get()
-            slot = service.admit()
+            service, slot = self.runner.admit()
             try:
-                first = await self.calls.unless_aborted(self._first_request(requests))
+                first = await self.runner.first_input(self._first_request(requests))
             except SpeechError as error:
                 service.report_unstarted(error)
                 raise
@@ -303,8 +307,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                     slot.release()
                 requests.close()
         if first is not None:
-            _forward_first(first, session)
-        reader = asyncio.create_task(_forward_requests(requests, session))
+            apply_first(first, session, forward_request)
+        reader = asyncio.create_task(forward_inputs(_checked(requests), session, forward_request))
         try:
             async with contextlib.aclosing(
                 self._speak(session, slot, context, reader)
@@ -314,20 +318,19 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         finally:
             requests.close()
 
-    async def _first_request(
-        self, requests: RequestStream[speech_pb2.StreamRequest]
-    ) -> speech_pb2.StreamRequest | None:
-        timeout_s = self._limits.start_timeout_s
-        try:
-            return await requests.next(timeout_s or None)
-        except TimeoutError:
-            raise SpeechError(
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"no request arrived within {timeout_s:g} s of the call opening, and a call "
-                "holds a session's place: send config or text as soon as the stream opens",
-            ) from None
-        except DecodeError as error:
-            raise InvalidInput(f"a request could not be parsed ({error}): {_VALID_TEXT}") from None
+    @staticmethod
+    def _first_request(
+        requests: RequestStream[speech_pb2.StreamRequest],
+    ) -> Callable[[float | None], Awaitable[speech_pb2.StreamRequest | None]]:
+        async def read(timeout_s: float | None) -> speech_pb2.StreamRequest | None:
+            try:
+                return await requests.next(timeout_s)
+            except DecodeError as error:
+                raise InvalidInput(
+                    f"a request could not be parsed ({error}): {_VALID_TEXT}"
+                ) from None
+
+        return read
 
     async def Synthesize(  # type: ignore[override]  # writes, rather than yields
         self,
@@ -339,98 +342,56 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         # cancels while one is waiting to go out (grpcio 1.85); here that ends quietly.
         self.calls.track(context)
         try:
-            service = self._service.get()
-            slot = service.admit()
-            try:  # a bad text refuses the call before a session opens
-                check_whole_text(request.text)
-            except SpeechError as error:
+            service, slot = self.runner.admit()
+            try:
+                config = session_request(request.config)
+            except SpeechError as error:  # an enum value this server does not know
                 slot.release()
                 service.reject(error)
-            session = service.open_session(session_request(request.config), slot)
+            session = self.runner.open_whole_text(config, request.text, (service, slot))
         except SpeechError as error:
             for response in _end_with_error(error, context):
                 await _write(context, response)
             return
         # What a Stream call with the text and turn_done, half-closed, does; the text
         # goes in as synthesis frees room in the session's text budget.
-        feeder = asyncio.create_task(_feed_whole_text(request.text, session))
+        feeder = asyncio.create_task(feed_whole_text(request.text, session))
         async with contextlib.aclosing(self._speak(session, slot, context, feeder)) as responses:
             async for response in responses:
                 await _write(context, response)
 
-    async def _speak(
+    def _speak(
         self,
         session: SessionDispatcher,
         slot: CallSlot,
         context: grpc.aio.ServicerContext[Any, speech_pb2.StreamResponse],
         feeder: asyncio.Task[None],
     ) -> AsyncGenerator[speech_pb2.StreamResponse, None]:
-        """The session's events as responses until it ends; then stop `feeder` (the task
-        taking the call's input) and the session."""
-        self.calls.fail_if_aborted(session)
-        encoding = _ENCODINGS_OUT[session.output.encoding]  # once, not per message
+        """`session_started` and the session's events as responses until it ends; then
+        stop `feeder` (the task taking the call's input) and the session."""
+        encoding = ENCODINGS_OUT[session.output.encoding]  # once, not per message
         sample_rate_hz = session.output.sample_rate_hz
-        timeout_s = self._limits.send_timeout_s
 
-        closing: list[asyncio.Task[None]] = []
+        def convert(event: CallEvent) -> speech_pb2.StreamResponse:
+            if type(event) is CallStarted:
+                return started_response(event)
+            if type(event) is SessionFailed:
+                context.set_code(status_code(event.error))
+                context.set_details(event.error.message)
+            return response_for(event, encoding, sample_rate_hz)  # type: ignore[arg-type]
 
-        def stalled() -> None:
-            # The client has not read for a while: end its session, give its place back
-            # and close it now (its metrics and summary too). Its last messages and
-            # status follow the message it has not taken, for when (if ever) it reads.
-            _LOG.info("session %s: the client stopped reading", session.session_id)
-            session.fail(
-                SpeechError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"the client did not read for {timeout_s:g} s and its session was ended: "
-                    "read the responses as they arrive",
-                )
-            )
-            slot.release()
-            closing.append(asyncio.create_task(session.aclose()))
-
-        watchdog = SendWatchdog(timeout_s, stalled)
-        ended_by: SpeechError | None = None
-        started = speech_pb2.StreamResponse()
-        started.session_started.session_id = session.session_id
-        started.session_started.voice = session.voice
-        started.session_started.encoding = encoding
-        started.session_started.sample_rate_hz = sample_rate_hz
-        started.session_started.text_budget_chars = session.text_budget_chars
-        if session.pacer is not None:
-            started.session_started.pace_lead_ms = round(session.pacer.lead_s * 1000)
-        try:
+        async def send_voice() -> None:
             # Before any message: which voice speaks (chosen by language_code, or the default).
             await context.send_initial_metadata(((VOICE_METADATA_KEY, session.voice),))
-            # The call's first message, before the session's events.
-            watchdog.sending()
-            yield started
-            watchdog.sent()
-            async for event in session.events():
-                response = response_for(event, encoding, sample_rate_hz)
-                watchdog.sending()
-                yield response
-                watchdog.sent()
-                if type(event) is SessionFailed:
-                    context.set_code(status_code(event.error))
-                    context.set_details(event.error.message)
-        except (asyncio.CancelledError, GeneratorExit):
-            ended_by = _ended_by_client(context)
-            raise
-        except Exception:  # a bug in the dispatcher or here
-            ended_by = _internal_error(session.session_id, "speaking")
-            for response in _end_with_error(ended_by, context):
-                yield response
-        finally:
-            watchdog.close()
-            # Let the client finish sending before the status goes out (DRAIN_S).
-            drain = ended_by is None and session.error is not None and not feeder.done()
-            ending = asyncio.create_task(_end_session(session, feeder, ended_by, drain=drain))
-            self._endings.add(ending)
-            ending.add_done_callback(self._endings.discard)
-            # Shielded: when gRPC cancels the handler meanwhile (its client went away),
-            # the session is still closed and its place given back.
-            await asyncio.shield(ending)
+
+        return self.runner.run(
+            session,
+            slot,
+            feeder,
+            convert,
+            before_first=send_voice,
+            ended_by_client=lambda: _ended_by_client(context),
+        )
 
     async def ListVoices(
         self,
@@ -483,39 +444,3 @@ def _end_with_error(
     context.set_code(status_code(error))
     context.set_details(error.message)
     return [_error_response(error), _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)]
-
-
-def _forward_first(request: speech_pb2.StreamRequest, session: SessionDispatcher) -> None:
-    try:
-        _forward(request, session)
-    except SpeechError as error:
-        session.fail(error)
-
-
-async def _end_session(
-    session: SessionDispatcher,
-    feeder: asyncio.Task[None],
-    ended_by: SpeechError | None,
-    *,
-    drain: bool,
-) -> None:
-    """Stop `feeder` (after up to DRAIN_S for the client to finish sending, with
-    `drain`), then close the session."""
-    try:
-        if drain:
-            await asyncio.wait({feeder}, timeout=DRAIN_S)
-    finally:
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
-        await session.aclose(ended_by)
-
-
-async def _feed_whole_text(text: str, session: SessionDispatcher) -> None:
-    try:
-        # Small pieces, so each fits the text budget beside what is already queued.
-        for chunk in whole_text_chunks(text, session.text_budget_chars // 4):
-            await session.send_text_when_room(chunk)
-        session.turn_done()
-        session.close()
-    except SpeechError as error:
-        session.fail(error)

@@ -59,7 +59,7 @@ def _read_pem(path: str, what: str, marker: bytes) -> bytes:
     return data
 
 
-def _tls_files(settings: ServerSettings) -> tuple[bytes, bytes, bytes | None] | None:
+def tls_files(settings: ServerSettings) -> tuple[bytes, bytes, bytes | None] | None:
     """(certificate chain, private key, client CA or None), or None when TLS is off."""
     cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
     if not cert and not key:
@@ -94,7 +94,7 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     Raises `ValueError` for an incomplete or inconsistent configuration and
     `OSError` for a file that cannot be read.
     """
-    files = _tls_files(settings)
+    files = tls_files(settings)
     if files is None:
         return None
     chain, private_key, roots = files
@@ -113,7 +113,7 @@ def check(settings: ServerSettings) -> None:
 
     Lets `voxrelay serve` report a misconfiguration before it loads any voice.
     """
-    _tls_files(settings)
+    tls_files(settings)
     load_tokens(settings)
 
 
@@ -161,6 +161,48 @@ def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
+class TokenCheck:
+    """Checks `Bearer <token>` credentials against the accepted tokens, for any transport.
+
+    Only SHA-256 digests of the tokens are kept, every one is compared every time, and
+    no token is ever put into a message.
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._digests = tuple(_digest(token.encode("ascii")) for token in tokens)
+        if not self._digests:
+            raise ValueError("a token check needs at least one token")
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def refusal(self, values: Iterable[str | bytes], how_to_send: str = _HOW_TO_SEND) -> str | None:
+        """Why these `authorization` values do not authorize a call, or None when one
+        of them is `Bearer` with an accepted token; `how_to_send` ends each reason."""
+        values = list(values)
+        if not values:
+            return f"this server requires a bearer token: {how_to_send}"
+        credentials = [c for c in map(_bearer_credential, values) if c is not None]
+        if not credentials:
+            return f"the authorization is not 'Bearer <token>': {how_to_send}"
+        return (
+            None
+            if self.accepts(*credentials)
+            else (f"the bearer token was not accepted: {how_to_send}")
+        )
+
+    def accepts(self, *credentials: str | bytes) -> bool:
+        """Whether any of these bare tokens (no `Bearer`) is accepted."""
+        accepted = False
+        for credential in credentials:
+            raw = credential.encode("latin-1") if isinstance(credential, str) else credential
+            presented = _digest(raw)
+            # No short-circuit: every configured token is compared every time.
+            for expected in self._digests:
+                accepted |= hmac.compare_digest(presented, expected)
+        return accepted
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Ends every call without an accepted `authorization: Bearer` token with UNAUTHENTICATED.
 
@@ -169,32 +211,21 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, tokens: Iterable[str], *, open_prefixes: tuple[str, ...] = ()) -> None:
-        self._digests = tuple(_digest(token.encode("ascii")) for token in tokens)
-        if not self._digests:
-            raise ValueError("BearerTokenInterceptor needs at least one token")
+        try:
+            self._check = TokenCheck(tokens)
+        except ValueError:
+            raise ValueError("BearerTokenInterceptor needs at least one token") from None
         self._open_prefixes = open_prefixes
 
     def __repr__(self) -> str:
         return (
-            f"BearerTokenInterceptor({len(self._digests)} tokens, "
+            f"BearerTokenInterceptor({len(self._check)} tokens, "
             f"open_prefixes={self._open_prefixes!r})"
         )
 
     def _refusal(self, metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
         """Why the call's metadata is not authorized, or None when it is."""
-        values = [value for key, value in metadata if key == "authorization"]
-        if not values:
-            return f"this server requires a bearer token: {_HOW_TO_SEND}"
-        credentials = [c for c in map(_bearer_credential, values) if c is not None]
-        if not credentials:
-            return f"the authorization metadata is not 'Bearer <token>': {_HOW_TO_SEND}"
-        accepted = False
-        for credential in credentials:
-            presented = _digest(credential)
-            # No short-circuit: every configured token is compared every time.
-            for expected in self._digests:
-                accepted |= hmac.compare_digest(presented, expected)
-        return None if accepted else f"the bearer token was not accepted: {_HOW_TO_SEND}"
+        return self._check.refusal(value for key, value in metadata if key == "authorization")
 
     async def intercept_service(
         self,
@@ -244,7 +275,7 @@ def _refusing_handler(method: str, reason: str) -> grpc.RpcMethodHandler[Any, An
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -263,7 +294,7 @@ def server_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterce
         "need a token too" if settings.auth_health_and_reflection else "stay open",
     )
     host = settings.listen.rpartition(":")[0].strip("[]")
-    if not settings.tls_cert and not _is_loopback(host):
+    if not settings.tls_cert and not is_loopback(host):
         _LOG.warning(
             "bearer tokens reach %s in clear text: set --tls-cert and --tls-key to encrypt them",
             settings.listen,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +32,10 @@ dropping them) before its status goes out. grpc's asyncio client reports INTERNA
 instead of the server's status when one of its writes races with that status
 (grpc/grpc#36066); a client that sends all it has and then reads (the README's
 pattern) has half-closed well within this."""
+
+
+class ListenError(OSError):
+    """A listener (gRPC or HTTP) could not bind its address: in use, or not valid here."""
 
 
 @dataclass(frozen=True)
@@ -90,20 +94,41 @@ class ActiveCalls:
         return self._count
 
     def track(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Count a call until it is over, its status sent.
+        """Count a gRPC call until it is over, its status sent.
 
         Counting until the handler returns would be too early: a server stopped
         right then could cancel the call before its status went out.
         """
+        finished = self.begin()
+        # types-grpcio declares the callback as a class, not a Protocol: a function is fine.
+        context.add_done_callback(lambda _context: finished())  # type: ignore[arg-type]
+
+    def begin(self) -> Callable[[], None]:
+        """Count a call (of any transport) until the function returned is called, once
+        its last byte is out; calling that again has no effect."""
         self._count += 1
         self._idle.clear()
-        # types-grpcio declares the callback as a class, not a Protocol: a function is fine.
-        context.add_done_callback(self._finished)  # type: ignore[arg-type]
+        done = False
 
-    def _finished(self, _context: object) -> None:
-        self._count -= 1
-        if not self._count:
-            self._idle.set()
+        def finished() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._count -= 1
+                if not self._count:
+                    self._idle.set()
+
+        return finished
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count a call while the block runs (a transport whose handler returns only
+        once its response is out, as aiohttp's does)."""
+        finished = self.begin()
+        try:
+            yield
+        finally:
+            finished()
 
     def fail_if_aborted(self, session: SessionDispatcher) -> None:
         """End a session opened after `abort` with the abort's error."""

@@ -6,7 +6,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from voxrelay_server.errors import InvalidInput
+from voxrelay_server.errors import InvalidInput, TextTooLong
 
 MAX_TEXT_CHUNK_CHARS = 16384
 """Longest text chunk accepted in one request."""
@@ -232,7 +232,7 @@ def check_whole_text(text: str) -> None:
     if not text:
         raise InvalidInput("text must not be empty: send at least one character")
     if len(text) > MAX_WHOLE_TEXT_CHARS:
-        raise InvalidInput(
+        raise TextTooLong(
             f"text of {len(text)} characters is over the limit of {MAX_WHOLE_TEXT_CHARS}: "
             "split it across several calls, or stream it with the Stream rpc"
         )

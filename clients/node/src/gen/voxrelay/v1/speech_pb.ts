@@ -1237,6 +1237,15 @@ export const Speech: GenService<{
    * stops; the error, SESSION_ENDED and the status follow the audio it was
    * already sent, for when it reads again.
    *
+   * A server still loading its voices ends calls at once with UNAVAILABLE. A
+   * server told to stop (SIGTERM) first says NOT_SERVING on grpc.health.v1
+   * for `--prestop-delay` seconds (default 0) while it still takes new calls
+   * and serves them whole, so balancers watching health move on; then it
+   * takes no new call (connections are refused) and lets calls in flight
+   * finish for `--shutdown-grace` seconds (default 10). Calls still running
+   * then fail with UNAVAILABLE ("the server is shutting down"), the audio not
+   * yet sent dropped. Either UNAVAILABLE may be retried on another server.
+   *
    * @generated from rpc voxrelay.v1.Speech.Stream
    */
   stream: {
