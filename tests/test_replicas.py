@@ -127,11 +127,15 @@ def sessions_served(replica: ServeProcess) -> set[str]:
     return set(re.findall(r"session summary session=([0-9a-f]+)", text))
 
 
-async def reference(target: str, sessions: int) -> list[Spoken]:
+async def reference(
+    target: str, sessions: int, options: voxrelay.SessionOptions = OPTIONS
+) -> list[Spoken]:
     """The same sessions without any failure."""
     async with voxrelay.AsyncClient(target) as client:
         return list(
-            await asyncio.gather(*(speak(client, turns_of(n), Spoken()) for n in range(sessions)))
+            await asyncio.gather(
+                *(speak(client, turns_of(n), Spoken(), options) for n in range(sessions))
+            )
         )
 
 
@@ -179,6 +183,10 @@ async def test_refused_sessions_go_to_another_replica(tmp_path: Path) -> None:
                     await speak(other, ["Refused everywhere at the moment. "], Spoken())
                 with pytest.raises(voxrelay.VoxrelayError) as refused_text:
                     await other.synthesize("Refused everywhere too.", OPTIONS)
+                with pytest.raises(voxrelay.VoxrelayError) as refused_events:
+                    async for _ in other.synthesize_events("Refused as well.", OPTIONS):
+                        pass
+                assert refused_events.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "gave up after 3 calls" in refused.value.message
             assert refused_text.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -192,6 +200,8 @@ async def test_refused_sessions_go_to_another_replica(tmp_path: Path) -> None:
                 assert [e.turn for e in got.ended] == [1] and got.resumed == []
                 synthesized = await client.synthesize("Synthesize is retried too.", OPTIONS)
                 assert synthesized.duration_s > 0
+                events = [e async for e in client.synthesize_events("And its events.", OPTIONS)]
+                assert isinstance(events[-1], voxrelay.SessionEnded)
             await holding[1].__aexit__(None, None, None)
 
 
@@ -408,3 +418,37 @@ async def test_text_sent_while_the_replica_is_lost_is_spoken(tmp_path: Path) -> 
                     got.resumed.append(event)
     assert len(got.resumed) == 1
     assert_whole(got, expected)
+
+
+async def test_an_espeak_session_resumes_with_the_uncut_audio(tmp_path: Path) -> None:
+    """A real voice: espeak-ng replicas, sessions at real-time pace, the busiest
+    replica killed after the first audio; each turn has the segments of a run without
+    failure and, repeated samples skipped, its length (espeak-ng's runs of one text
+    differ by some tens of milliseconds of silence, with or without a failure)."""
+    espeak = voxrelay.SessionOptions(voice="espeak/en-us", segmentation="sentences")
+    args = ["--engines", "espeak", "--max-segment-chars", "60"]
+    with running_replicas(2, args, tmp_path) as replicas:
+        target = replicas_target(replicas)
+        paced = dataclasses.replace(espeak, pace="realtime")
+        expected = await reference(target, 2, paced)
+        async with voxrelay.AsyncClient(target) as client:
+            await client.voices()
+            spoken = [Spoken() for _ in range(2)]
+            running = [
+                asyncio.create_task(speak(client, turns_of(n), spoken[n], paced)) for n in range(2)
+            ]
+            await asyncio.gather(*(s.first_audio.wait() for s in spoken))
+            await asyncio.to_thread(max(replicas, key=active_sessions).stop, signal.SIGKILL)
+            await asyncio.gather(*running)
+    assert sum(len(s.resumed) for s in spoken) >= 1
+    for got, want in zip(spoken, expected, strict=True):
+        assert [(e.turn, e.cancelled, e.spoken_text) for e in got.ended] == [
+            (n, False, text) for n, text in enumerate(turns_of(spoken.index(got)), 1)
+        ]
+        for turn in (1, 2):
+            assert got.segments(turn) == want.segments(turn)
+            difference = len(got.turn_samples(turn)) - len(want.turn_samples(turn))
+            # 50 ms a segment: what espeak-ng's runs of one text differ by here.
+            assert abs(difference) <= 0.05 * 22050 * len(want.segments(turn)), difference
+        for resumed in got.resumed:
+            assert 0 < resumed.repeated_samples <= want.longest_segment()
