@@ -173,7 +173,7 @@ class TTS(tts.TTS[Literal["metrics_collected", "error"]]):
         )
         self._opts = _Options(voice, language, speed, sample_rate, word_timestamps)
         self._target = target
-        self._security = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+        self._tls = (tls_ca, tls_cert, tls_key)
         self._token = token
         # Checked now, so a bad certificate path or token fails here and not mid-call.
         _security(tls_ca, tls_cert, tls_key, token)
@@ -207,7 +207,10 @@ class TTS(tts.TTS[Literal["metrics_collected", "error"]]):
         """The connection every stream of this TTS shares, opened on first use (on the
         running event loop, which gRPC's asyncio channel belongs to)."""
         if self._client is None:
-            self._client = AsyncClient(self._target, token=self._token, **self._security)
+            tls_ca, tls_cert, tls_key = self._tls
+            self._client = AsyncClient(
+                self._target, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=self._token
+            )
         return self._client
 
     def synthesize(
