@@ -61,8 +61,10 @@ if TYPE_CHECKING:
     from voxrelay.v1.speech_pb2_grpc import SpeechAsyncStub
 
 # Two turns, three segments; the splitter cuts them exactly here (min 20 chars).
-TURN_1 = ["The first sentence is right here. ", "And a second one follows it."]
-TURN_2 = ["Then a third sentence closes."]
+# Each text ends with a space, so its last sentence is complete as it arrives: without
+# one, a slow run lets the dry rule cut a segment before the turn's end reaches it.
+TURN_1 = ["The first sentence is right here. ", "And a second one follows it. "]
+TURN_2 = ["Then a third sentence closes. "]
 SEGMENTS = [
     (1, 1, "The first sentence is right here."),
     (1, 2, "And a second one follows it."),
