@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
+from voxrelay_server.engines.openai_engine import DEFAULT_VOICES as DEFAULT_OPENAI_VOICES
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
 from voxrelay_server.http.errors import RequestError, speech_error_body, speech_error_response
@@ -43,23 +44,10 @@ _LOG = logging.getLogger("voxrelay.http")
 MODELS = ("voxrelay", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 """Model names `GET /v1/models` lists; a request may name any model: all speak the
 same way (the voice decides)."""
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "nova",
-    "onyx",
-    "sage",
-    "shimmer",
-    "verse",
-    "marin",
-    "cedar",
-)
-"""OpenAI's voice names: each speaks with the voice `--http-voice-map` gives it, else
-with the server's default voice."""
+OPENAI_VOICES = (*DEFAULT_OPENAI_VOICES, "marin", "cedar")
+"""OpenAI's voice names (the openai engine's, and two only its newest model speaks):
+each speaks with the voice `--http-voice-map` gives it, else with the server's default
+voice."""
 SESSION_HEADER = "X-Voxrelay-Session-Id"
 VOICE_HEADER = "X-Voxrelay-Voice"
 RATE_HEADER = "X-Voxrelay-Sample-Rate"
