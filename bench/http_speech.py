@@ -1,12 +1,14 @@
-"""First audio through the OpenAI-compatible HTTP endpoint against the gRPC Synthesize
-call, on the same server, with the same texts.
+"""First audio through the OpenAI-compatible HTTP endpoint and the WebSocket stream
+against the gRPC Synthesize call, on the same server, with the same texts.
 
 One `voxrelay serve` process with piper and espeak and `--http-listen`. Each text is
-asked for both ways, alternating which goes first: `POST /v1/audio/speech`
-(`response_format: pcm`, 24 kHz 16-bit, over one kept-alive aiohttp connection), timed
-from sending the request to the first byte of the body; and `Synthesize` with
-PCM_S16LE at 24000 Hz (the same audio), over one gRPC channel, timed from the call to
-its first audio message. Both then read the rest, timed to the last byte.
+asked for three ways, the order turning round from text to text: `POST
+/v1/audio/speech` (`response_format: pcm`, 24 kHz 16-bit, over one kept-alive aiohttp
+connection), timed from sending the request to the first byte of the body; a new
+socket on `/v1/stream` (config, the text, `turn_done`, `end`; PCM_S16LE at 24000 Hz),
+timed from opening it to its first audio frame; and `Synthesize` with PCM_S16LE at
+24000 Hz (the same audio), over one gRPC channel, timed from the call to its first
+audio message. Each then reads the rest, timed to the last byte.
 
 `python -m bench.http_speech [--quick]` runs it alone; the suite runs it as a section.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,23 +33,28 @@ RATE_HZ = 24000
 TURNS, QUICK_TURNS = 24, 6
 
 
+WAYS = {"grpc": "gRPC Synthesize", "http": "HTTP /v1/audio/speech", "ws": "WebSocket /v1/stream"}
+"""Each transport measured, by its key, and its name in the table."""
+
+
 @dataclass
 class Timings:
-    """One voice's requests, in seconds, both ways: (first audio, last byte)."""
+    """One voice's requests, in seconds, each way: (first audio, last byte)."""
 
     voice: str
-    http: list[tuple[float, float]] = field(default_factory=list)
-    grpc: list[tuple[float, float]] = field(default_factory=list)
+    ways: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: {way: [] for way in WAYS}
+    )
 
-    def first(self, side: str) -> list[float]:
-        return [first for first, _ in getattr(self, side)]
+    def first(self, way: str) -> list[float]:
+        return [first for first, _ in self.ways[way]]
 
-    def last(self, side: str) -> list[float]:
-        return [last for _, last in getattr(self, side)]
+    def last(self, way: str) -> list[float]:
+        return [last for _, last in self.ways[way]]
 
-    @property
-    def ratio(self) -> float:
-        return median(self.first("http")) / median(self.first("grpc"))
+    def ratio(self, way: str) -> float:
+        """`way`'s median first audio over gRPC's."""
+        return median(self.first(way)) / median(self.first("grpc"))
 
 
 async def over_http(
@@ -61,6 +68,35 @@ async def over_http(
         first = time.perf_counter() - started
         rest = await response.read()
     assert first_chunk and len(first_chunk + rest) > RATE_HZ // 10
+    return first, time.perf_counter() - started
+
+
+async def over_websocket(
+    client: aiohttp.ClientSession, url: str, voice: str, text: str
+) -> tuple[float, float]:
+    config: dict[str, object] = {
+        "voice": voice,
+        "audio_format": {"encoding": "AUDIO_ENCODING_PCM_S16LE", "sample_rate_hz": RATE_HZ},
+    }
+    started = time.perf_counter()
+    first = None
+    received = 0
+    async with client.ws_connect(url) as socket:
+        requests: list[dict[str, object]] = [
+            {"config": config},
+            {"text": text},
+            {"turn_done": {}},
+            {"end": {}},
+        ]
+        for request in requests:
+            await socket.send_json(request)
+        async for message in socket:
+            if message.type is aiohttp.WSMsgType.BINARY:
+                first = first if first is not None else time.perf_counter() - started
+                received += len(message.data)
+            elif message.type is aiohttp.WSMsgType.TEXT:
+                assert "error" not in message.json(), message.data
+    assert first is not None and received > RATE_HZ // 10, f"no audio for {text!r}"
     return first, time.perf_counter() - started
 
 
@@ -82,22 +118,24 @@ async def over_grpc(
 
 async def measure(
     client: aiohttp.ClientSession,
-    url: str,
+    base_url: str,
     stub: speech_pb2_grpc.SpeechAsyncStub,
     voice: str,
     texts: Sequence[str],
 ) -> Timings:
+    ways: dict[str, Callable[[str], Awaitable[tuple[float, float]]]] = {
+        "grpc": lambda text: over_grpc(stub, voice, text),
+        "http": lambda text: over_http(client, f"http://{base_url}/v1/audio/speech", voice, text),
+        "ws": lambda text: over_websocket(client, f"ws://{base_url}/v1/stream", voice, text),
+    }
+    order = list(ways)
     timings = Timings(voice)
     for text in texts[:2]:  # warm-up: piper's first inferences are slow
-        await over_http(client, url, voice, text)
-        await over_grpc(stub, voice, text)
+        for way in order:
+            await ways[way](text)
     for turn, text in enumerate(texts):
-        if turn % 2:
-            timings.grpc.append(await over_grpc(stub, voice, text))
-            timings.http.append(await over_http(client, url, voice, text))
-        else:
-            timings.http.append(await over_http(client, url, voice, text))
-            timings.grpc.append(await over_grpc(stub, voice, text))
+        for way in order[turn % 3 :] + order[: turn % 3]:  # each goes first in turn
+            timings.ways[way].append(await ways[way](text))
     return timings
 
 
@@ -108,34 +146,35 @@ def _ms(values: Sequence[float]) -> str:
 def section(results: Sequence[Timings], turns: int) -> Section:
     rows: list[Sequence[str]] = []
     for timings in results:
-        for side, name in (("grpc", "gRPC Synthesize"), ("http", "HTTP /v1/audio/speech")):
-            ratio = median(timings.first(side)) / median(timings.first("grpc"))
+        for way, name in WAYS.items():
             rows.append(
                 (
                     timings.voice,
                     name,
-                    str(len(timings.first(side))),
-                    _ms(timings.first(side)),
-                    _ms(timings.last(side)),
-                    f"{ratio:.2f}",
+                    str(len(timings.first(way))),
+                    _ms(timings.first(way)),
+                    _ms(timings.last(way)),
+                    f"{timings.ratio(way):.2f}",
                 )
             )
     notes = [
-        f"{t.voice}: HTTP's first audio {median(t.first('http')) * 1000:.1f} ms against "
-        f"gRPC's {median(t.first('grpc')) * 1000:.1f} ms (ratio of medians {t.ratio:.2f}, "
-        f"{(median(t.first('http')) - median(t.first('grpc'))) * 1000:+.1f} ms)."
+        f"{t.voice}: {WAYS[way]}'s first audio {median(t.first(way)) * 1000:.1f} ms against "
+        f"gRPC's {median(t.first('grpc')) * 1000:.1f} ms (ratio of medians "
+        f"{t.ratio(way):.2f}, {(median(t.first(way)) - median(t.first('grpc'))) * 1000:+.1f} ms)."
         for t in results
+        for way in ("http", "ws")
     ]
     return Section(
-        title="OpenAI-compatible HTTP: first audio against gRPC",
+        title="OpenAI-compatible HTTP and WebSocket: first audio against gRPC",
         method=(
             f"{turns} texts per voice on one `voxrelay serve --engines piper,espeak "
-            "--http-listen` process, each asked for both ways in alternating order: "
+            "--http-listen` process, each asked for three ways, each going first in turn: "
             "`POST /v1/audio/speech` (`response_format: pcm`, 24 kHz, one kept-alive "
-            "aiohttp connection), from sending the request to the body's first byte; and "
-            "the gRPC `Synthesize` call (PCM_S16LE at 24000 Hz: the same audio, one "
-            "channel), from the call to its first audio message. Both read on to the last "
-            "byte. Times in ms, p50 / p90."
+            "aiohttp connection), from sending the request to the body's first byte; a new "
+            "WebSocket on `/v1/stream` (config, text, `turn_done`, `end`; PCM_S16LE at "
+            "24000 Hz), from opening it to its first audio frame; and the gRPC `Synthesize` "
+            "call (PCM_S16LE at 24000 Hz: the same audio, one channel), from the call to its "
+            "first audio message. Each reads on to the last byte. Times in ms, p50 / p90."
         ),
         header=(
             "voice",
@@ -157,7 +196,7 @@ async def run(quick: bool) -> Section:
         start_server_process,
         ["--engines", "piper,espeak", "--http-listen", f"127.0.0.1:{http_port}"],
     )
-    url = f"http://127.0.0.1:{http_port}/v1/audio/speech"
+    base_url = f"127.0.0.1:{http_port}"
     try:
         async with (
             aiohttp.ClientSession() as client,
@@ -167,8 +206,9 @@ async def run(quick: bool) -> Section:
             results = []
             for voice, sentences in ((PIPER, SENTENCES), (ESPEAK, SHORT_SENTENCES)):
                 chosen = [sentences[i % len(sentences)] for i in range(turns)]
-                results.append(await measure(client, url, stub, voice, chosen))
-                print(f"   {voice}: ratio {results[-1].ratio:.2f}", file=sys.stderr, flush=True)
+                results.append(await measure(client, base_url, stub, voice, chosen))
+                ratios = ", ".join(f"{way} {results[-1].ratio(way):.2f}" for way in ("http", "ws"))
+                print(f"   {voice}: {ratios}", file=sys.stderr, flush=True)
     finally:
         await asyncio.to_thread(stop_server_process, server)
     return section(results, turns)
