@@ -289,6 +289,16 @@ async def _json_body(request: web.Request) -> object:
             f"the body is not valid JSON ({error}): send a JSON object with model, input "
             "and voice, and Content-Type: application/json",
         ) from None
+    except RecursionError:  # Python's parser recurses per array or object level
+        raise RequestError(400, TOO_DEEP) from None
+
+
+TOO_DEEP = (
+    "the body nests arrays or objects too deeply to parse: a speech request is one flat "
+    "JSON object (model, input, voice, ...)"
+)
+"""Why a body nested deeper than Python's JSON parser can go (about 1000 levels) is
+refused: 400, never the parser's RecursionError as a 500."""
 
 
 def parse_speech_request(body: object) -> SpeechRequest:

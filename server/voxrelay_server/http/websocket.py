@@ -104,6 +104,11 @@ def parse_message(text: str) -> _Incoming:
         value = json.loads(text)
     except ValueError as error:
         raise InvalidInput(f"a message is not JSON ({error}): send one JSON object") from None
+    except RecursionError:  # Python's parser recurses per array or object level
+        raise InvalidInput(
+            "a message nests arrays or objects too deeply to parse: each request is a "
+            'shallow JSON object, such as {"text": "Hello. "}'
+        ) from None
     if not isinstance(value, dict):
         raise InvalidInput('a message must be a JSON object, such as {"text": "Hello. "}')
     if "end" in value:
