@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 
 import aiohttp
 
-from tests.test_http import StartHttp, start_http, tone_service
-from tests.test_websocket import StartWeb, start_web
+from tests.conftest import wait_for
+from tests.test_http import HttpServer, StartHttp, start_http, tone_service
+from tests.test_websocket import StartWeb, WebServer, start_web
 from tests.websockets import open_socket
 
 __all__ = ["start_http", "start_web"]  # the fixtures, used by name
@@ -84,3 +87,77 @@ async def test_a_body_sent_too_slowly_gets_408_and_frees_its_place(
     ):
         assert response.status == 200
         await response.read()
+
+
+def _connections(server: HttpServer | WebServer) -> int:
+    """The HTTP listener's open connections."""
+    assert server.parts.http is not None
+    handler = server.parts.http._runner.server
+    return len(handler.connections) if handler is not None else 0
+
+
+def _unread_socket(port: int, request: bytes) -> socket.socket:
+    """A client that sends `request` and then never reads (a small receive buffer, so
+    the server's writes back up soon)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+async def test_a_speech_client_that_never_reads_loses_its_place_then_its_connection(
+    start_http: StartHttp,
+) -> None:
+    server = await start_http(send_timeout_s=0.5)
+    assert server.parts.http is not None
+    # Minutes of audio, far more than the sockets' buffers hold.
+    body = json.dumps({"model": "m", "input": "Words and more words. " * 2000}).encode()
+    sock = _unread_socket(
+        server.parts.http.port,
+        b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    try:
+        await wait_for(lambda: server.service.active_sessions == 1)
+        await wait_for(lambda: server.service.active_sessions == 0)  # the send timeout
+        # One more send timeout, and the connection is gone too.
+        await wait_for(lambda: _connections(server) == 0)
+    finally:
+        sock.close()
+
+
+async def test_a_websocket_client_that_never_reads_loses_its_place_then_its_connection(
+    start_web: StartWeb,
+) -> None:
+    server = await start_web(send_timeout_s=0.5)
+    port = int(server.base.rpartition(":")[2])
+    upgrade = (
+        b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    messages: list[dict[str, object]] = [
+        {"config": {}},
+        {"text": "Words and more words. " * 700},
+        {"turn_done": {}},
+    ]
+    frames = b"".join(_masked_text_frame(json.dumps(message).encode()) for message in messages)
+    sock = _unread_socket(port, upgrade + frames)
+    try:
+        await wait_for(lambda: server.service.active_sessions == 1)
+        await wait_for(lambda: server.service.active_sessions == 0)
+        await wait_for(lambda: _connections(server) == 0)
+    finally:
+        sock.close()
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    """One client text frame (a client's frames are masked; a zero mask keeps it plain)."""
+    size = len(payload)
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 1 << 16:
+        length = bytes([0x80 | 126]) + struct.pack(">H", size)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack(">Q", size)
+    return b"\x81" + length + b"\0\0\0\0" + payload

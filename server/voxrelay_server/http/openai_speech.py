@@ -20,7 +20,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -243,7 +243,7 @@ async def _respond(
 
     try:
         async with contextlib.aclosing(
-            context.runner.run(session, slot, feeder, identity)
+            context.runner.run(session, slot, feeder, identity, abandon=_dropper(request))
         ) as events:
             async for event in events:
                 if type(event) is AudioOut:
@@ -278,6 +278,17 @@ async def _respond(
     except ConnectionError:  # the client went away: the session ended with it
         pass
     return response
+
+
+def _dropper(request: web.Request) -> Callable[[], None]:
+    """Drops the request's connection (for a client that stopped reading for good)."""
+
+    def drop() -> None:
+        if request.transport is not None:
+            _LOG.info("%s: the client has not read for two send timeouts: closed", request.path)
+            request.transport.abort()  # close() would wait to flush what it will not read
+
+    return drop
 
 
 _NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
