@@ -161,3 +161,42 @@ def _masked_text_frame(payload: bytes) -> bytes:
     else:
         length = bytes([0x80 | 127]) + struct.pack(">Q", size)
     return b"\x81" + length + b"\0\0\0\0" + payload
+
+
+async def test_an_input_at_the_limit_escaped_as_surrogate_pairs_is_spoken_not_413(
+    start_http: StartHttp,
+) -> None:
+    from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
+
+    server = await start_http()
+    text = "\U0001f600" * (MAX_WHOLE_TEXT_CHARS - 1) + " "
+    # Python's json.dumps escapes each emoji as a surrogate pair: 12 bytes a character.
+    body = json.dumps({"model": "m", "input": text, "voice": ""}).encode()
+    assert len(body) > 12 * MAX_WHOLE_TEXT_CHARS - 12
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{server.base_url}{SPEECH}", data=body) as response,
+    ):
+        assert response.status == 200, await response.text()
+        assert await response.content.readany()
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{server.base_url}{SPEECH}", data=body + b" " * 70_000) as response,
+    ):
+        assert response.status == 413  # beyond the text and the room for other fields
+
+
+def test_the_memory_bound_counts_the_json_body_a_speech_request_keeps() -> None:
+    from voxrelay_server.memory import memory_bound
+
+    def text_bound(*, http: bool) -> int:
+        return memory_bound(
+            max_sessions=10,
+            piper_runs=0,
+            engines=(),
+            session_audio_buffer_bytes=0,
+            max_buffered_text_chars=0,
+            http=http,
+        ).session_text
+
+    assert text_bound(http=True) == 2 * text_bound(http=False) == 10 * 1_000_000 * 16

@@ -31,9 +31,10 @@ _LOG = logging.getLogger("voxrelay.http")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b bytes %Tf s'
 """One line per request (the client, request line, status, bytes, seconds); headers,
 and so tokens, are never logged."""
-MAX_BODY_BYTES = 6 * MAX_WHOLE_TEXT_CHARS + 65536
+MAX_BODY_BYTES = 12 * MAX_WHOLE_TEXT_CHARS + 65536
 """The largest request body: a whole text of the most characters one call takes, each
-escaped in JSON (`\\uXXXX`), and room for the other fields; larger gets 413."""
+escaped in JSON as a character beyond the BMP is (`\\ud83d\\ude00`, 12 bytes, as Python's
+`json.dumps` writes an emoji), and room for the other fields; larger gets 413."""
 CLOSE_GRACE_S = 2.0
 """At the end of a shutdown, after the calls: how long connections get to close (within
 the health watchers' bound, `app.WATCHERS_GRACE_S`, beside which it runs, so HTTP adds
