@@ -200,3 +200,24 @@ def test_the_memory_bound_counts_the_json_body_a_speech_request_keeps() -> None:
         ).session_text
 
     assert text_bound(http=True) == 2 * text_bound(http=False) == 10 * 1_000_000 * 16
+
+
+async def test_a_connection_without_a_whole_request_is_closed_after_the_start_timeout(
+    start_http: StartHttp,
+) -> None:
+    server = await start_http(start_timeout_s=0.5)
+    assert server.parts.http is not None
+    port = server.parts.http.port
+    silent = await _send_raw(port, b"")
+    partial = await _send_raw(port, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    idle = await _send_raw(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        assert (await idle[0].readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await wait_for(lambda: _connections(server) == 3)
+        # Not aiohttp's 75 s: each is closed by the server within about the start timeout.
+        for reader, _ in (silent, partial, idle):
+            await asyncio.wait_for(reader.read(), 3)
+        assert _connections(server) == 0
+    finally:
+        for _, writer in (silent, partial, idle):
+            writer.close()
