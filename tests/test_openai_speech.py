@@ -216,7 +216,7 @@ async def test_text_over_the_limit_gets_413_as_does_a_body_too_large(start_http:
     assert status == 413
     assert body["error"]["code"] == "text_too_long" and body["error"]["param"] == "input"
     status, body, _ = await post(
-        server, b'{"input": "' + b"\\u00e9" * MAX_WHOLE_TEXT_CHARS * 2 + b'"}'
+        server, b'{"input": "' + b"\\u00e9" * MAX_WHOLE_TEXT_CHARS * 3 + b'"}'
     )
     assert status == 413 and body["error"]["type"] == "invalid_request_error"
 

@@ -9,10 +9,13 @@ import re
 from dataclasses import dataclass
 
 import grpc
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voxrelay.replicas import (
+    FORGET_CHARS,
+    MAX_WHOLE_MARKS,
     Recovery,
     RetryPolicy,
     SessionLedger,
@@ -111,6 +114,12 @@ turn_text = st.lists(sentence, min_size=1, max_size=4).map(
 )
 
 
+COMPACTING = {"forget_chars": 1, "head_chars": 1000, "max_whole_marks": 2}
+"""A ledger that lets go of heard text at every segment (the defaults wait for 64 Ki
+characters): what it sends again and says must not change."""
+
+
+@pytest.mark.parametrize("options", [{}, COMPACTING], ids=["default", "compacting"])
 @settings(max_examples=200, deadline=None)
 @given(
     texts=st.lists(turn_text, min_size=1, max_size=3),
@@ -119,10 +128,10 @@ turn_text = st.lists(sentence, min_size=1, max_size=4).map(
     seed=st.integers(0, 2**16),
 )
 def test_resumed_sessions_hear_what_one_call_says(
-    texts: list[str], chunk: int, cuts: list[float], seed: int
+    options: dict[str, int], texts: list[str], chunk: int, cuts: list[float], seed: int
 ) -> None:
     rng = random.Random(seed)
-    ledger = SessionLedger()
+    ledger = SessionLedger(**options)
     sent: list[tuple[str, str]] = []
     for text in texts:
         # The caller's chunks, cut anywhere.
@@ -247,3 +256,29 @@ def test_backoff_is_jittered_and_bounded(attempt: int, seed: int) -> None:
 def test_split_chunks_keeps_every_character(text: str) -> None:
     chunks = list(split_chunks(text))
     assert "".join(chunks) == text and all(0 < len(c) <= 16384 for c in chunks)
+
+
+def test_a_turn_that_runs_for_hours_keeps_what_a_resume_needs_not_all_it_was_sent() -> None:
+    ledger = SessionLedger(head_chars=1000)
+    segment_chars, segment_samples = 400, 400_000
+    for segment in range(1, 5001):  # 2,000,000 characters in one turn not ended
+        ledger.add_text("x" * (segment_chars - 1) + " ")
+        ledger.audio(
+            1,
+            segment,
+            (segment - 1) * segment_samples,
+            segment_samples,
+            (segment - 1) * segment_chars,
+            segment_chars,
+        )
+    turn = ledger.turns[1]
+    assert len(turn.text()) <= FORGET_CHARS + segment_chars
+    assert len(turn.whole) <= MAX_WHOLE_MARKS
+    plan = ledger.plan_resume()  # the cut segment, the last, from its start
+    assert plan.requests == (("text", "x" * (segment_chars - 1) + " "),)
+    assert plan.text_offset == 4999 * segment_chars
+    # A cancel at the end: spoken_text is the turn's first head_chars characters.
+    ledger.cancel(5000 * segment_samples, 1)
+    _, spoken, heard = ledger.turn_ended(1, True, 0)
+    assert spoken == ("x" * (segment_chars - 1) + " ") * 2 + "x" * 200
+    assert heard >= 4998 * segment_chars  # a segment or so early at most, never late

@@ -46,7 +46,6 @@ from voxrelay.events import (
 )
 from voxrelay.replicas import (
     RETRIED_CODES,
-    SPOKEN_TEXT_MAX_CHARS,
     ConnectionState,
     Recovery,
     ResumePlan,
@@ -814,7 +813,7 @@ class AsyncSession:
                 if not record.announced:
                     events.append(TurnStarted(record.number))
                 heard = record.heard_locally()
-                text = record.text()[: min(heard, SPOKEN_TEXT_MAX_CHARS)]
+                text = record.spoken(heard, self._ledger.head_chars)
                 events.append(TurnEnded(record.number, True, text, heard))
             call = self._current = self._new_call()
             self.state = ConnectionState.OPENING

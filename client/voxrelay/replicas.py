@@ -22,6 +22,14 @@ MAX_TEXT_CHUNK_CHARS = 16384
 """The most characters the server takes in one `StreamRequest.text`."""
 SPOKEN_TEXT_MAX_CHARS = 100000
 """`TurnEnded.spoken_text` holds at most this many characters, as the server's does."""
+FORGET_CHARS = 65536
+"""A turn lets go of the text before its first segment not received whole (beyond its
+first `SPOKEN_TEXT_MAX_CHARS`, kept for `spoken_text`) once this much has gathered, so
+a long turn keeps what a resume sends again, not all it was ever sent."""
+MAX_WHOLE_MARKS = 1024
+"""The most segment ends a turn keeps for a cancel's `spoken_text` (as the server
+keeps): beyond it, every other end of the older half is let go, so a cancel far behind
+the audio received may end `spoken_text` a segment or so early, never late."""
 
 
 def service_config(*, health_check: bool = False) -> str:
@@ -204,12 +212,57 @@ class TurnRecord:
     text_base: int = 0
     sample_base: int = 0
     segment_base: int = 0
+    kept_from: int = 0
+    """Where the text `chunks` hold starts in the turn: what is before it was heard whole
+    (see `forget_before`)."""
+    head: str = ""
+    """The turn's first characters, up to `SPOKEN_TEXT_MAX_CHARS`, of those before
+    `kept_from`: its `spoken_text` once that text is let go."""
 
     def text(self) -> str:
-        """The turn's text as sent, joined."""
+        """The turn's text as sent from `kept_from` on (all of it until a long turn
+        lets its start go), joined."""
         if len(self.chunks) > 1:
             self.chunks = ["".join(self.chunks)]
         return self.chunks[0] if self.chunks else ""
+
+    def text_from(self, offset: int) -> str:
+        """The turn's text from character `offset` (at or after `kept_from`) on."""
+        return self.text()[offset - self.kept_from :]
+
+    def spoken(self, heard: int, limit: int = SPOKEN_TEXT_MAX_CHARS) -> str:
+        """The turn's first `heard` characters, at most `limit` of them."""
+        wanted = min(heard, limit)
+        if wanted <= len(self.head):
+            return self.head[:wanted]
+        return self.head + self.text()[: wanted - self.kept_from]
+
+    def forget_before(
+        self,
+        offset: int,
+        *,
+        forget_chars: int = FORGET_CHARS,
+        head_chars: int = SPOKEN_TEXT_MAX_CHARS,
+    ) -> None:
+        """Let go of the text before `offset` (the start of the first segment not
+        received whole, where any resume starts), keeping the turn's first `head_chars`
+        for `spoken_text`; only once `forget_chars` have gathered, so a long turn is
+        joined a few times, not once per segment."""
+        if offset - self.kept_from < forget_chars:
+            return
+        text = self.text()
+        if len(self.head) < head_chars:  # `head` is all the text before `kept_from`
+            self.head += text[: min(offset - self.kept_from, head_chars - len(self.head))]
+        self.chunks = [text[offset - self.kept_from :]]
+        self.kept_from = offset
+
+    def note_whole(self, end_sample: int, text_end: int, limit: int = MAX_WHOLE_MARKS) -> None:
+        """A segment received whole ends at `end_sample` and `text_end`; beyond `limit`
+        ends, every other one of the older half is let go."""
+        self.whole.append((end_sample, text_end))
+        if len(self.whole) > limit:
+            half = len(self.whole) // 2
+            self.whole[:half] = self.whole[1:half:2]
 
     def resume_point(self) -> tuple[int, int, int]:
         """(text offset, start sample, segment base): where a new call picks the turn up.
@@ -267,11 +320,23 @@ class SessionLedger:
     call numbers them. Pure bookkeeping: the session feeds it what it sends and
     receives, and asks it what to send again on a new call.
 
-    Memory: the text of turns not yet ended, which a caller keeps within the server's
-    text budget (`SessionStarted.text_budget_chars`), plus one record per such turn.
+    Memory: for each turn not yet ended, its text from its first segment not received
+    whole (what a resume sends again: within the server's text budget, which a caller
+    keeps, plus at most `forget_chars`), its first `head_chars` for `spoken_text`, and
+    at most `max_whole_marks` segment ends; so a turn that runs for hours keeps about as
+    much as a short one. The arguments are for tests; the defaults are the bounds.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        forget_chars: int = FORGET_CHARS,
+        head_chars: int = SPOKEN_TEXT_MAX_CHARS,
+        max_whole_marks: int = MAX_WHOLE_MARKS,
+    ) -> None:
+        self.forget_chars = forget_chars
+        self.head_chars = head_chars
+        self.max_whole_marks = max_whole_marks
         self.turns: dict[int, TurnRecord] = {}
         """Turns not yet ended, by the caller's number, in order."""
         self.turn_count = 0
@@ -367,7 +432,10 @@ class SessionLedger:
         mark = record.mark
         if mark is None or place.segment != mark.segment:
             if mark is not None and place.segment > mark.segment:
-                record.whole.append((mark.end_sample, mark.text_end))
+                record.note_whole(mark.end_sample, mark.text_end, self.max_whole_marks)
+                record.forget_before(
+                    place.text_offset, forget_chars=self.forget_chars, head_chars=self.head_chars
+                )
             record.mark = SegmentMark(
                 place.segment,
                 place.text_offset,
@@ -401,16 +469,15 @@ class SessionLedger:
         self.turns.pop(record.number, None)
         if self.open_turn is record:
             self.open_turn = None
-        text = record.text()
         if not cancelled:
-            heard = len(text)
+            heard = record.length
         elif spoken_length > 0 and (
             record.cancel_at is None or record.cancel_at >= record.sample_base
         ):
             heard = record.text_base + spoken_length
         else:
             heard = record.heard_locally()
-        return record.number, text[: min(heard, SPOKEN_TEXT_MAX_CHARS)], heard
+        return record.number, record.spoken(heard, self.head_chars), heard
 
     # A new call.
 
@@ -438,7 +505,7 @@ class SessionLedger:
             self.call_turn_count += 1
             self.on_call[self.call_turn_count] = record
             first = first or record
-            rest = record.text()[text_offset:]
+            rest = record.text_from(text_offset)
             requests.extend(("text", piece) for piece in split_chunks(rest))
             if record.state is TurnState.DONE:
                 requests.append(("turn_done", ""))

@@ -234,6 +234,7 @@ def settings_memory_bound(settings: ServerSettings, service: SpeechService) -> M
         session_audio_buffer_bytes=settings.session_audio_buffer_bytes,
         max_buffered_text_chars=settings.max_buffered_text_chars,
         max_segment_chars=settings.max_segment_chars,
+        http=bool(settings.http_listen),
     )
 
 

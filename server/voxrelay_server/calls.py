@@ -152,6 +152,7 @@ class CallRunner:
         *,
         before_first: Callable[[], Awaitable[None]] | None = None,
         ended_by_client: Callable[[], SpeechError] = caller_went_away,
+        abandon: Callable[[], None] | None = None,
     ) -> AsyncGenerator[_T, None]:
         """`CallStarted` and then the session's events, each as `convert` makes it, until
         the session ends; then stop `feeder` (the task taking the call's input) and close
@@ -163,6 +164,13 @@ class CallRunner:
         metadata). A fault here or in `convert` is logged and ends the call with an
         INTERNAL error and `SessionEnded`. When the transport stops the call (its client
         went away), the session ends with `ended_by_client()`.
+
+        `abandon`, when given, drops the call's connection: it is called when a client
+        that stopped reading (its session ended by the send timeout) has still not
+        taken the message it is blocked on one more send timeout later, so a client
+        that never reads again cannot keep the connection, its handler and the
+        messages waiting in it for ever (HTTP and WebSocket; gRPC has its keepalive and
+        connection age for that).
         """
         self.calls.fail_if_aborted(session)
         timeout_s = self.limits.send_timeout_s
@@ -182,7 +190,11 @@ class CallRunner:
             )
             slot.release()
             closing.append(asyncio.create_task(session.aclose()))
+            if abandon is not None:
+                # One more send timeout for its last messages, then its connection goes.
+                dropping.append(asyncio.get_running_loop().call_later(timeout_s, abandon))
 
+        dropping: list[asyncio.TimerHandle] = []
         watchdog = SendWatchdog(timeout_s, stalled)
         ended_by: SpeechError | None = None
         try:
@@ -207,6 +219,8 @@ class CallRunner:
                 yield convert(event)
         finally:
             watchdog.close()
+            for handle in dropping:  # the call ended: nothing to drop
+                handle.cancel()
             # Let the client finish sending before the status goes out (DRAIN_S).
             drain = ended_by is None and session.error is not None and not feeder.done()
             ending = asyncio.create_task(end_session(session, feeder, ended_by, drain=drain))

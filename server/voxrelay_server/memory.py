@@ -59,6 +59,9 @@ about 15 s of speech): 157 to 421 MiB measured on numbers, braille, English and
 punctuation at speeds 0.25, 1 and 4, and up to 521 MiB on pause marks at speed 0.25."""
 BYTES_PER_TEXT_CHAR = 8
 """A character held as a Python string (up to 4 bytes) and in its request (up to 4)."""
+BYTES_PER_HTTP_TEXT_CHAR = 16
+"""With the HTTP listener: a character held as a Python string (up to 4 bytes) and in
+the JSON body its request keeps (up to 12, escaped as a surrogate pair)."""
 BYTES_PER_KEPT_CHAR = 4
 """A character of a turn's text kept for `spoken_text`: a Python string's widest."""
 BYTES_PER_SEGMENT_END = 128
@@ -134,8 +137,10 @@ def memory_bound(
     session_audio_buffer_bytes: int,
     max_buffered_text_chars: int,
     max_segment_chars: int = DEFAULT_MAX_SEGMENT_CHARS,
+    http: bool = False,
 ) -> MemoryBound:
-    """The bound for these settings, every session on the costliest engine."""
+    """The bound for these settings, every session on the costliest engine (`http`: the
+    HTTP listener is on, whose requests keep their JSON body)."""
     buffer = session_audio_buffer_bytes
     costliest = max(
         engines,
@@ -147,7 +152,9 @@ def memory_bound(
         piper_runs=piper_runs * PIPER_RUN_BYTES,
         session_audio=max_sessions * costliest.session_audio(buffer),
         engine_lookahead=max_sessions * costliest.session_lookahead(buffer),
-        session_text=max_sessions * text_chars * BYTES_PER_TEXT_CHAR,
+        session_text=max_sessions
+        * text_chars
+        * (BYTES_PER_HTTP_TEXT_CHAR if http else BYTES_PER_TEXT_CHAR),
         turn_text=max_sessions
         * (
             kept_turn_text_chars(max_buffered_text_chars, max_segment_chars) * BYTES_PER_KEPT_CHAR

@@ -31,9 +31,13 @@ _LOG = logging.getLogger("voxrelay.http")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b bytes %Tf s'
 """One line per request (the client, request line, status, bytes, seconds); headers,
 and so tokens, are never logged."""
-MAX_BODY_BYTES = 6 * MAX_WHOLE_TEXT_CHARS + 65536
+MAX_BODY_BYTES = 12 * MAX_WHOLE_TEXT_CHARS + 65536
 """The largest request body: a whole text of the most characters one call takes, each
-escaped in JSON (`\\uXXXX`), and room for the other fields; larger gets 413."""
+escaped in JSON as a character beyond the BMP is (`\\ud83d\\ude00`, 12 bytes, as Python's
+`json.dumps` writes an emoji), and room for the other fields; larger gets 413."""
+IDLE_CONNECTION_S = 75.0
+"""How long a connection without a request under way stays open when --start-timeout is
+0 (off): aiohttp's own keep-alive timeout."""
 CLOSE_GRACE_S = 2.0
 """At the end of a shutdown, after the calls: how long connections get to close (within
 the health watchers' bound, `app.WATCHERS_GRACE_S`, beside which it runs, so HTTP adds
@@ -146,6 +150,10 @@ class HttpListener:
             access_log=logging.getLogger("voxrelay.http.access"),
             access_log_format=ACCESS_LOG_FORMAT,
             shutdown_timeout=CLOSE_GRACE_S,
+            # A connection with no request under way (none sent yet, one not finished
+            # sending its headers, or idle between requests) is closed after this long:
+            # --start-timeout, as for a call's first message, rather than aiohttp's 75 s.
+            keepalive_timeout=settings.start_timeout_s or IDLE_CONNECTION_S,
             # A client that goes away stops its handler, and so its session and synthesis,
             # at once, even while nothing is being written (before the first audio).
             handler_cancellation=True,

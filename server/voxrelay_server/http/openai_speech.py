@@ -20,7 +20,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,12 @@ from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
 from voxrelay_server.engines.openai_engine import DEFAULT_VOICES as DEFAULT_OPENAI_VOICES
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
-from voxrelay_server.http.errors import RequestError, speech_error_body, speech_error_response
+from voxrelay_server.http.errors import (
+    RequestError,
+    error_response,
+    speech_error_body,
+    speech_error_response,
+)
 from voxrelay_server.http.formats import ResponseFormat, response_format
 from voxrelay_server.settings import MAX_SPEED, MIN_SPEED, SessionRequest
 
@@ -162,7 +167,16 @@ async def speak(context: HttpContext, request: web.Request) -> web.StreamRespons
         except SpeechError as error:
             return speech_error_response(error)
         try:
-            parsed = parse_speech_request(await _json_body(request))
+            parsed = parse_speech_request(await _json_body(request, runner.limits.start_timeout_s))
+        except TimeoutError:  # a body sent too slowly (or never ended) held the place
+            slot.release()
+            slow = body_too_slow(runner.limits.start_timeout_s)
+            service.report_unstarted(slow)
+            # Sent at once; aiohttp then reads and drops what more comes for at most its
+            # lingering time (10 s), so the client sees the answer, and closes.
+            return error_response(
+                408, slow.message, code=slow.code.name.lower(), headers={"Connection": "close"}
+            )
         except RequestError as error:
             slot.release()
             service.report_unstarted(InvalidInput(error.message))
@@ -229,7 +243,7 @@ async def _respond(
 
     try:
         async with contextlib.aclosing(
-            context.runner.run(session, slot, feeder, identity)
+            context.runner.run(session, slot, feeder, identity, abandon=_dropper(request))
         ) as events:
             async for event in events:
                 if type(event) is AudioOut:
@@ -266,6 +280,17 @@ async def _respond(
     return response
 
 
+def _dropper(request: web.Request) -> Callable[[], None]:
+    """Drops the request's connection (for a client that stopped reading for good)."""
+
+    def drop() -> None:
+        if request.transport is not None:
+            _LOG.info("%s: the client has not read for two send timeouts: closed", request.path)
+            request.transport.abort()  # close() would wait to flush what it will not read
+
+    return drop
+
+
 _NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
 """voxrelay counts no tokens: the usage of `speech.audio.done` is all zeros."""
 
@@ -278,9 +303,21 @@ def _sse_audio(data: bytes) -> bytes:
     return _sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
 
 
-async def _json_body(request: web.Request) -> object:
-    """The request's JSON body; 400 when it is not JSON."""
-    raw = await request.read()  # 413 beyond MAX_BODY_BYTES, from aiohttp
+def body_too_slow(timeout_s: float) -> SpeechError:
+    """Why a request whose body did not arrive within `timeout_s` is refused (408)."""
+    return SpeechError(
+        ErrorCode.DEADLINE_EXCEEDED,
+        f"the request body did not arrive within {timeout_s:g} s (--start-timeout), and a "
+        "request holds a session's place while its body is read: send the whole body at once",
+    )
+
+
+async def _json_body(request: web.Request, timeout_s: float) -> object:
+    """The request's JSON body, read within `timeout_s` (0: no limit; else raises
+    `TimeoutError`, so a client trickling its body cannot hold a session's place);
+    400 when it is not JSON."""
+    async with asyncio.timeout(timeout_s or None):
+        raw = await request.read()  # 413 beyond MAX_BODY_BYTES, from aiohttp
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -289,6 +326,16 @@ async def _json_body(request: web.Request) -> object:
             f"the body is not valid JSON ({error}): send a JSON object with model, input "
             "and voice, and Content-Type: application/json",
         ) from None
+    except RecursionError:  # Python's parser recurses per array or object level
+        raise RequestError(400, TOO_DEEP) from None
+
+
+TOO_DEEP = (
+    "the body nests arrays or objects too deeply to parse: a speech request is one flat "
+    "JSON object (model, input, voice, ...)"
+)
+"""Why a body nested deeper than Python's JSON parser can go (about 1000 levels) is
+refused: 400, never the parser's RecursionError as a 500."""
 
 
 def parse_speech_request(body: object) -> SpeechRequest:

@@ -104,6 +104,11 @@ def parse_message(text: str) -> _Incoming:
         value = json.loads(text)
     except ValueError as error:
         raise InvalidInput(f"a message is not JSON ({error}): send one JSON object") from None
+    except RecursionError:  # Python's parser recurses per array or object level
+        raise InvalidInput(
+            "a message nests arrays or objects too deeply to parse: each request is a "
+            'shallow JSON object, such as {"text": "Hello. "}'
+        ) from None
     if not isinstance(value, dict):
         raise InvalidInput('a message must be a JSON object, such as {"text": "Hello. "}')
     if "end" in value:
@@ -221,7 +226,9 @@ class WebSocketStream:
                     reader = asyncio.create_task(_forward(requests, session))
                     # Its own task, so that the client going away (the reader sees it)
                     # can stop it wherever it waits, as gRPC cancels a call's handler.
-                    await asyncio.create_task(self._speak(ws, session, slot, reader))
+                    await asyncio.create_task(
+                        self._speak(ws, session, slot, reader, request.transport)
+                    )
             except _ClientGone:
                 pass
             finally:
@@ -330,6 +337,7 @@ class WebSocketStream:
         session: SessionDispatcher,
         slot: CallSlot,
         reader: asyncio.Task[None],
+        transport: asyncio.Transport | None,
     ) -> None:
         """Send `session_started` and the session's events until it ends, then close the
         socket with its code; the runner then stops the reader and the session."""
@@ -352,10 +360,17 @@ class WebSocketStream:
                 speaker.cancel()
 
         reader.add_done_callback(reader_done)
+
+        def abandon() -> None:
+            # The client stopped reading for good: its connection goes (close 1006).
+            if transport is not None:
+                _LOG.info("%s: the client has not read for two send timeouts: closed", STREAM_PATH)
+                transport.abort()
+
         code = 0
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             async with contextlib.aclosing(
-                self._runner.run(session, slot, reader, convert)
+                self._runner.run(session, slot, reader, convert, abandon=abandon)
             ) as responses:
                 async for response in responses:
                     text, data = message_for(response)
