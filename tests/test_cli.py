@@ -479,6 +479,23 @@ def test_serve_help_documents_listen_and_its_variable(tmp_path: Path) -> None:
     assert "[VOXRELAY_LISTEN]" in " ".join(listen.group(0).split())
 
 
+def test_say_help_shows_only_defaults_that_say_something(tmp_path: Path) -> None:
+    """No "(default: True)" on --no-resume (it reads as resume off), no "(default:
+    None)" or "(default: )", no default given twice; informative ones stay."""
+    result = voxrelay("say", "--help", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "(default: True)" not in text
+    assert "(default: False)" not in text
+    assert "(default: None)" not in text
+    assert "(default: )" not in text
+    no_resume = re.search(r"--no-resume (.*?) -q", text)
+    assert no_resume is not None and "default: True" not in no_resume.group(1)
+    assert "(default: s16)" in text and "(default: first_clause)" in text
+    assert "--chunk-ms CHUNK_MS target audio message length in milliseconds" in text
+
+
 def test_serve_listens_where_voxrelay_listen_says(tmp_path: Path) -> None:
     target = f"127.0.0.1:{free_port()}"
     log = tmp_path / "serve.log"
