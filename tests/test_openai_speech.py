@@ -250,6 +250,9 @@ async def test_text_over_the_limit_gets_413_as_does_a_body_too_large(start_http:
         server, b'{"input": "' + b"\\u00e9" * MAX_WHOLE_TEXT_CHARS * 2 + b'"}'
     )
     assert status == 413 and body["error"]["type"] == "invalid_request_error"
+    # The limits, so a caller knows how much to send (the text's, which it controls).
+    assert "over 6,065,536 bytes" in body["error"]["message"]
+    assert "1,000,000 characters" in body["error"]["message"]
 
 
 async def test_the_openai_client_raises_its_own_errors(start_http: StartHttp) -> None:

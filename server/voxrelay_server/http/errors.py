@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from voxrelay_server.errors import ErrorCode, SpeechError, TextTooLong
+from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 _LOG = logging.getLogger(__name__)
 
@@ -112,7 +113,14 @@ class RequestError(Exception):
         return error_response(self.status, self.message, code=self.code, param=self.param)
 
 
-_HTTP_MESSAGES = {413: "the request body is too large"}
+MAX_BODY_BYTES = 6 * MAX_WHOLE_TEXT_CHARS + 65536
+"""The largest request body: a whole text of the most characters one call takes, each
+escaped in JSON (`\\uXXXX`), and room for the other fields; larger gets 413."""
+
+_HTTP_MESSAGES = {
+    413: f"the request body is over {MAX_BODY_BYTES:,} bytes: input takes at most "
+    f"{MAX_WHOLE_TEXT_CHARS:,} characters (split a longer text across several requests)"
+}
 
 
 def _routes_served(app: web.Application) -> str:

@@ -21,19 +21,15 @@ from voxrelay_server.calls import CallRunner
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.http import cors, openai_speech, page, websocket
 from voxrelay_server.http.auth import ACCESS_KEY, TOKENS_KEY, Access, bearer_tokens, refusal
-from voxrelay_server.http.errors import Handler, error_response, json_errors
+from voxrelay_server.http.errors import MAX_BODY_BYTES, Handler, error_response, json_errors
 from voxrelay_server.http.tls import ssl_context
 from voxrelay_server.security import TokenCheck
 from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, ListenError
-from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 _LOG = logging.getLogger("voxrelay.http")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b bytes %Tf s'
 """One line per request (the client, request line, status, bytes, seconds); headers,
 and so tokens, are never logged."""
-MAX_BODY_BYTES = 6 * MAX_WHOLE_TEXT_CHARS + 65536
-"""The largest request body: a whole text of the most characters one call takes, each
-escaped in JSON (`\\uXXXX`), and room for the other fields; larger gets 413."""
 CLOSE_GRACE_S = 2.0
 """At the end of a shutdown, after the calls: how long connections get to close (within
 the health watchers' bound, `app.WATCHERS_GRACE_S`, beside which it runs, so HTTP adds
