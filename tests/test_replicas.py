@@ -364,6 +364,9 @@ def test_say_resumes_and_writes_the_whole_audio(tmp_path: Path) -> None:
     assert resumed, lines
     # Why, in words that fit a killed replica (gRPC's "Socket closed" once read as TLS).
     assert "lost during the session" in resumed[0] and "TLS" not in resumed[0], resumed
+    # How much came again, in seconds, and that the file has it once.
+    assert re.search(r"the \d+\.\d\d s of it received before the cut come again", resumed[0])
+    assert "written to the file once" in resumed[0]
     whole, _ = soundfile.read(tmp_path / "whole.wav", dtype="int16")
     cut, _ = soundfile.read(tmp_path / "cut.wav", dtype="int16")
     assert np.array_equal(whole, cut)

@@ -460,6 +460,7 @@ async def _speak(
     writer: _AudioWriter | None = None
     samples = 0
     rate = 0
+    session_rate = 1  # SessionStarted's, set before any Resumed can come
     first_audio_ms: float | None = None
     words: list[tuple[int, Word]] = []
     """Word timing not printed yet: a turn's first words come before its audio, which
@@ -495,6 +496,7 @@ async def _speak(
         try:
             async for event in session:
                 if isinstance(event, SessionStarted):
+                    session_rate = event.sample_rate_hz
                     ahead.budget(event.text_budget_chars)
                     # The id the server's logs carry: what to quote about a problem.
                     report.say(
@@ -507,7 +509,13 @@ async def _speak(
                     report.say(
                         f"resumed on another server as session {event.session_id} "
                         f"({event.reason}); turn {event.turn} goes on from segment "
-                        f"{event.segment}, {event.repeated_samples} samples repeated"
+                        f"{event.segment}: the {event.repeated_samples / session_rate:.2f} s "
+                        "of it received before the cut come again, "
+                        + (
+                            "in the file too (a new Ogg stream)"
+                            if options.encoding == "opus"
+                            else "written to the file once"
+                        )
                     )
                 elif isinstance(event, Audio):
                     event = event.unrepeated()
