@@ -477,6 +477,8 @@ def test_serve_help_documents_listen_and_its_variable(tmp_path: Path) -> None:
     listen = re.search(r"^  --listen .*?(?=^  -)", result.stdout, re.MULTILINE | re.DOTALL)
     assert listen is not None, result.stdout
     assert "[VOXRELAY_LISTEN]" in " ".join(listen.group(0).split())
+    # The HTTP listener is named up front, not only among forty flags.
+    assert "with --http-listen, an HTTP listener" in " ".join(result.stdout.split())
 
 
 def test_say_help_shows_only_defaults_that_say_something(tmp_path: Path) -> None:
