@@ -114,6 +114,15 @@ def _connection_failure(details: str, endpoint: Endpoint) -> str | None:
             f"the certificate of {server} does not name {endpoint.target.rpartition(':')[0]!r}: "
             "connect with a name (or address) its certificate was issued for"
         )
+    if "Expected SETTINGS frame" in details:
+        # What gRPC says of a server that answers but not in HTTP/2 (an HTTP/1.1 one):
+        # most likely voxrelay's own HTTP listener, given where --listen's belongs.
+        return (
+            f"{endpoint} answers, but not in gRPC: it is probably the server's HTTP "
+            "listener (--http-listen, for the OpenAI-compatible API and the page); point "
+            "--server / VOXRELAY_SERVER at its gRPC address (--listen, 127.0.0.1:50051 by "
+            "default)"
+        )
     if "Socket closed" in details:
         if not endpoint.tls:
             return (
