@@ -239,6 +239,10 @@ async def test_the_page_tells_its_user_to_type_the_token(
         assert shown.startswith("UNAUTHENTICATED: ") and "Token field" in shown, shown
         assert "first message" not in shown and "not accepted" not in shown
         assert await page.locator("#bargein").is_disabled()
+        # The refused turn's text is shown as not spoken, not as if its audio were coming.
+        assert await page.locator("#transcript p.cancelled span.unheard").text_content() == (
+            "Hello there. "
+        )
         await page.fill("#token", "not-the-token")
         await page.click("#load-voices")
         await error.filter(has_text="not accepted").wait_for()
