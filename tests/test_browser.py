@@ -218,3 +218,33 @@ async def test_without_real_time_pace_the_page_cuts_an_ended_turn_itself(
     assert result["spokenText"] == TEXT[:heard_end]
     assert 0 < heard_end < len(TEXT.rstrip())
     assert result["cancelled"] and "cut by this page" in result["shown"]
+
+
+async def test_the_page_tells_its_user_to_type_the_token(
+    server: tuple[ServeProcess, str], tmp_path: Path
+) -> None:
+    """Without the token, or with a wrong one, the page says what its user can do (type
+    it in the Token field), not which header or first message a program should send;
+    once the refused socket has closed, Barge in is disabled (nothing to interrupt)."""
+    _, base = server
+    async with browser(tmp_path / "profile", bypass_csp=True) as page:
+        await page.goto(f"{base}/")
+        error = page.locator("#error")
+        await error.filter(has_text="Token field").wait_for()
+        assert "header" not in await error.text_content()
+        await page.fill("#text", "Hello there. ")
+        await page.click("#speak")
+        await page.wait_for_function("voxrelay.closeCode === 4016")
+        shown = await error.text_content()
+        assert shown.startswith("UNAUTHENTICATED: ") and "Token field" in shown, shown
+        assert "first message" not in shown and "not accepted" not in shown
+        assert await page.locator("#bargein").is_disabled()
+        # The refused turn's text is shown as not spoken, not as if its audio were coming.
+        assert await page.locator("#transcript p.cancelled span.unheard").text_content() == (
+            "Hello there. "
+        )
+        await page.fill("#token", "not-the-token")
+        await page.click("#load-voices")
+        await error.filter(has_text="not accepted").wait_for()
+        assert "Token field" in await error.text_content()
+        await page.screenshot(path=str(tmp_path / "no-token.png"), full_page=True)

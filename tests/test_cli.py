@@ -8,12 +8,14 @@ against it as separate processes, and their files and messages are checked.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import pty
 import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -477,6 +479,25 @@ def test_serve_help_documents_listen_and_its_variable(tmp_path: Path) -> None:
     listen = re.search(r"^  --listen .*?(?=^  -)", result.stdout, re.MULTILINE | re.DOTALL)
     assert listen is not None, result.stdout
     assert "[VOXRELAY_LISTEN]" in " ".join(listen.group(0).split())
+    # The HTTP listener is named up front, not only among forty flags.
+    assert "with --http-listen, an HTTP listener" in " ".join(result.stdout.split())
+
+
+def test_say_help_shows_only_defaults_that_say_something(tmp_path: Path) -> None:
+    """No "(default: True)" on --no-resume (it reads as resume off), no "(default:
+    None)" or "(default: )", no default given twice; informative ones stay."""
+    result = voxrelay("say", "--help", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "(default: True)" not in text
+    assert "(default: False)" not in text
+    assert "(default: None)" not in text
+    assert "(default: )" not in text
+    no_resume = re.search(r"--no-resume (.*?) -q", text)
+    assert no_resume is not None and "default: True" not in no_resume.group(1)
+    assert "(default: s16)" in text and "(default: first_clause)" in text
+    assert "--chunk-ms CHUNK_MS target audio message length in milliseconds" in text
 
 
 def test_serve_listens_where_voxrelay_listen_says(tmp_path: Path) -> None:
@@ -589,3 +610,20 @@ def test_say_prints_word_timing(server: ServeProcess, tmp_path: Path) -> None:
     starts = [float(start) for _, start, _, _ in lines]
     assert starts == sorted(starts) and all(turn == "1" for turn, *_ in lines)
     assert float(lines[-1][2]) <= soundfile.info(str(tmp_path / "w.wav")).duration + 0.001
+
+
+def test_say_pointed_at_an_http_port_says_so(tmp_path: Path) -> None:
+    """The HTTP listener's address given as --server (a mistake easy to make with both
+    listeners on): the message says it is HTTP and which address to use instead."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = f"127.0.0.1:{server.server_address[1]}"
+        result = voxrelay("say", "--server", target, "Hello. ", cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    assert f"{target} answers, but not in gRPC" in result.stderr, result.stderr
+    assert "--listen" in result.stderr and "Traceback" not in result.stderr

@@ -257,6 +257,24 @@ def test_serve_says_which_http_address_is_in_use_and_exits_2(tmp_path: Path) -> 
     assert "Traceback" not in logged
 
 
+def test_serve_says_which_metrics_address_is_in_use_and_exits_2(tmp_path: Path) -> None:
+    """As for the HTTP listener: a message naming the address, no traceback, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        listen = f"127.0.0.1:{free_port()}"
+        process = start_serve(
+            ["--engines", "tone", "--listen", listen, "--metrics-listen", address],
+            tmp_path / "serve.log",
+            user_env(),
+        )
+        assert process.wait(timeout=60) == 2
+    logged = (tmp_path / "serve.log").read_text()
+    assert f"cannot listen for metrics on {address}" in logged and "in use" in logged, logged
+    assert "Traceback" not in logged
+
+
 async def test_a_client_that_stops_reading_cannot_hold_the_shutdown_past_its_bound(
     start_http: StartHttp,
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -204,6 +205,37 @@ async def test_bad_requests_get_400_naming_the_field(
     assert says in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        (
+            {"response_format": "opus", "sample_rate": 22050},
+            ["sample_rate 22050 is not an Opus rate", "with response_format opus use 8000"],
+        ),
+        (
+            {"response_format": "wav", "sample_rate": 4000},
+            ["sample_rate 4000 is out of range", "8000 to 96000", "0 for the format's rate"],
+        ),
+        ({"response_format": "pcm", "sample_rate": 200000}, ["sample_rate 200000 is out"]),
+        ({"voice": "nobody"}, ["unknown voice 'nobody'", "OpenAI's voice names", "alloy"]),
+    ],
+)
+async def test_messages_name_the_request_s_fields_not_the_proto_s(
+    start_http: StartHttp, fields: dict[str, object], says: list[str]
+) -> None:
+    """What an HTTP caller sent and can change: `sample_rate` and `response_format`, not
+    gRPC's `audio_format.sample_rate_hz` and `AUDIO_ENCODING_OGG_OPUS`; the voice names
+    OpenAI callers use are named among the accepted ones."""
+    server = await start_http()
+    status, body, _ = await post(server, speech_body(**fields))
+    assert status == 400
+    message = body["error"]["message"]
+    for words in says:
+        assert words in message
+    assert "audio_format" not in message and "AUDIO_ENCODING" not in message
+    assert "native rate" not in message  # over HTTP 0 is the format's rate, not the voice's
+
+
 async def test_a_body_that_is_not_json_gets_400(start_http: StartHttp) -> None:
     server = await start_http()
     status, body, _ = await post(server, b"model=tts-1")
@@ -219,6 +251,9 @@ async def test_text_over_the_limit_gets_413_as_does_a_body_too_large(start_http:
         server, b'{"input": "' + b"\\u00e9" * MAX_WHOLE_TEXT_CHARS * 3 + b'"}'
     )
     assert status == 413 and body["error"]["type"] == "invalid_request_error"
+    # The limits, so a caller knows how much to send (the text's, which it controls).
+    assert re.search(r"over \d{1,3}(,\d{3})+ bytes", body["error"]["message"])
+    assert "1,000,000 characters" in body["error"]["message"]
 
 
 async def test_the_openai_client_raises_its_own_errors(start_http: StartHttp) -> None:

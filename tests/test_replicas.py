@@ -257,6 +257,9 @@ async def test_a_killed_replica_s_sessions_resume_whole(tmp_path: Path) -> None:
         assert_whole(spoken[n], expected[n])
         for resumed in spoken[n].resumed:
             assert resumed.reason.startswith("UNAVAILABLE")
+            # Said as a loss, not as the advice for a server that refuses plaintext.
+            assert "lost during the session" in resumed.reason
+            assert "TLS" not in resumed.reason
             assert resumed.repeated_samples <= expected[n].longest_segment()
         assert spoken[n].repeated() == sum(r.repeated_samples for r in spoken[n].resumed)
 
@@ -357,7 +360,13 @@ def test_say_resumes_and_writes_the_whole_audio(tmp_path: Path) -> None:
                 break
         lines += saying.stderr.readlines()
         assert saying.wait(60) == 0, "".join(lines)
-    assert any("resumed on another server" in line for line in lines), lines
+    resumed = [line for line in lines if "resumed on another server" in line]
+    assert resumed, lines
+    # Why, in words that fit a killed replica (gRPC's "Socket closed" once read as TLS).
+    assert "lost during the session" in resumed[0] and "TLS" not in resumed[0], resumed
+    # How much came again, in seconds, and that the file has it once.
+    assert re.search(r"the \d+\.\d\d s of it received before the cut come again", resumed[0])
+    assert "written to the file once" in resumed[0]
     whole, _ = soundfile.read(tmp_path / "whole.wav", dtype="int16")
     cut, _ = soundfile.read(tmp_path / "cut.wav", dtype="int16")
     assert np.array_equal(whole, cut)

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.processes import ServeProcess, free_port, start_serve, user_env
+from tests.processes import ServeProcess, free_port, running_serve, start_serve, user_env
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 from voxrelay_server import app
 from voxrelay_server.config import ServerSettings
@@ -336,6 +336,7 @@ def test_server_options_carry_the_connection_settings() -> None:
         "grpc.http2.min_ping_interval_without_data_ms": 10_000,
         "grpc.max_connection_age_ms": 600_000,
         "grpc.max_connection_age_grace_ms": 45_000,
+        "grpc.so_reuseport": 0,
     }
 
 
@@ -504,3 +505,23 @@ def _wait_for_log(log: Path, marker: str, *, count: int, timeout_s: float = 10.0
     while (found := log.read_text().count(marker)) < count and time.monotonic() < deadline:
         time.sleep(0.05)
     return found
+
+
+def test_a_second_server_on_the_same_address_is_refused(tmp_path: Path) -> None:
+    """gRPC binds with SO_REUSEPORT unless told not to, so a second `voxrelay serve` on a
+    running one's address used to start, SERVING, and take a share of its new
+    connections (each to a server with other settings, voices or tokens); it now stops
+    at once, saying the address is in use."""
+    with running_serve(["--engines", "tone"], tmp_path / "first.log") as first:
+        second = start_serve(
+            ["--engines", "tone", "--listen", first.target], tmp_path / "second.log", user_env()
+        )
+        try:
+            assert second.wait(timeout=60) == 2
+        finally:
+            second.kill()
+            second.wait()
+        assert first.process.poll() is None
+    logged = (tmp_path / "second.log").read_text()
+    assert f"cannot listen on {first.target}" in logged and "in use" in logged, logged
+    assert "Traceback" not in logged

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -298,6 +299,21 @@ async def test_bad_input_is_invalid_argument_and_closes_with_4003(
         assert expected in errors[0].message
     assert kinds(closed.responses)[-2:] == ["error", "lifecycle"]  # then SESSION_ENDED
     await wait_for(lambda: server.service.active_sessions == 0)
+
+
+async def test_an_unknown_message_is_told_every_message_the_socket_takes(
+    start_web: StartWeb,
+) -> None:
+    """protobuf's message lists the proto's fields (in camelCase, on a second line); the
+    socket's own `end` and `authorization` are named too, on one line."""
+    server = await start_web()
+    async with open_socket(server.stream_url) as socket:
+        await socket.ws.send_str(json.dumps({"txt": "Hello. "}))
+        closed = await socket.rest()
+    message = next(r.error.message for r in closed.responses if r.HasField("error"))
+    assert "txt" in message and "\n" not in message
+    for name in ("config", "text", "turn_done", "cancel", "end", "authorization"):
+        assert re.search(rf"\b{name}\b", message), (name, message)
 
 
 async def test_a_binary_message_is_invalid_argument(start_web: StartWeb) -> None:

@@ -157,18 +157,17 @@ def _add_security_options(parser: argparse.ArgumentParser) -> None:
         "--tls-ca",
         default=env.get("VOXRELAY_TLS_CA"),
         help="PEM file of the CA that signed the server's certificate; connects over TLS "
-        "[VOXRELAY_TLS_CA] (default: %(default)s)",
+        "[VOXRELAY_TLS_CA]",
     )
     parser.add_argument(
         "--tls-cert",
         default=env.get("VOXRELAY_TLS_CERT"),
-        help="PEM client certificate, for servers that require mutual TLS "
-        "[VOXRELAY_TLS_CERT] (default: %(default)s)",
+        help="PEM client certificate, for servers that require mutual TLS [VOXRELAY_TLS_CERT]",
     )
     parser.add_argument(
         "--tls-key",
         default=env.get("VOXRELAY_TLS_KEY"),
-        help="PEM private key of --tls-cert [VOXRELAY_TLS_KEY] (default: %(default)s)",
+        help="PEM private key of --tls-cert [VOXRELAY_TLS_KEY]",
     )
     # The default is read at use, not here, so --help never prints the token.
     parser.add_argument(
@@ -196,6 +195,23 @@ def _connect(args: argparse.Namespace) -> AsyncClient:
         raise UsageError(str(error)) from None
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" where it tells something: not for a default of None, "" or
+    an off switch, nor for a --no-... switch (whose "default: True" reads as the
+    opposite of what it means), nor where the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == ""
+            or isinstance(action, argparse._StoreFalseAction)
+            or "default" in (action.help or "")
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     say = commands.add_parser(
         "say",
@@ -205,7 +221,7 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "opus). Prints time to first audio and the real-time factor; on a terminal, also "
         "the seconds of audio so far. An output file that cannot be written stops it "
         "before anything is synthesized.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     say.add_argument("text", help="the text to speak, or - to stream stdin")
     _add_server_option(say)
@@ -233,7 +249,13 @@ def _add_say(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     say.add_argument("--speed", type=float, default=0.0, help="0.25 to 4.0; 0 = normal")
     say.add_argument("--instructions", default="", help="speaking instructions (openai voices)")
-    say.add_argument("--chunk-ms", type=int, default=0, help="target audio message length")
+    say.add_argument(
+        "--chunk-ms",
+        type=int,
+        default=0,
+        help="target audio message length in milliseconds, at most 10000; 0 = as the "
+        "engine makes it (messages of at most a second)",
+    )
     say.add_argument(
         "--segmentation",
         choices=("first_clause", "sentences"),
@@ -438,6 +460,7 @@ async def _speak(
     writer: _AudioWriter | None = None
     samples = 0
     rate = 0
+    session_rate = 1  # SessionStarted's, set before any Resumed can come
     first_audio_ms: float | None = None
     words: list[tuple[int, Word]] = []
     """Word timing not printed yet: a turn's first words come before its audio, which
@@ -473,6 +496,7 @@ async def _speak(
         try:
             async for event in session:
                 if isinstance(event, SessionStarted):
+                    session_rate = event.sample_rate_hz
                     ahead.budget(event.text_budget_chars)
                     # The id the server's logs carry: what to quote about a problem.
                     report.say(
@@ -485,7 +509,13 @@ async def _speak(
                     report.say(
                         f"resumed on another server as session {event.session_id} "
                         f"({event.reason}); turn {event.turn} goes on from segment "
-                        f"{event.segment}, {event.repeated_samples} samples repeated"
+                        f"{event.segment}: the {event.repeated_samples / session_rate:.2f} s "
+                        "of it received before the cut come again, "
+                        + (
+                            "in the file too (a new Ogg stream)"
+                            if options.encoding == "opus"
+                            else "written to the file once"
+                        )
                     )
                 elif isinstance(event, Audio):
                     event = event.unrepeated()

@@ -406,7 +406,7 @@ class _Synthesis:
 
     def failed(self, error: grpc.RpcError) -> VoxrelayError:
         """The error for a call gRPC ended (unreachable server, refused, ...)."""
-        return VoxrelayError.from_rpc_error(error, self.target)
+        return VoxrelayError.from_rpc_error(error, self.target, started=self.started)
 
     def result(self) -> SynthesizedAudio:
         """The whole audio, once the call has ended well."""
@@ -746,7 +746,7 @@ class AsyncSession:
     async def _outcome(self, call: _Call) -> VoxrelayError | None:
         """Why a call's responses ended: None for a call that ended well."""
         if call.read_error is not None:
-            return VoxrelayError.from_rpc_error(call.read_error, self._target)
+            return VoxrelayError.from_rpc_error(call.read_error, self._target, started=call.started)
         code = await call.call.code()
         if code is grpc.StatusCode.OK:
             if self.state is not ConnectionState.ENDED:
@@ -883,7 +883,7 @@ class AsyncSession:
                 )
         reason = call.read_error or failure
         if isinstance(reason, grpc.RpcError):
-            return VoxrelayError.from_rpc_error(reason, self._target)
+            return VoxrelayError.from_rpc_error(reason, self._target, started=call.started)
         return VoxrelayError(grpc.StatusCode.UNKNOWN, f"the call ended: {reason}")
 
     def _require_call(self) -> _Call:

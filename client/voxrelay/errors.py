@@ -38,17 +38,38 @@ class VoxrelayError(Exception):
         self.segment = segment
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError, target: str | Endpoint) -> VoxrelayError:
-        """Wrap a gRPC error, adding advice where the server could not be reached."""
-        return cls.from_status(error.code(), error.details() or "", target)
+    def from_rpc_error(
+        cls, error: grpc.RpcError, target: str | Endpoint, *, started: bool = False
+    ) -> VoxrelayError:
+        """Wrap a gRPC error, adding advice where the server could not be reached.
+
+        `started`: the call had its session started, so it reached the server and an
+        UNAVAILABLE is the server or the connection lost mid-call, not a wrong address
+        or TLS setting.
+        """
+        return cls.from_status(error.code(), error.details() or "", target, started=started)
 
     @classmethod
     def from_status(
-        cls, code: grpc.StatusCode, details: str, target: str | Endpoint
+        cls,
+        code: grpc.StatusCode,
+        details: str,
+        target: str | Endpoint,
+        *,
+        started: bool = False,
     ) -> VoxrelayError:
-        """The error for a call that ended with `code`, with advice on what to do next."""
+        """The error for a call that ended with `code`, with advice on what to do next
+        (`started` as `from_rpc_error` takes it)."""
         endpoint = target if isinstance(target, Endpoint) else Endpoint(target)
-        if code is grpc.StatusCode.UNAVAILABLE:
+        if code is grpc.StatusCode.UNAVAILABLE and started:
+            # gRPC says "Socket closed" for a replica killed mid-call as for a TLS-only
+            # server refusing plaintext: only a call that never reached a session can be
+            # the second.
+            details = (
+                f"the server at {endpoint} was lost during the session ({details}): it "
+                "stopped, or the connection to it failed"
+            )
+        elif code is grpc.StatusCode.UNAVAILABLE:
             details = _connection_failure(details, endpoint) or (
                 f"cannot reach a voxrelay server at {endpoint} ({details}); start one with "
                 "`voxrelay serve` or point --server / VOXRELAY_SERVER at a running one; "
@@ -92,6 +113,15 @@ def _connection_failure(details: str, endpoint: Endpoint) -> str | None:
         return (
             f"the certificate of {server} does not name {endpoint.target.rpartition(':')[0]!r}: "
             "connect with a name (or address) its certificate was issued for"
+        )
+    if "Expected SETTINGS frame" in details:
+        # What gRPC says of a server that answers but not in HTTP/2 (an HTTP/1.1 one):
+        # most likely voxrelay's own HTTP listener, given where --listen's belongs.
+        return (
+            f"{endpoint} answers, but not in gRPC: it is probably the server's HTTP "
+            "listener (--http-listen, for the OpenAI-compatible API and the page); point "
+            "--server / VOXRELAY_SERVER at its gRPC address (--listen, 127.0.0.1:50051 by "
+            "default)"
         )
     if "Socket closed" in details:
         if not endpoint.tls:

@@ -253,6 +253,10 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", ms(CLIENT_PING_MIN_INTERVAL_S)),
+        # gRPC binds with SO_REUSEPORT by default: a second server on this address would
+        # start beside this one and take a share of its new connections. Without it the
+        # bind fails and the start stops with "the address is in use".
+        ("grpc.so_reuseport", 0),
     ]
     if settings.max_connection_age_s > 0:
         # Clients reconnect (maybe elsewhere) after a GOAWAY; calls on the old
@@ -372,10 +376,13 @@ def create_server_parts(
     reflection.enable_server_reflection(
         (SPEECH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
         raise ListenError(
             f"cannot listen on {settings.listen}: the address is in use or not valid here"

@@ -24,7 +24,9 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     serve = commands.add_parser(
         "serve",
         help="run a voxrelay server",
-        description="Run a voxrelay gRPC server. Every flag also reads the VOXRELAY_* "
+        description="Run a voxrelay server: gRPC on --listen and, with --http-listen, "
+        "an HTTP listener (OpenAI-compatible speech API, the Stream rpc as a WebSocket, "
+        "and a page that speaks through it). Every flag also reads the VOXRELAY_* "
         "variable named beside it; the flag wins over the variable.",
     )
     config.add_arguments(serve)

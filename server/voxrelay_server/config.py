@@ -74,7 +74,8 @@ class ServerSettings:
     )
     workers: int = _setting(
         lambda: os.cpu_count() or 1,
-        "piper segments synthesized at once server-wide, one core each (default: cores)",
+        "piper segments synthesized at once server-wide, one core each; the default is the "
+        "number of cores",
         minimum=1,
     )
     piper_voices: str = _setting(

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from voxrelay_server.errors import ErrorCode, SpeechError, TextTooLong
+from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 _LOG = logging.getLogger(__name__)
 
@@ -113,7 +114,15 @@ class RequestError(Exception):
         return error_response(self.status, self.message, code=self.code, param=self.param)
 
 
-_HTTP_MESSAGES = {413: "the request body is too large"}
+MAX_BODY_BYTES = 12 * MAX_WHOLE_TEXT_CHARS + 65536
+"""The largest request body: a whole text of the most characters one call takes, each
+escaped in JSON as a character beyond the BMP is (`\\ud83d\\ude00`, 12 bytes, as Python's
+`json.dumps` writes an emoji), and room for the other fields; larger gets 413."""
+
+_HTTP_MESSAGES = {
+    413: f"the request body is over {MAX_BODY_BYTES:,} bytes: input takes at most "
+    f"{MAX_WHOLE_TEXT_CHARS:,} characters (split a longer text across several requests)"
+}
 
 
 def _routes_served(app: web.Application) -> str:

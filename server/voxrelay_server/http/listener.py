@@ -21,20 +21,15 @@ from voxrelay_server.calls import CallRunner
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.http import cors, openai_speech, page, websocket
 from voxrelay_server.http.auth import ACCESS_KEY, TOKENS_KEY, Access, bearer_tokens, refusal
-from voxrelay_server.http.errors import Handler, error_response, json_errors
+from voxrelay_server.http.errors import MAX_BODY_BYTES, Handler, error_response, json_errors
 from voxrelay_server.http.tls import ssl_context
 from voxrelay_server.security import TokenCheck
 from voxrelay_server.serving import SHUTTING_DOWN_MESSAGE, ListenError
-from voxrelay_server.settings import MAX_WHOLE_TEXT_CHARS
 
 _LOG = logging.getLogger("voxrelay.http")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b bytes %Tf s'
 """One line per request (the client, request line, status, bytes, seconds); headers,
 and so tokens, are never logged."""
-MAX_BODY_BYTES = 12 * MAX_WHOLE_TEXT_CHARS + 65536
-"""The largest request body: a whole text of the most characters one call takes, each
-escaped in JSON as a character beyond the BMP is (`\\ud83d\\ude00`, 12 bytes, as Python's
-`json.dumps` writes an emoji), and room for the other fields; larger gets 413."""
 IDLE_CONNECTION_S = 75.0
 """How long a connection without a request under way stays open when --start-timeout is
 0 (off): aiohttp's own keep-alive timeout."""

@@ -37,7 +37,15 @@ from voxrelay_server.http.errors import (
     speech_error_response,
 )
 from voxrelay_server.http.formats import ResponseFormat, response_format
-from voxrelay_server.settings import MAX_SPEED, MIN_SPEED, SessionRequest
+from voxrelay_server.settings import (
+    MAX_SAMPLE_RATE_HZ,
+    MAX_SPEED,
+    MIN_SAMPLE_RATE_HZ,
+    MIN_SPEED,
+    OPUS_RATES_HZ,
+    AudioEncoding,
+    SessionRequest,
+)
 
 if TYPE_CHECKING:
     from voxrelay_server.dispatcher import SessionDispatcher
@@ -202,7 +210,12 @@ async def speak(context: HttpContext, request: web.Request) -> web.StreamRespons
         except SpeechError as error:
             param = _param_of(error)
             if param == "voice" and error.code is ErrorCode.INVALID_ARGUMENT:
-                error = InvalidInput(f"{error.message} (over HTTP: GET /v1/audio/voices)")
+                # The voices an HTTP caller may name include OpenAI's, which the
+                # domain's message (about voxrelay's own names) does not know of.
+                error = InvalidInput(
+                    f"{error.message} (over HTTP: GET /v1/audio/voices); OpenAI's voice "
+                    f"names ({', '.join(OPENAI_VOICES)}) are accepted too"
+                )
             return speech_error_response(error, param=param)
         feeder = asyncio.create_task(feed_whole_text(parsed.text, session))
         return await _respond(context, request, parsed, session, slot, feeder)
@@ -381,6 +394,8 @@ def parse_speech_request(body: object) -> SpeechRequest:
         raise RequestError(
             400, "sample_rate must be a whole number of Hz (0: the format's)", param="sample_rate"
         )
+    audio_format = response_format(body.get("response_format"))
+    _check_rate(rate, audio_format)
     stream_format = body.get("stream_format", "audio")
     try:
         streamed = StreamFormat(stream_format)
@@ -398,11 +413,36 @@ def parse_speech_request(body: object) -> SpeechRequest:
         text=text,
         voice=voice,
         instructions=instructions,
-        format=response_format(body.get("response_format")),
+        format=audio_format,
         speed=float(speed),
         sample_rate_hz=rate,
         stream_format=streamed,
     )
+
+
+def _check_rate(rate: int, audio_format: ResponseFormat) -> None:
+    """A `sample_rate` the format can be made at, checked here so the message names the
+    request's fields (the domain's names gRPC's, and means the voice's rate by 0)."""
+    if not rate:
+        return
+    if audio_format.encoding is AudioEncoding.OGG_OPUS and rate not in OPUS_RATES_HZ:
+        allowed = ", ".join(str(r) for r in OPUS_RATES_HZ[:-1])
+        raise RequestError(
+            400,
+            f"sample_rate {rate} is not an Opus rate: with response_format opus use "
+            f"{allowed} or {OPUS_RATES_HZ[-1]} Hz, or 0 for the Opus rate at or above the "
+            "voice's",
+            param="sample_rate",
+            code=ErrorCode.INVALID_ARGUMENT.name.lower(),
+        )
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise RequestError(
+            400,
+            f"sample_rate {rate} is out of range: use {MIN_SAMPLE_RATE_HZ} to "
+            f"{MAX_SAMPLE_RATE_HZ} Hz, or 0 for the format's rate",
+            param="sample_rate",
+            code=ErrorCode.INVALID_ARGUMENT.name.lower(),
+        )
 
 
 def _check_unicode(param: str, value: str) -> None:

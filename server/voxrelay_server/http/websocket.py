@@ -127,8 +127,13 @@ def parse_message(text: str) -> _Incoming:
     try:
         json_format.ParseDict(value, request)
     except json_format.ParseError as error:
+        # protobuf's own words, on one line: its list of fields (camelCase, on a second
+        # line) knows nothing of the socket's own messages, so the message names them all.
+        reason = " ".join(str(error).split())
         raise InvalidInput(
-            f"a message is not a StreamRequest in the proto's JSON mapping: {error}"
+            f"a message is not a StreamRequest in the proto's JSON mapping ({reason}): "
+            "send one of config (first only), text, turn_done or cancel, or this socket's "
+            "own end and authorization (see websocket.md)"
         ) from None
     except (ValueError, TypeError):  # a string protobuf cannot hold (a lone surrogate)
         raise InvalidInput("strings must be valid Unicode (no lone surrogates)") from None

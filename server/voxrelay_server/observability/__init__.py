@@ -108,7 +108,16 @@ class Observability:
                 self.metrics.loop = asyncio.get_running_loop()
         if self.metrics is None or not self.settings.metrics_listen or self._http is not None:
             return self.metrics_port
-        self._http = MetricsHttpServer(self.metrics.registry, self.settings.metrics_listen)
+        try:
+            self._http = MetricsHttpServer(self.metrics.registry, self.settings.metrics_listen)
+        except OSError as error:
+            # Imported here: serving imports the service, which imports this package.
+            from voxrelay_server.serving import ListenError
+
+            raise ListenError(
+                f"cannot listen for metrics on {self.settings.metrics_listen}: "
+                f"{error.strerror or error}"
+            ) from error
         host = self.settings.metrics_listen.rpartition(":")[0]
         _LOG.info("metrics on http://%s:%d/metrics", host, self._http.port)
         return self._http.port
