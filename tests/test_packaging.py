@@ -271,6 +271,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 CALLER = """
 import asyncio, sys
+import google.protobuf
 import grpc
 import voxrelay
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
@@ -293,6 +294,7 @@ async def session() -> list[str]:
     return seen
 
 
+print("protobuf", google.protobuf.__version__)
 print("session", " ".join(asyncio.run(session())))
 with grpc.insecure_channel(target) as channel:
     request = speech_pb2.SynthesizeRequest(
@@ -316,6 +318,9 @@ def test_the_client_alone_speaks_to_a_server(
 
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    # Unpinned, pip takes the newest protobuf: the 6.31.1 gencode on a runtime of 7 or later
+    # (the floor venv below runs it on 6).
+    assert int(lines["protobuf"].split(".")[0]) >= 7, lines["protobuf"]
     turns = "TurnStarted Audio TurnEnded"
     assert lines["session"] == f"SessionStarted {turns} {turns} SessionEnded"
     assert lines["rpc"] == "session_started True lifecycle"
@@ -347,6 +352,7 @@ def test_the_client_at_its_floors_speaks_to_a_server(
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     turns = "TurnStarted Audio TurnEnded"
     assert lines["session"] == f"SessionStarted {turns} {turns} SessionEnded"
+    assert lines["protobuf"] == floor(requirements, "protobuf")
     assert lines["rpc"] == "session_started True lifecycle"
     assert lines["synthesize"].split()[0] == "22050"
 
