@@ -27,17 +27,10 @@ install: $(STAMP)
 # Two distributions, both editable here: the light client (client/pyproject.toml,
 # `voxrelay`) and the server (pyproject.toml, `voxrelay-server`, which needs the client).
 # The client's framework extras come too: their adapters are tested with the framework.
-$(STAMP): pyproject.toml client/pyproject.toml client/adapter-overrides.txt
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev]'
-	@# openai-agents' and Pipecat's extras through uv (a dev extra): pipecat-ai declares
-	@# protobuf<7, which client/adapter-overrides.txt replaces with the client's own
-	@# floor (pip cannot override a requirement). The server is resolved with them, so
-	@# nothing the frameworks pin goes below what it needs.
-	$(BIN)/uv pip install --quiet --python $(BIN)/python \
-		--overrides client/adapter-overrides.txt \
-		-e './client[livekit,openai-agents,pipecat]' -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[livekit,openai-agents,pipecat]' -e '.[dev]'
 	touch $@
 
 # Regenerates the Python messages, gRPC stubs and their type stubs from protos/ into
@@ -116,7 +109,7 @@ bench-quick: install $(BENCH_STAMP)
 
 # The benchmark's extras (the reference implementation, plotting) only for the benchmark.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e './client[livekit]' -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e './client[livekit,openai-agents,pipecat]' -e '.[dev,bench]'
 	touch $@
 
 # Builds both distributions (sdist and wheel) into dist/.

@@ -4,12 +4,15 @@ Both are built with `python -m build` (sdist, then the wheel from it); the clien
 wheel alone goes into a fresh virtual environment, which must then speak to a
 real server (started from this environment) through a session, the Synthesize
 rpc, `voxrelay voices` and `voxrelay say`, without any of the server's weight
-(piper, onnxruntime, OpenTelemetry) installed. The committed stubs must be what
-the protos make, and the client's floors the versions they were made with.
+(piper, onnxruntime, OpenTelemetry) installed; a second one holds the client with
+its floors exactly (protobuf 6) and must speak to the server too, and plain pip must
+resolve the client with its `pipecat` extra. The committed stubs must be what the
+protos make, and the client's floors the versions they were made with.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -33,6 +36,8 @@ SERVER_ONLY = ("piper", "onnxruntime", "opentelemetry", "voxrelay_server", "soxr
 """Modules a client's environment must not hold: the server's and its heavy dependencies."""
 SERVER_ONLY_DISTRIBUTIONS = ("piper-tts", "onnxruntime", "opentelemetry-api", "voxrelay-server")
 RUN_TIMEOUT_S = 120.0
+PIPECAT_RESOLVE_TIMEOUT_S = 240.0
+"""pip fetching the metadata of pipecat-ai and its dependencies (a cold cache)."""
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -174,6 +179,58 @@ def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(scope="module")
+def floor_venv(wheels: Wheels, tmp_path_factory: pytest.TempPathFactory) -> ClientVenv:
+    """A fresh virtual environment with the client wheel and its floors exactly: the
+    grpcio and protobuf (a 6.x) of client/pyproject.toml, as a caller whose services are
+    still on protobuf 6 has them (from the package index, or pip's cache)."""
+    requirements = project(CLIENT_PYPROJECT)["dependencies"]
+    venv = tmp_path_factory.mktemp("floor-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=RUN_TIMEOUT_S)
+    python = venv / "bin" / "python"
+    pins = [f"{name}=={floor(requirements, name)}" for name in ("grpcio", "protobuf")]
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--prefer-binary", *pins,
+         str(wheels.client)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return ClientVenv(python, venv / "bin" / "voxrelay")
+
+
+def test_the_client_floor_is_protobuf_6() -> None:
+    # Below 7 on purpose: frameworks capped below it (pipecat-ai) and services still on
+    # protobuf 6 install the client beside them with plain pip.
+    assert floor(project(CLIENT_PYPROJECT)["dependencies"], "protobuf").startswith("6.")
+
+
+def test_the_pipecat_extra_resolves_with_plain_pip(
+    wheels: Wheels, client_venv: ClientVenv, tmp_path: Path
+) -> None:
+    # pipecat-ai declares protobuf<7: pip alone (no override) must find one set of
+    # versions for it and the client. A dry run resolves everything, installs nothing.
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [str(client_venv.python), "-m", "pip", "install", "--dry-run", "--quiet",
+         "--prefer-binary", "--ignore-installed", "--report", str(report),
+         f"voxrelay[pipecat] @ {wheels.client.as_uri()}"],
+        capture_output=True,
+        text=True,
+        timeout=PIPECAT_RESOLVE_TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    resolved = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert "pipecat-ai" in resolved and "voxrelay" in resolved, resolved
+    assert resolved["protobuf"].split(".")[0] == "6", resolved["protobuf"]
+
+
 def test_the_client_venv_holds_none_of_the_server(client_venv: ClientVenv, tmp_path: Path) -> None:
     probe = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
     found = run(client_venv.python, "-c", probe, *SERVER_ONLY, cwd=tmp_path)
@@ -214,6 +271,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 CALLER = """
 import asyncio, sys
+import google.protobuf
 import grpc
 import voxrelay
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
@@ -236,6 +294,7 @@ async def session() -> list[str]:
     return seen
 
 
+print("protobuf", google.protobuf.__version__)
 print("session", " ".join(asyncio.run(session())))
 with grpc.insecure_channel(target) as channel:
     request = speech_pb2.SynthesizeRequest(
@@ -259,11 +318,43 @@ def test_the_client_alone_speaks_to_a_server(
 
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    # Unpinned, pip takes the newest protobuf: the 6.31.1 gencode on a runtime of 7 or later
+    # (the floor venv below runs it on 6).
+    assert int(lines["protobuf"].split(".")[0]) >= 7, lines["protobuf"]
     turns = "TurnStarted Audio TurnEnded"
     assert lines["session"] == f"SessionStarted {turns} {turns} SessionEnded"
     assert lines["rpc"] == "session_started True lifecycle"
     rate, duration_s = lines["synthesize"].split()
     assert rate == "22050" and 0.3 < float(duration_s) < 5
+
+
+def test_the_client_at_its_floors_speaks_to_a_server(
+    floor_venv: ClientVenv, server: ServeProcess, tmp_path: Path
+) -> None:
+    # The protobuf 6 runtime with the committed stubs, against a server on its own
+    # (this environment's) runtime: a session, the Synthesize rpc and synthesize().
+    versions = run(
+        floor_venv.python, "-c",
+        "import grpc, google.protobuf as p; print(grpc.__version__, p.__version__)",
+        cwd=tmp_path,
+    )  # fmt: skip
+    requirements = project(CLIENT_PYPROJECT)["dependencies"]
+    assert versions.stdout.split() == [
+        floor(requirements, "grpcio"),
+        floor(requirements, "protobuf"),
+    ]
+    script = tmp_path / "caller.py"
+    script.write_text(CALLER)
+
+    result = run(floor_venv.python, script, server.target, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    turns = "TurnStarted Audio TurnEnded"
+    assert lines["session"] == f"SessionStarted {turns} {turns} SessionEnded"
+    assert lines["protobuf"] == floor(requirements, "protobuf")
+    assert lines["rpc"] == "session_started True lifecycle"
+    assert lines["synthesize"].split()[0] == "22050"
 
 
 def test_the_client_alone_runs_voices_and_say(

@@ -5,7 +5,7 @@ import warnings
 
 from voxrelay.v1 import speech_pb2 as voxrelay_dot_v1_dot_speech__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SpeechStub:
+class SpeechStub(object):
     """Speech turns streamed text into ordered, streamed speech.
     """
 
@@ -52,7 +52,7 @@ class SpeechStub:
                 _registered_method=True)
 
 
-class SpeechServicer:
+class SpeechServicer(object):
     """Speech turns streamed text into ordered, streamed speech.
     """
 
@@ -151,7 +151,7 @@ def add_SpeechServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Speech:
+class Speech(object):
     """Speech turns streamed text into ordered, streamed speech.
     """
 
