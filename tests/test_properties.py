@@ -265,8 +265,11 @@ class Served:
     recorders: list[Recorder]
 
 
-@contextlib.asynccontextmanager
-async def tone_server() -> AsyncIterator[Served]:
+def recorded_tone_service(
+    limits: SessionLimits,
+) -> tuple[SpeechService, ToneEngine, list[Recorder]]:
+    """A service of the tone voice whose sessions each record their segments' text, in
+    the list returned beside it (one `Recorder` per session, in the order they opened)."""
     tone = ToneEngine(ms_per_char=1)
     recorders: list[Recorder] = []
 
@@ -277,8 +280,16 @@ async def tone_server() -> AsyncIterator[Served]:
     service = SpeechService(
         VoiceCatalog([tone], VOICE_NAME),
         default_max_inflight_segments=3,
-        limits=SessionLimits(max_buffered_text_chars=500, max_segment_chars=MAX_SEGMENT_CHARS),
+        limits=limits,
         observer_factory=observer,
+    )
+    return service, tone, recorders
+
+
+@contextlib.asynccontextmanager
+async def tone_server() -> AsyncIterator[Served]:
+    service, tone, recorders = recorded_tone_service(
+        SessionLimits(max_buffered_text_chars=500, max_segment_chars=MAX_SEGMENT_CHARS)
     )
     settings_ = ServerSettings(listen="127.0.0.1:0", start_timeout_s=5.0, send_timeout_s=5.0)
     server, port = create_server(service, settings_)

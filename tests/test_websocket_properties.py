@@ -18,16 +18,21 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_properties import TEXTS, Recorder, Sent, check_stream, domain_event
+from tests.test_properties import (
+    TEXTS,
+    Recorder,
+    Sent,
+    check_stream,
+    domain_event,
+    recorded_tone_service,
+)
 from tests.websockets import Socket
 from voxrelay_server.app import RunningParts, create_server_parts
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.dispatcher import SessionLimits
-from voxrelay_server.engines.tone import VOICE_NAME, ToneEngine
+from voxrelay_server.engines.tone import ToneEngine
 from voxrelay_server.errors import ErrorCode
-from voxrelay_server.observer import SessionObserver
 from voxrelay_server.service import SpeechService
-from voxrelay_server.voices import VoiceCatalog
 
 NOT_A_STRING = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.just([]), st.just({})
@@ -60,19 +65,7 @@ ENDINGS = st.sampled_from(["end", "end_then_more", "client_close"])
 
 @contextlib.asynccontextmanager
 async def served() -> AsyncIterator[tuple[RunningParts, SpeechService, ToneEngine, list[Recorder]]]:
-    tone = ToneEngine(ms_per_char=1)
-    recorders: list[Recorder] = []
-
-    def observer(_id: str, _settings: object) -> SessionObserver:
-        recorders.append(Recorder())
-        return recorders[-1]
-
-    service = SpeechService(
-        VoiceCatalog([tone], VOICE_NAME),
-        default_max_inflight_segments=3,
-        limits=SessionLimits(max_segment_chars=40),
-        observer_factory=observer,
-    )
+    service, tone, recorders = recorded_tone_service(SessionLimits(max_segment_chars=40))
     settings_ = ServerSettings(
         listen="127.0.0.1:0",
         http_listen="127.0.0.1:0",
