@@ -101,7 +101,12 @@ async def test_requests_without_an_accepted_token_get_401_in_openais_shape(
     server = await start_http(auth_tokens="s3cret,other")
     url = f"{server.base_url}/v1/models"
     async with aiohttp.ClientSession() as client:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "s3cret"},
+            {"Authorization": "Bearer s3cr\u20act"},  # not Latin-1: it was a 500
+        ):
             async with client.get(url, headers=headers) as response:
                 assert response.status == 401, headers
                 error = (await response.json())["error"]

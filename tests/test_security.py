@@ -572,3 +572,17 @@ def test_serve_stops_at_once_on_unusable_security_settings(pki: Pki, tmp_path: P
     assert "--tls-key" in no_key.stderr and "Traceback" not in no_key.stderr
     assert no_tokens.returncode == 2
     assert "holds no token" in no_tokens.stderr and "Traceback" not in no_tokens.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Bearer s3cr\u20act", "Bearer \ud800", "Bearer s3cret\udcff", "s3cr\u00e9t"],
+)
+def test_a_token_of_any_characters_is_refused_not_an_error(value: str) -> None:
+    """HTTP headers arrive as UTF-8 with undecodable bytes escaped and a WebSocket's JSON
+    may hold lone surrogates: such a credential is refused like any wrong one (it raised
+    UnicodeEncodeError, an HTTP 500 and a socket closed without its error)."""
+    check = security.TokenCheck(["s3cret"])
+    reason = check.refusal([value])
+    assert reason is not None and "s3cret" not in reason
+    assert check.refusal(["Bearer s3cret"]) is None

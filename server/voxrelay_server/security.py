@@ -195,8 +195,7 @@ class TokenCheck:
         """Whether any of these bare tokens (no `Bearer`) is accepted."""
         accepted = False
         for credential in credentials:
-            raw = credential.encode("latin-1") if isinstance(credential, str) else credential
-            presented = _digest(raw)
+            presented = _digest(_as_bytes(credential))
             # No short-circuit: every configured token is compared every time.
             for expected in self._digests:
                 accepted |= hmac.compare_digest(presented, expected)
@@ -244,9 +243,17 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return _refusing_handler(method, reason)
 
 
+def _as_bytes(value: str | bytes) -> bytes:
+    """`value` as bytes, whatever characters it holds: HTTP headers arrive decoded as
+    UTF-8 with undecodable bytes escaped, and a WebSocket's JSON may carry lone
+    surrogates. A character beyond ASCII can never match a token (tokens are ASCII), so
+    it needs only to encode without raising."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+
+
 def _bearer_credential(value: str | bytes) -> bytes | None:
     """The credential of a `Bearer <credential>` value (scheme case-insensitive), else None."""
-    raw = value.encode("latin-1") if isinstance(value, str) else value
+    raw = _as_bytes(value)
     scheme, _, credential = raw.strip().partition(b" ")
     credential = credential.strip()
     return credential if scheme.lower() == b"bearer" and credential else None
