@@ -34,6 +34,7 @@ This module imports `agents` (openai-agents); the rest of the client does not.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 
 from agents.voice import STTModel, TTSModel, TTSModelSettings, VoiceModelProvider
@@ -95,7 +96,7 @@ class VoxrelayTTSModel(TTSModel):
         self._tls_ca = tls_ca
         self._token = token
         base = options or SessionOptions(sample_rate_hz=OPENAI_PCM_RATE_HZ)
-        self.options = SessionOptions(**{**base.__dict__, "dtype": "int16", "encoding": "pcm"})
+        self.options = dataclasses.replace(base, dtype="int16", encoding="pcm")
         """The session options every run starts from (int16 PCM whatever was given)."""
         self.voices = dict(voices or {})
         """OpenAI voice names (`alloy`, ...) to voxrelay voice names."""
@@ -109,15 +110,13 @@ class VoxrelayTTSModel(TTSModel):
 
     def options_for(self, settings: TTSModelSettings) -> SessionOptions:
         """The session options of one run: `options` with `settings` applied."""
-        fields = dict(self.options.__dict__)
-        voice = self._voice(settings.voice)
-        if voice is not None:
-            fields["voice"] = voice
-        if settings.speed is not None:
-            fields["speed"] = float(settings.speed)
-        if settings.instructions:
-            fields["instructions"] = settings.instructions
-        return SessionOptions(**fields)
+        base = self.options
+        return dataclasses.replace(
+            base,
+            voice=self._voice(settings.voice) or base.voice,
+            speed=float(settings.speed) if settings.speed is not None else base.speed,
+            instructions=settings.instructions or base.instructions,
+        )
 
     def _voice(self, voice: object) -> str | None:
         if voice is None:
@@ -191,6 +190,11 @@ class VoxrelayVoiceModelProvider(VoiceModelProvider):
         """The model `get_tts_model(None)` gives."""
         self._by_voice: dict[str, VoxrelayTTSModel] = {}
 
+    async def aclose(self) -> None:
+        """Close the channels of `tts` and of every model `get_tts_model` made."""
+        for model in (self.tts, *self._by_voice.values()):
+            await model.aclose()
+
     def get_stt_model(self, model_name: str | None) -> STTModel:
         """The speech-to-text model of `stt_provider` (OpenAI's when none was given)."""
         if self._stt_provider is None:
@@ -209,7 +213,7 @@ class VoxrelayVoiceModelProvider(VoiceModelProvider):
             model = VoxrelayTTSModel(
                 base._target,
                 client=base._given_client,
-                options=SessionOptions(**{**base.options.__dict__, "voice": model_name}),
+                options=dataclasses.replace(base.options, voice=model_name),
                 voices=base.voices,
                 tls_ca=base._tls_ca,
                 token=base._token,
