@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import socket
@@ -17,11 +18,12 @@ import pytest
 import pytest_asyncio
 
 from tests.processes import free_port, running_serve, start_serve, user_env
-from voxrelay_server.app import RunningParts, create_server_parts
+from voxrelay_server.app import RunningParts, build_service, create_server_parts
 from voxrelay_server.config import ServerSettings
 from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 from voxrelay_server.engines.tone import ToneEngine
+from voxrelay_server.errors import SpeechError
 from voxrelay_server.http import Access, HttpRoutes
 from voxrelay_server.service import SpeechService
 from voxrelay_server.voices import VoiceCatalog
@@ -244,6 +246,22 @@ def test_http_settings_that_cannot_work_are_refused_with_what_to_fix(
 ) -> None:
     with pytest.raises(ValueError, match=says):
         ServerSettings(engines=("tone",), **settings)
+
+
+def test_a_voice_map_to_a_voice_the_server_does_not_offer_refuses_to_start() -> None:
+    """Else every request for that OpenAI name would get a 400 blaming its caller."""
+    settings = ServerSettings(
+        engines=("tone",),
+        default_voice=TONE_VOICE,
+        http_listen="127.0.0.1:0",
+        http_voice_map=("alloy=tone/square", "echo=tone/sqare"),
+    )
+    with pytest.raises(
+        SpeechError, match=r"--http-voice-map .* maps echo to tone/sqare: .*tone/square"
+    ):
+        build_service(settings)
+    fine = dataclasses.replace(settings, http_voice_map=("alloy=tone/square",))
+    assert build_service(fine).catalog.default_voice == TONE_VOICE
 
 
 def test_serve_says_which_http_address_is_in_use_and_exits_2(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from voxrelay_server.errors import ErrorCode, SpeechError
 from voxrelay_server.grpc_service import SpeechServicer
 from voxrelay_server.health import HealthServicer
 from voxrelay_server.http import HttpListener
+from voxrelay_server.http.openai_speech import voice_map
 from voxrelay_server.memory import (
     EngineMemory,
     MemoryBound,
@@ -189,6 +190,20 @@ def build_engines(
     return engines, unconfigured
 
 
+def _check_voice_map(settings: ServerSettings, catalog: VoiceCatalog) -> None:
+    """Refuse to start when `--http-voice-map` names a voice this server does not offer:
+    otherwise every request for that OpenAI name would fail, blaming its caller."""
+    for name, voice in voice_map(settings.http_voice_map).items():
+        try:
+            catalog.resolve(voice)
+        except SpeechError as error:
+            raise SpeechError(
+                error.code,
+                f"--http-voice-map (VOXRELAY_HTTP_VOICE_MAP) maps {name} to {voice}: "
+                f"{error.message}",
+            ) from None
+
+
 def build_service(
     settings: ServerSettings,
     env: Mapping[str, str] = os.environ,
@@ -201,6 +216,7 @@ def build_service(
     """
     engines, unconfigured = build_engines(settings, env)
     catalog = VoiceCatalog(engines, settings.default_voice, unconfigured)
+    _check_voice_map(settings, catalog)
     if observability is None:
         observability = Observability(settings)
     service = SpeechService(
