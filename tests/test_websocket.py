@@ -407,6 +407,28 @@ async def test_a_token_as_first_message_or_header_is_required(start_web: StartWe
         assert kinds(closed.responses)[0] == "session_started"
 
 
+async def test_an_authorization_message_is_ignored_after_the_header(
+    start_web: StartWeb,
+) -> None:
+    """websocket.md: a client may always send the message first; with the token checked
+    in the header already, it is ignored (not refused as out of place)."""
+    server = await start_web(auth_tokens=TOKEN)
+    closed = await exchange(
+        server.stream_url,
+        [{"authorization": f"Bearer {TOKEN}"}, {"text": "Hi. "}, {"end": {}}],
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert (closed.close_code, closed.statuses) == (1000, [])
+    assert kinds(closed.responses)[0] == "session_started"
+    # Anywhere after the first message it is still refused.
+    closed = await exchange(
+        server.stream_url,
+        [{"text": "Hi. "}, {"authorization": f"Bearer {TOKEN}"}],
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert (closed.close_code, closed.statuses) == (4003, ["INVALID_ARGUMENT"])
+
+
 async def test_an_authorization_message_is_ignored_without_tokens(start_web: StartWeb) -> None:
     server = await start_web()
     closed = await exchange(
