@@ -242,11 +242,23 @@ class WebSocketStream:
                     if first is not None:
                         apply_first(first, session, _apply)
                     reader = asyncio.create_task(_forward(requests, session))
+                    speaking = asyncio.Event()
                     # Its own task, so that the client going away (the reader sees it)
                     # can stop it wherever it waits, as gRPC cancels a call's handler.
-                    await asyncio.create_task(
-                        self._speak(ws, session, slot, reader, request.transport)
+                    speaker = asyncio.create_task(
+                        self._speak(ws, session, slot, reader, request.transport, speaking)
                     )
+                    try:
+                        await speaker
+                    finally:
+                        if not speaking.is_set():
+                            # Cancelled before its first step (aiohttp cancels the
+                            # handler when the client goes): `_speak` never ran, nor
+                            # the runner that ends the session, so it is ended here
+                            # and its place under --max-sessions given back.
+                            await asyncio.shield(
+                                self._runner.end(session, reader, caller_went_away())
+                            )
             except _ClientGone:
                 pass
             finally:
@@ -367,9 +379,12 @@ class WebSocketStream:
         slot: CallSlot,
         reader: asyncio.Task[None],
         transport: asyncio.Transport | None,
+        speaking: asyncio.Event,
     ) -> None:
         """Send `session_started` and the session's events until it ends, then close the
-        socket with its code; the runner then stops the reader and the session."""
+        socket with its code; the runner then stops the reader and the session.
+        `speaking` is set at once: from then on the runner ends the session."""
+        speaking.set()
         encoding = ENCODINGS_OUT[session.output.encoding]  # once, not per message
         rate = session.output.sample_rate_hz
 
