@@ -27,7 +27,7 @@ from voxrelay_server.engines.base import SpeechEngine
 from voxrelay_server.engines.espeak_engine import EspeakEngine
 from voxrelay_server.engines.tone import VOICE_NAME as TONE_VOICE
 from voxrelay_server.engines.tone import ToneEngine
-from voxrelay_server.http.websocket import MAX_MESSAGE_BYTES
+from voxrelay_server.http.websocket import MAX_MESSAGE_BYTES, WebSocketStream
 from voxrelay_server.service import SpeechService
 from voxrelay_server.voices import VoiceCatalog
 
@@ -384,6 +384,36 @@ async def test_closing_the_socket_stops_the_session(start_web: StartWeb) -> None
     await asyncio.wait_for(server.tone.idle.wait(), 5)
 
 
+async def test_a_handler_cancelled_as_its_session_opens_gives_the_place_back(
+    start_web: StartWeb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp cancels the handler when the client goes: cancelled right after the
+    session opened, before the task that speaks it took a step, the session is still
+    ended and its place under --max-sessions given back."""
+    server = await start_web(max_sessions=1)
+    opened = WebSocketStream._open
+    cancelled: list[asyncio.Task[Any]] = []
+
+    async def open_then_cancel(self: WebSocketStream, *args: Any) -> Any:
+        result = await opened(self, *args)
+        if result is not None and not cancelled:
+            # Delivered at the handler's next await: the one on the new speaking task.
+            handler = asyncio.current_task()
+            assert handler is not None
+            handler.cancel()
+            cancelled.append(handler)
+        return result
+
+    monkeypatch.setattr(WebSocketStream, "_open", open_then_cancel)
+    closed = await exchange(server.stream_url, [{"text": "Hello. "}])
+    assert cancelled and not any(r.HasField("session_started") for r in closed.responses)
+    await wait_for(lambda: server.service.active_sessions == 0)
+    # The one place is free again: a new socket is served.
+    closed = await exchange(server.stream_url, [{"text": "Hi. "}, {"end": {}}])
+    assert (closed.close_code, closed.statuses) == (1000, [])
+    assert kinds(closed.responses)[0] == "session_started"
+
+
 async def test_a_token_as_first_message_or_header_is_required(start_web: StartWeb) -> None:
     server = await start_web(auth_tokens=TOKEN)
     speak: list[dict[str, Any]] = [{"text": "Hello. "}, {"end": {}}]
@@ -405,6 +435,28 @@ async def test_a_token_as_first_message_or_header_is_required(start_web: StartWe
     for closed in accepted:
         assert closed.close_code == 1000 and not closed.statuses
         assert kinds(closed.responses)[0] == "session_started"
+
+
+async def test_an_authorization_message_is_ignored_after_the_header(
+    start_web: StartWeb,
+) -> None:
+    """websocket.md: a client may always send the message first; with the token checked
+    in the header already, it is ignored (not refused as out of place)."""
+    server = await start_web(auth_tokens=TOKEN)
+    closed = await exchange(
+        server.stream_url,
+        [{"authorization": f"Bearer {TOKEN}"}, {"text": "Hi. "}, {"end": {}}],
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert (closed.close_code, closed.statuses) == (1000, [])
+    assert kinds(closed.responses)[0] == "session_started"
+    # Anywhere after the first message it is still refused.
+    closed = await exchange(
+        server.stream_url,
+        [{"text": "Hi. "}, {"authorization": f"Bearer {TOKEN}"}],
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert (closed.close_code, closed.statuses) == (4003, ["INVALID_ARGUMENT"])
 
 
 async def test_an_authorization_message_is_ignored_without_tokens(start_web: StartWeb) -> None:

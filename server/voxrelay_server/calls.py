@@ -223,12 +223,26 @@ class CallRunner:
                 handle.cancel()
             # Let the client finish sending before the status goes out (DRAIN_S).
             drain = ended_by is None and session.error is not None and not feeder.done()
-            ending = asyncio.create_task(end_session(session, feeder, ended_by, drain=drain))
-            self._endings.add(ending)
-            ending.add_done_callback(self._endings.discard)
             # Shielded: when the transport cancels the handler meanwhile (its client went
             # away), the session is still closed and its place given back.
-            await asyncio.shield(ending)
+            await asyncio.shield(self.end(session, feeder, ended_by, drain=drain))
+
+    def end(
+        self,
+        session: SessionDispatcher,
+        feeder: asyncio.Task[None],
+        ended_by: SpeechError | None,
+        *,
+        drain: bool = False,
+    ) -> asyncio.Task[None]:
+        """Stop `feeder` and close `session` (giving its place back) in a task held until
+        it is done, so that it finishes even when the awaiting handler is cancelled:
+        `run` does this when the call ends, and a transport whose call stopped before
+        `run` began must do it itself."""
+        ending = asyncio.create_task(end_session(session, feeder, ended_by, drain=drain))
+        self._endings.add(ending)
+        ending.add_done_callback(self._endings.discard)
+        return ending
 
 
 async def end_session(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,6 +85,18 @@ class _Authorization:
     """The client's `{"authorization": "Bearer <token>"}`."""
 
     value: str
+
+
+class _TokenFrom(enum.Enum):
+    """Where the socket's token was checked: a leading `authorization` message is
+    ignored unless it is the one that carried the token."""
+
+    NOT_NEEDED = "not needed"
+    """The server has no tokens."""
+    HEADER = "header"
+    """The upgrade request's `Authorization` header."""
+    FIRST_MESSAGE = "first message"
+    """The socket's first message, `{"authorization": ...}` (consumed by the check)."""
 
 
 _Incoming = speech_pb2.StreamRequest | _End | _Authorization
@@ -229,11 +242,23 @@ class WebSocketStream:
                     if first is not None:
                         apply_first(first, session, _apply)
                     reader = asyncio.create_task(_forward(requests, session))
+                    speaking = asyncio.Event()
                     # Its own task, so that the client going away (the reader sees it)
                     # can stop it wherever it waits, as gRPC cancels a call's handler.
-                    await asyncio.create_task(
-                        self._speak(ws, session, slot, reader, request.transport)
+                    speaker = asyncio.create_task(
+                        self._speak(ws, session, slot, reader, request.transport, speaking)
                     )
+                    try:
+                        await speaker
+                    finally:
+                        if not speaking.is_set():
+                            # Cancelled before its first step (aiohttp cancels the
+                            # handler when the client goes): `_speak` never ran, nor
+                            # the runner that ends the session, so it is ended here
+                            # and its place under --max-sessions given back.
+                            await asyncio.shield(
+                                self._runner.end(session, reader, caller_went_away())
+                            )
             except _ClientGone:
                 pass
             finally:
@@ -253,11 +278,13 @@ class WebSocketStream:
         session: SessionDispatcher | None = None
         try:
             self._check_origin(request)
-            await self._authorize(requests, request.headers.getall(hdrs.AUTHORIZATION, []))
+            token_from = await self._authorize(
+                requests, request.headers.getall(hdrs.AUTHORIZATION, [])
+            )
             # Refused at once when loading or full; from here on the socket holds a place.
             service, slot = self._runner.admit()
             try:
-                first = await self._runner.first_input(self._reader(requests))
+                first = await self._runner.first_input(self._reader(requests, token_from))
             except (_ClientGone, asyncio.CancelledError):  # aiohttp cancels on a disconnect
                 service.report_unstarted(caller_went_away())
                 raise
@@ -300,13 +327,17 @@ class WebSocketStream:
             f"({own}) and the origins of --http-cors-origins may",
         )
 
-    async def _authorize(self, requests: RequestStream[_Received], headers: list[str]) -> None:
+    async def _authorize(
+        self, requests: RequestStream[_Received], headers: list[str]
+    ) -> _TokenFrom:
         """Check the caller's token: the `Authorization` header, else the first message,
-        which must then be `{"authorization": "Bearer <token>"}`. Raises UNAUTHENTICATED.
-        Nothing to check when the server has no tokens."""
+        which must then be `{"authorization": "Bearer <token>"}`; where it came from.
+        Raises UNAUTHENTICATED. Nothing to check when the server has no tokens."""
         if self._tokens is None:
-            return
+            return _TokenFrom.NOT_NEEDED
+        token_from = _TokenFrom.HEADER
         if not headers:
+            token_from = _TokenFrom.FIRST_MESSAGE
             timeout_s = self._runner.limits.start_timeout_s or None
             try:
                 first = await self._runner.calls.unless_aborted(requests.next(timeout_s))
@@ -317,11 +348,16 @@ class WebSocketStream:
         refusal = self._tokens.refusal(headers, HOW_TO_AUTHORIZE)
         if refusal is not None:
             raise SpeechError(ErrorCode.UNAUTHENTICATED, refusal)
+        return token_from
 
     def _reader(
-        self, requests: RequestStream[_Received]
+        self, requests: RequestStream[_Received], token_from: _TokenFrom
     ) -> Callable[[float | None], Awaitable[_Incoming]]:
-        """Reads the session's first message for `CallRunner.first_input`."""
+        """Reads the session's first message for `CallRunner.first_input`, skipping a
+        leading `authorization` message when the token needed none (`token_from`)."""
+        # A client may always send it first (websocket.md): without tokens, or with the
+        # token already checked in the header, it carries nothing to check.
+        skip_authorization = token_from is not _TokenFrom.FIRST_MESSAGE
 
         async def read(timeout_s: float | None) -> _Incoming:
             while True:
@@ -330,8 +366,8 @@ class WebSocketStream:
                     raise _ClientGone
                 if isinstance(message, SpeechError):
                     raise message
-                if isinstance(message, _Authorization) and self._tokens is None:
-                    continue  # no token needed: ignored (documented)
+                if isinstance(message, _Authorization) and skip_authorization:
+                    continue
                 return message
 
         return read
@@ -343,9 +379,12 @@ class WebSocketStream:
         slot: CallSlot,
         reader: asyncio.Task[None],
         transport: asyncio.Transport | None,
+        speaking: asyncio.Event,
     ) -> None:
         """Send `session_started` and the session's events until it ends, then close the
-        socket with its code; the runner then stops the reader and the session."""
+        socket with its code; the runner then stops the reader and the session.
+        `speaking` is set at once: from then on the runner ends the session."""
+        speaking.set()
         encoding = ENCODINGS_OUT[session.output.encoding]  # once, not per message
         rate = session.output.sample_rate_hz
 
