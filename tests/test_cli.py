@@ -574,7 +574,7 @@ async def _read_stdin_chunks() -> list[str]:
 @given(st.text(min_size=1, max_size=3000), st.sampled_from([1, 2, 3, 5, 7, cli.STDIN_READ_BYTES]))
 def test_stdin_is_sent_whole_however_its_reads_cut_it(text: str, read_bytes: int) -> None:
     # Reads of a few bytes cut characters of two to four bytes: they come out whole,
-    # nothing is lost or repeated, and no chunk holds more than a Stream text chunk may.
+    # nothing is lost or repeated, and no chunk holds more characters than bytes read.
     read_end, write_end = os.pipe()
     stdin, read_size = sys.stdin, cli.STDIN_READ_BYTES
     try:
@@ -587,7 +587,7 @@ def test_stdin_is_sent_whole_however_its_reads_cut_it(text: str, read_bytes: int
         sys.stdin.close()
         sys.stdin, cli.STDIN_READ_BYTES = stdin, read_size
     assert "".join(chunks) == text
-    assert all(0 < len(chunk) <= cli.MAX_CHUNK_CHARS for chunk in chunks)
+    assert all(0 < len(chunk) <= cli.STDIN_READ_BYTES for chunk in chunks)
 
 
 def test_say_prints_word_timing(server: ServeProcess, tmp_path: Path) -> None:

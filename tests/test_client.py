@@ -238,6 +238,48 @@ async def test_synthesize_speaks_a_text_longer_than_a_stream_chunk(
     assert turns == {1}
 
 
+# 40,000 characters in one send_text: over twice the 16384 the server takes in one
+# StreamRequest.text. Characters outside the BMP (one code point, two UTF-16 units,
+# four UTF-8 bytes) stand on both sides of each cut, which must not split them.
+_LONG = list(
+    "".join(f"Sentence {n} is read aloud, d\u00e9j\u00e0 vu. " for n in range(1, 1200))[:39_999]
+    + " "
+)
+for _at in (16383, 16384, 32767, 32768):
+    _LONG[_at] = "\U0001f600"
+VERY_LONG_TEXT = "".join(_LONG)
+
+
+def _spoken(events: list[voxrelay.Event]) -> tuple[str, ...]:
+    """Each turn's `spoken_text` (an error would have raised while iterating)."""
+    return tuple(e.spoken_text for e in events if isinstance(e, voxrelay.TurnEnded))
+
+
+async def test_one_send_text_longer_than_a_stream_chunk_is_spoken_whole(
+    tone_server: RunningServer,
+) -> None:
+    assert len(VERY_LONG_TEXT) == 40_000
+    async with (
+        voxrelay.AsyncClient(tone_server.target) as client,
+        client.session() as session,
+    ):
+        await session.send_text(VERY_LONG_TEXT)
+        await session.turn_done()
+        await session.close()
+        events = [event async for event in session]
+    assert _spoken(events) == (VERY_LONG_TEXT,)
+    assert isinstance(events[-1], voxrelay.SessionEnded)
+
+    def blocking() -> list[voxrelay.Event]:
+        with voxrelay.Client(tone_server.target) as client, client.session() as session:
+            session.send_text(VERY_LONG_TEXT)
+            session.turn_done()
+            session.close()
+            return list(session)
+
+    assert _spoken(await asyncio.to_thread(blocking)) == (VERY_LONG_TEXT,)
+
+
 async def test_synthesize_events_stream_the_synthesize_call_in_order(
     tone_server: RunningServer,
 ) -> None:

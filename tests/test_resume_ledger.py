@@ -258,6 +258,19 @@ def test_split_chunks_keeps_every_character(text: str) -> None:
     assert "".join(chunks) == text and all(0 < len(c) <= 16384 for c in chunks)
 
 
+def test_a_long_text_sent_at_once_is_recorded_once_and_resent_in_pieces() -> None:
+    # send_text records the text whole, then writes it in pieces: a resume before any
+    # audio sends all of it again, once, in pieces the server takes, then turn_done.
+    text = "".join(f"Sentence {n}, \U0001f600. " for n in range(3000))[:40_000]
+    ledger = SessionLedger()
+    ledger.add_text(text)
+    ledger.turn_done()
+    plan = ledger.plan_resume()
+    pieces = [chunk for kind, chunk in plan.requests if kind == "text"]
+    assert [kind for kind, _ in plan.requests] == ["text"] * 3 + ["turn_done"]
+    assert "".join(pieces) == text and all(0 < len(p) <= 16384 for p in pieces)
+
+
 def test_a_turn_that_runs_for_hours_keeps_what_a_resume_needs_not_all_it_was_sent() -> None:
     ledger = SessionLedger(head_chars=1000)
     segment_chars, segment_samples = 400, 400_000

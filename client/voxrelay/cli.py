@@ -296,7 +296,7 @@ def _say(args: argparse.Namespace) -> int:
     )
     output = args.output or Path("voxrelay.opus" if encoding == "opus" else "voxrelay.wav")
     _check_writable(output)  # before anything is synthesized
-    chunks = _stdin_chunks() if args.text == "-" else _pieces(args.text)
+    chunks = _stdin_chunks() if args.text == "-" else _whole(args.text)
     report = _Reporter(quiet=args.quiet, live=sys.stderr.isatty())
     connect = functools.partial(_connect, args)
     return asyncio.run(_speak(connect, options, chunks, output, report))
@@ -317,10 +317,9 @@ def _check_writable(path: Path) -> None:
         path.unlink()
 
 
-MAX_CHUNK_CHARS = 16384
-"""The most characters one `Stream` text chunk may hold (`StreamRequest.text`)."""
-STDIN_READ_BYTES = MAX_CHUNK_CHARS
-"""Bytes read from stdin at most at once: never more characters than a chunk holds."""
+STDIN_READ_BYTES = 16384
+"""Bytes read from stdin at most at once (`send_text` cuts any text to the server's
+limit per message itself)."""
 
 
 class _TextAhead:
@@ -359,10 +358,10 @@ class _TextAhead:
             yield piece
 
 
-async def _pieces(text: str) -> AsyncIterator[str]:
-    """`text` in chunks the server takes (a long TEXT argument is not refused)."""
-    for start in range(0, len(text), MAX_CHUNK_CHARS):
-        yield text[start : start + MAX_CHUNK_CHARS]
+async def _whole(text: str) -> AsyncIterator[str]:
+    """The TEXT argument as the one chunk it is (`send_text` sends a long one in
+    pieces the server takes)."""
+    yield text
 
 
 async def _stdin_chunks() -> AsyncIterator[str]:

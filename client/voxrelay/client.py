@@ -53,6 +53,7 @@ from voxrelay.replicas import (
     SessionLedger,
     channel_options,
     recovery_for,
+    split_chunks,
 )
 from voxrelay.v1 import speech_pb2, speech_pb2_grpc
 
@@ -587,10 +588,17 @@ class AsyncSession:
         return _Call(self._stub.Stream(metadata=self._metadata), READ_AHEAD)
 
     async def send_text(self, text: str) -> None:
-        """Send the next chunk of text of the current turn (whitespace is kept)."""
+        """Send the next text of the current turn (whitespace is kept), of any length.
+
+        A text over the server's limit for one `StreamRequest.text` (16384
+        characters) goes out as consecutive messages of at most that many, cut
+        between code points; the turn's text is the same as if it were one. An
+        empty text is still sent, so the server refuses it (INVALID_ARGUMENT).
+        """
         async with self._sending:
-            self._ledger.add_text(text)
-            await self._write(speech_pb2.StreamRequest(text=text), locked=True)
+            self._ledger.add_text(text)  # once, whole: a resume sends it again in pieces
+            for piece in split_chunks(text) if text else (text,):
+                await self._write(speech_pb2.StreamRequest(text=piece), locked=True)
 
     async def turn_done(self) -> None:
         """Mark the current turn complete."""
@@ -1116,7 +1124,8 @@ class Session:
         self._runner.run(self._session.open())
 
     def send_text(self, text: str) -> None:
-        """Send the next chunk of text of the current turn (whitespace is kept)."""
+        """Send the next text of the current turn, of any length (see
+        `AsyncSession.send_text`)."""
         self._runner.run(self._session.send_text(text))
 
     def turn_done(self) -> None:

@@ -524,6 +524,11 @@ class SessionLedger:
 
 
 def split_chunks(text: str, limit: int = MAX_TEXT_CHUNK_CHARS) -> Iterator[str]:
-    """`text` in chunks the server takes (at most `limit` characters each)."""
+    """`text` in chunks the server takes (at most `limit` characters each), in order.
+
+    Characters are code points, as the server counts them: a Python `str` holds
+    code points, so a cut never splits one (nor a UTF-8 sequence on the wire).
+    An empty `text` yields nothing.
+    """
     for start in range(0, len(text), limit):
         yield text[start : start + limit]

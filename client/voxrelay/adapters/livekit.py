@@ -78,8 +78,6 @@ __all__ = ["TTS", "ChunkedStream", "SynthesizeStream", "api_error"]
 
 DEFAULT_SAMPLE_RATE = 24000
 """LiveKit's usual TTS rate; voxrelay resamples each voice to it."""
-MAX_CHUNK_CHARS = 16384
-"""The most characters one `Stream` text message may hold: longer pushes are cut."""
 CANCEL_WAIT_S = 2.0
 """How long an interrupted stream waits for the server to end the cancelled session
 before it drops the call: the cancel is sent either way."""
@@ -392,9 +390,9 @@ class SynthesizeStream(tts.SynthesizeStream):
                     turn += 1
                 continue
             turns.setdefault(turn, _TurnText()).text += data
-            for start in range(0, len(data), MAX_CHUNK_CHARS):
+            if data:  # an empty push is nothing to send (the server refuses an empty text)
                 self._mark_started()
-                await session.send_text(data[start : start + MAX_CHUNK_CHARS])
+                await session.send_text(data)  # of any length: sent in pieces
         if turn in turns:  # input closed without a flush (a retry's replay may end so)
             await session.turn_done()
         await session.close()
