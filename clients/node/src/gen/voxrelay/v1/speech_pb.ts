@@ -49,7 +49,8 @@ export type StreamRequest = Message<"voxrelay.v1.StreamRequest"> & {
      * word, a line). Whitespace is significant and kept: "He " followed by
      * "arrived" is spoken as "He arrived". At least 1 and at most 16384
      * characters per chunk; an empty or longer chunk is rejected with
-     * INVALID_ARGUMENT. Control characters (U+0000 to U+001F and U+007F to
+     * INVALID_ARGUMENT (the Python client's `send_text` cuts a longer text
+     * into chunks of at most 16384 itself). Control characters (U+0000 to U+001F and U+007F to
      * U+009F, except tab, line feed and carriage return) are spoken as a
      * space, by every voice: they carry no speech. Markdown marks are not
      * read aloud: emphasis (`**` `*` `_` `~~`), backticks, code fences and
