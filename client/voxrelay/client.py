@@ -815,7 +815,7 @@ class AsyncSession:
         events: list[Event] = []
         async with self._sending:
             plan = self._ledger.plan_resume()
-            if self.started is not None or self._plan is not None:
+            if self.started is not None:  # a resume, not a retry of a refused first call
                 self._plan = plan
             for record in plan.finished:
                 if not record.announced:
