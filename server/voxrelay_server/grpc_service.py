@@ -443,4 +443,11 @@ def _end_with_error(
     """
     context.set_code(status_code(error))
     context.set_details(error.message)
+    return final_responses(error)
+
+
+def final_responses(error: SpeechError) -> list[speech_pb2.StreamResponse]:
+    """The messages that end a call `error` failed before its session produced
+    anything: the error, then SESSION_ENDED (gRPC adds its status; other transports
+    their own ending)."""
     return [_error_response(error), _lifecycle(speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED, 0)]

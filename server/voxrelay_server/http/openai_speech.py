@@ -20,7 +20,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from voxrelay_server.calls import CallEvent, caller_went_away, feed_whole_text
 from voxrelay_server.engines.openai_engine import DEFAULT_VOICES as DEFAULT_OPENAI_VOICES
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError, TextTooLong
 from voxrelay_server.events import AudioOut, SessionFailed
+from voxrelay_server.http.connections import dropper
 from voxrelay_server.http.errors import (
     RequestError,
     error_response,
@@ -256,7 +257,9 @@ async def _respond(
 
     try:
         async with contextlib.aclosing(
-            context.runner.run(session, slot, feeder, identity, abandon=_dropper(request))
+            context.runner.run(
+                session, slot, feeder, identity, abandon=dropper(request.transport, request.path)
+            )
         ) as events:
             async for event in events:
                 if type(event) is AudioOut:
@@ -291,17 +294,6 @@ async def _respond(
     except ConnectionError:  # the client went away: the session ended with it
         pass
     return response
-
-
-def _dropper(request: web.Request) -> Callable[[], None]:
-    """Drops the request's connection (for a client that stopped reading for good)."""
-
-    def drop() -> None:
-        if request.transport is not None:
-            _LOG.info("%s: the client has not read for two send timeouts: closed", request.path)
-            request.transport.abort()  # close() would wait to flush what it will not read
-
-    return drop
 
 
 _NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}

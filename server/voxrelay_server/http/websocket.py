@@ -38,12 +38,14 @@ from voxrelay_server.dispatcher import SessionDispatcher, SessionState
 from voxrelay_server.errors import ErrorCode, InvalidInput, SpeechError
 from voxrelay_server.grpc_service import (
     ENCODINGS_OUT,
+    final_responses,
     forward_request,
     response_for,
     session_request,
     started_response,
 )
 from voxrelay_server.http.auth import Access
+from voxrelay_server.http.connections import dropper
 from voxrelay_server.security import TokenCheck
 from voxrelay_server.service import CallSlot
 from voxrelay_server.serving import RequestStream
@@ -179,18 +181,6 @@ def close_code(code: int) -> int:
     return 1000 if code == 0 else CLOSE_CODE_BASE + code
 
 
-def _refusal_messages(error: SpeechError) -> list[speech_pb2.StreamResponse]:
-    """A socket refused before its session opened: the error, then SESSION_ENDED."""
-    return [
-        speech_pb2.StreamResponse(
-            error=speech_pb2.Error(code=int(error.code), message=error.message)
-        ),
-        speech_pb2.StreamResponse(
-            lifecycle=speech_pb2.Lifecycle(event=speech_pb2.LIFECYCLE_EVENT_SESSION_ENDED)
-        ),
-    ]
-
-
 class _ClientGone(Exception):
     """The client closed the socket, or it broke: the call is over (gRPC's cancel)."""
 
@@ -304,7 +294,7 @@ class WebSocketStream:
                     why = f"a page from {request.headers.get(hdrs.ORIGIN)}"
                 _LOG.info("refused %s from %s: %s", STREAM_PATH, request.remote, why)
             with contextlib.suppress(ConnectionError):  # unless the client is gone already
-                for response in _refusal_messages(error):
+                for response in final_responses(error):
                     await ws.send_str(message_for(response)[0])
                 await ws.close(code=close_code(error.code), message=_reason(error.code))
             return None
@@ -405,16 +395,12 @@ class WebSocketStream:
 
         reader.add_done_callback(reader_done)
 
-        def abandon() -> None:
-            # The client stopped reading for good: its connection goes (close 1006).
-            if transport is not None:
-                _LOG.info("%s: the client has not read for two send timeouts: closed", STREAM_PATH)
-                transport.abort()
-
         code = 0
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             async with contextlib.aclosing(
-                self._runner.run(session, slot, reader, convert, abandon=abandon)
+                self._runner.run(
+                    session, slot, reader, convert, abandon=dropper(transport, STREAM_PATH)
+                )
             ) as responses:
                 async for response in responses:
                     text, data = message_for(response)
