@@ -257,12 +257,12 @@ async def test_metrics_show_a_mid_turn_silence_a_listener_would_hear(
     # second's engine only starts to speak after 1.2 s. Then a turn that keeps up.
     late_turn = [
         text("This first sentence plays for a short while. "),
-        text("[[latency_ms=1200]]The second one comes too late."),
+        text("[[latency_ms=1200]]The second one comes too late. "),
         turn_done(),
     ]
     in_time_turn = [
         text("This first sentence plays for a short while. "),
-        text("The second one is ready long before that."),
+        text("The second one is ready long before that. "),
         turn_done(),
     ]
     await run_session(observed, [config(voice=TONE_VOICE), *late_turn, *in_time_turn])
